@@ -1,0 +1,18 @@
+"""Where each command group joins the root command. One module per group; add yours here."""
+
+from __future__ import annotations
+
+import typer
+
+_registered: list[typer.Typer] = []
+
+
+def register_all(app: typer.Typer) -> None:
+    """Attach every command group to ``app`` (idempotent)."""
+    if app in _registered:
+        return
+    from modelshield.cli import _demo
+
+    for module in (_demo,):
+        module.register(app)
+    _registered.append(app)

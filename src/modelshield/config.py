@@ -1,0 +1,175 @@
+"""Typed configuration read from ``shield.toml`` (stable).
+
+Configuration is read explicitly with :func:`load_config`; nothing is read on import. Relative
+paths in the file are resolved against the file's folder. Any bad value raises
+:class:`~modelshield.errors.ConfigError` naming the file and the dotted field, for example
+``shield.toml: server.port: Input should be less than or equal to 65535``.
+
+Secrets (passphrases, tokens) are :class:`Secret` values. In the file a secret is written either
+inline (``passphrase = "..."``, discouraged), or as a reference that is resolved at load time:
+``passphrase = { env = "VAR" }`` or ``passphrase = { file = "path" }``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import core_schema
+
+from modelshield.errors import ConfigError
+
+__all__ = ["Config", "LoggingConfig", "ModelConfig", "Secret", "ServerConfig", "load_config"]
+
+_MASK = "**********"
+
+
+class Secret:
+    """A secret string that never shows itself in ``repr``, ``str``, logs or tracebacks.
+
+    Call :meth:`reveal` at the one place the value is used. Equality is constant-time.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("Secret holds a str")
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value itself."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{_MASK}')"
+
+    def __str__(self) -> str:
+        return _MASK
+
+    def __format__(self, format_spec: str) -> str:
+        return _MASK
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, len(self._value)))
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret cannot be pickled")
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _secret_from_config,
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda s: _MASK),
+        )
+
+
+def _secret_from_config(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        return Secret(value)
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, ref),) = value.items()
+        if kind == "env" and isinstance(ref, str):
+            if ref not in os.environ:
+                raise ValueError(f"environment variable {ref} is not set")
+            return Secret(os.environ[ref])
+        if kind == "file" and isinstance(ref, str):
+            try:
+                return Secret(Path(ref).read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {ref}: {exc.strerror}") from None
+    raise ValueError('a secret is a string, { env = "VAR" } or { file = "path" }')
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    """``[server]``: where the gateway listens."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+
+class ModelConfig(_Section):
+    """``[models.NAME]``: one served model."""
+
+    path: Path
+    format: Literal["auto", "onnx", "skops", "torch"] = "auto"
+    passphrase: Secret | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_not_empty(cls, value: Path) -> Path:
+        if str(value) in ("", "."):
+            raise ValueError("path must name a file")
+        return value
+
+
+class LoggingConfig(_Section):
+    """``[logging]``: the level of the gateway's log."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    """The whole ``shield.toml``; ``source`` is the file read (``None`` if built in code)."""
+
+    server: ServerConfig = ServerConfig()
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    logging: LoggingConfig = LoggingConfig()
+    source: Path | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        for name in value:
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"model name {name!r} may use only letters, digits, '-', '_', '.'")
+        return value
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a ``shield.toml``; relative paths become relative to its folder."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: configuration file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not a UTF-8 text file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    if "source" in raw:
+        raise ConfigError(f"{file}: source: not a configuration field")
+    base = file.resolve().parent
+    try:
+        config = Config.model_validate({**raw, "source": file.resolve()})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _format_location(first["loc"])
+        raise ConfigError(f"{file}: {where}: {first['msg']}") from None
+    models = {
+        name: model.model_copy(update={"path": base / model.path})
+        for name, model in config.models.items()
+    }
+    return config.model_copy(update={"models": models})

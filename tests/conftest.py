@@ -1,0 +1,53 @@
+"""Shared fixtures: the demo model (trained once per session) and real-service endpoints."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from modelshield.demo import DemoData, DemoModel, load_demo_data, train_demo_model
+
+REDIS_ADDR = ("127.0.0.1", 6379)
+POSTGRES_ADDR = ("127.0.0.1", 5432)
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> DemoData:
+    return load_demo_data()
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_data: DemoData) -> DemoModel:
+    return train_demo_model(0, demo_data)
+
+
+def _reachable(addr: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(addr, timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, addr: tuple[str, int]) -> None:
+    """Skip with a reason when the server is down, or fail when MODELSHIELD_REQUIRE_SERVICES=1."""
+    if _reachable(addr):
+        return
+    message = f"{name} is not reachable at {addr[0]}:{addr[1]}"
+    if os.environ.get("MODELSHIELD_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message} and MODELSHIELD_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service("Redis", REDIS_ADDR)
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    require_service("PostgreSQL", POSTGRES_ADDR)
+    return "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from modelshield.demo import DemoData, DemoModel, run_demo, train_demo_model
+
+
+def test_training_is_deterministic(demo_model: DemoModel, demo_data: DemoData) -> None:
+    again = train_demo_model(0, demo_data)
+    assert again.test_accuracy == demo_model.test_accuracy
+    assert (
+        again.estimator.predict(demo_data.x_test) == demo_model.estimator.predict(demo_data.x_test)
+    ).all()
+
+
+def test_demo_model_is_accurate(demo_model: DemoModel) -> None:
+    assert demo_model.test_accuracy >= 0.95
+
+
+def test_run_demo_writes_private_files(tmp_path: Path) -> None:
+    out = io.StringIO()
+    report = run_demo(tmp_path, console=Console(file=out, width=100))
+    assert report.test_accuracy >= 0.95
+    assert abs(report.onnx_accuracy - report.test_accuracy) <= 0.005
+    for path in report.files:
+        assert path.exists()
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert "test accuracy" in out.getvalue()
+    assert report.seconds < 120
