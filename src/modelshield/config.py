@@ -7,7 +7,8 @@ paths in the file are resolved against the file's folder. Any bad value raises
 
 Secrets (passphrases, tokens) are :class:`Secret` values. In the file a secret is written either
 inline (``passphrase = "..."``, discouraged), or as a reference that is resolved at load time:
-``passphrase = { env = "VAR" }`` or ``passphrase = { file = "path" }``.
+``passphrase = { env = "VAR" }`` or ``passphrase = { file = "path" }`` (a relative path is
+resolved against the configuration file's folder).
 """
 
 from __future__ import annotations
@@ -23,7 +24,18 @@ from pydantic_core import core_schema
 
 from modelshield.errors import ConfigError
 
-__all__ = ["Config", "LoggingConfig", "ModelConfig", "Secret", "ServerConfig", "load_config"]
+__all__ = [
+    "AuditConfig",
+    "Config",
+    "LoggingConfig",
+    "ModelConfig",
+    "RegistryConfig",
+    "Secret",
+    "ServerConfig",
+    "StateConfig",
+    "load_config",
+    "sqlite_path",
+]
 
 _MASK = "**********"
 
@@ -67,13 +79,13 @@ class Secret:
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
+        return core_schema.with_info_plain_validator_function(
             _secret_from_config,
             serialization=core_schema.plain_serializer_function_ser_schema(lambda s: _MASK),
         )
 
 
-def _secret_from_config(value: Any) -> Secret:
+def _secret_from_config(value: Any, info: core_schema.ValidationInfo) -> Secret:
     if isinstance(value, Secret):
         return value
     if isinstance(value, str):
@@ -85,8 +97,10 @@ def _secret_from_config(value: Any) -> Secret:
                 raise ValueError(f"environment variable {ref} is not set")
             return Secret(os.environ[ref])
         if kind == "file" and isinstance(ref, str):
+            base = (info.context or {}).get("base")
+            file = Path(ref) if base is None else Path(base) / ref
             try:
-                return Secret(Path(ref).read_text(encoding="utf-8").strip())
+                return Secret(file.read_text(encoding="utf-8").strip())
             except OSError as exc:
                 raise ValueError(f"cannot read secret file {ref}: {exc.strerror}") from None
     raise ValueError('a secret is a string, { env = "VAR" } or { file = "path" }')
@@ -119,6 +133,55 @@ class ModelConfig(_Section):
         return value
 
 
+def _check_store_url(value: str, schemes: tuple[str, ...]) -> str:
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in schemes:
+        raise ValueError(f"URL scheme must be one of {', '.join(schemes)}, got {value!r}")
+    return value
+
+
+class RegistryConfig(_Section):
+    """``[registry]``: API keys, clients and admin TOTP secrets.
+
+    ``sqlite:///relative/or/absolute/path.db`` (one machine) or ``postgresql://...`` (several
+    gateway replicas).
+    """
+
+    url: str = "sqlite:///state/registry.db"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        return _check_store_url(value, ("sqlite", "postgresql"))
+
+
+class AuditConfig(_Section):
+    """``[audit]``: the tamper-evident query log and the HMAC key that keys its digests."""
+
+    url: str = "sqlite:///state/audit.db"
+    key: Secret | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        return _check_store_url(value, ("sqlite", "postgresql"))
+
+
+class StateConfig(_Section):
+    """``[state]``: rate limits, budgets, revocations, flags and detector state.
+
+    ``memory://`` keeps them in the gateway process (one process only); ``redis://host:port/db``
+    shares them between replicas.
+    """
+
+    url: str = "memory://"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        return _check_store_url(value, ("memory", "redis"))
+
+
 class LoggingConfig(_Section):
     """``[logging]``: the level of the gateway's log."""
 
@@ -130,6 +193,9 @@ class Config(_Section):
 
     server: ServerConfig = ServerConfig()
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    registry: RegistryConfig = RegistryConfig()
+    audit: AuditConfig = AuditConfig()
+    state: StateConfig = StateConfig()
     logging: LoggingConfig = LoggingConfig()
     source: Path | None = None
 
@@ -163,7 +229,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{file}: source: not a configuration field")
     base = file.resolve().parent
     try:
-        config = Config.model_validate({**raw, "source": file.resolve()})
+        config = Config.model_validate(
+            {**raw, "source": file.resolve()}, context={"base": file.resolve().parent}
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = _format_location(first["loc"])
@@ -172,4 +240,31 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         name: model.model_copy(update={"path": base / model.path})
         for name, model in config.models.items()
     }
-    return config.model_copy(update={"models": models})
+    return config.model_copy(
+        update={
+            "models": models,
+            "registry": config.registry.model_copy(
+                update={"url": _resolve_sqlite(config.registry.url, base)}
+            ),
+            "audit": config.audit.model_copy(
+                update={"url": _resolve_sqlite(config.audit.url, base)}
+            ),
+        }
+    )
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    """Make a relative ``sqlite:///path`` absolute against the configuration file's folder."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path = Path(url[len(prefix) :])
+    return prefix + str(path if path.is_absolute() else base / path)
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite:///`` URL names (after :func:`load_config` resolved it)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigError(f"not a sqlite URL: {url!r}")
+    return Path(url[len(prefix) :])

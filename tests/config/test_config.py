@@ -81,7 +81,7 @@ def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     path = write(
         tmp_path,
         "[models.a]\npath = 'a'\npassphrase = { env = 'MS_TEST_PASS' }\n"
-        f"[models.b]\npath = 'b'\npassphrase = {{ file = '{secret_file}' }}\n",
+        "[models.b]\npath = 'b'\npassphrase = { file = 'pass.txt' }\n",
     )
     config = load_config(path)
     assert config.models["a"].passphrase is not None
@@ -99,3 +99,25 @@ def test_secret_from_unset_env_names_the_field(
     path = write(tmp_path, "[models.a]\npath = 'a'\npassphrase = { env = 'MS_TEST_UNSET' }\n")
     with pytest.raises(ConfigError, match=r"models\.a\.passphrase: .*MS_TEST_UNSET is not set"):
         load_config(path)
+
+
+def test_sqlite_urls_are_resolved_against_the_file(tmp_path: Path) -> None:
+    from modelshield.config import sqlite_path
+
+    path = write(tmp_path, '[audit]\nurl = "sqlite:///state/audit.db"\n')
+    config = load_config(path)
+    assert sqlite_path(config.audit.url) == tmp_path.resolve() / "state" / "audit.db"
+    assert sqlite_path(config.registry.url) == tmp_path.resolve() / "state" / "registry.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[audit]\nurl = "mysql://x"\n', "audit.url"),
+        ('[registry]\nurl = "redis://x"\n', "registry.url"),
+        ('[state]\nurl = "postgresql://x"\n', "state.url"),
+    ],
+)
+def test_store_url_schemes(tmp_path: Path, text: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{where}: .*scheme"):
+        load_config(write(tmp_path, text))
