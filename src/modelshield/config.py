@@ -27,13 +27,16 @@ from modelshield.errors import ConfigError
 __all__ = [
     "AuditConfig",
     "Config",
+    "GatewayConfig",
     "LoggingConfig",
     "ModelConfig",
     "RegistryConfig",
     "Secret",
     "ServerConfig",
     "StateConfig",
+    "TierConfig",
     "load_config",
+    "parse_duration",
     "sqlite_path",
 ]
 
@@ -123,6 +126,8 @@ class ModelConfig(_Section):
 
     path: Path
     format: Literal["auto", "onnx", "skops", "torch"] = "auto"
+    identity: Path | None = None
+    require_signer: Path | None = None
     passphrase: Secret | None = None
 
     @field_validator("path")
@@ -182,6 +187,63 @@ class StateConfig(_Section):
         return _check_store_url(value, ("memory", "redis"))
 
 
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``90s``, ``15m``, ``24h`` or ``30d``."""
+    text = text.strip()
+    if len(text) < 2 or text[-1] not in _PERIODS or not text[:-1].isdigit() or int(text[:-1]) <= 0:
+        raise ValueError(f"a duration is a positive whole number and s, m, h or d, got {text!r}")
+    return float(int(text[:-1]) * _PERIODS[text[-1]])
+
+
+class TierConfig(_Section):
+    """``[tiers.NAME]``: what a client of this tier may do and what it gets back.
+
+    ``output`` is the ordered list of output policies (see docs/gateway.md): ``probabilities``,
+    ``top_k:N``, ``round:N``, ``reverse_sigmoid:BETA:GAMMA``, ``noise:SCALE``, ``labels``.
+    """
+
+    requests_per_second: float = Field(default=20.0, gt=0)
+    burst: int = Field(default=40, ge=1)
+    budget_rows: int = Field(default=10_000, ge=1)
+    budget_period: str = "30d"
+    max_batch_rows: int = Field(default=256, ge=1, le=100_000)
+    output: tuple[str, ...] = ("probabilities",)
+
+    @field_validator("budget_period")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        if value != "lifetime":
+            parse_duration(value)
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from modelshield.gateway._harden import parse_policy
+
+        parse_policy(value)
+        return value
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """Length of one budget period, ``None`` for a lifetime budget."""
+        return None if self.budget_period == "lifetime" else parse_duration(self.budget_period)
+
+
+def _default_tiers() -> dict[str, TierConfig]:
+    return {"standard": TierConfig()}
+
+
+class GatewayConfig(_Section):
+    """``[gateway]``: request limits that apply to every client."""
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    dashboard: bool = False
+
+
 class LoggingConfig(_Section):
     """``[logging]``: the level of the gateway's log."""
 
@@ -196,6 +258,8 @@ class Config(_Section):
     registry: RegistryConfig = RegistryConfig()
     audit: AuditConfig = AuditConfig()
     state: StateConfig = StateConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
     logging: LoggingConfig = LoggingConfig()
     source: Path | None = None
 
@@ -237,7 +301,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         where = _format_location(first["loc"])
         raise ConfigError(f"{file}: {where}: {first['msg']}") from None
     models = {
-        name: model.model_copy(update={"path": base / model.path})
+        name: model.model_copy(
+            update={
+                "path": base / model.path,
+                "identity": None if model.identity is None else base / model.identity,
+                "require_signer": (
+                    None if model.require_signer is None else base / model.require_signer
+                ),
+            }
+        )
         for name, model in config.models.items()
     }
     return config.model_copy(

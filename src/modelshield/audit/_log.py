@@ -1,0 +1,348 @@
+"""The writer: group commit of chained records from one background thread per log.
+
+Requests hand their event to :meth:`AuditLog.append` and get a future; one thread takes everything
+queued, chains it, writes it in ONE transaction and resolves the futures only after the commit.
+While it commits, new events queue up and form the next batch, so the commit cost is shared by
+every request that arrived meanwhile (group commit) without an artificial delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time as _time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+
+from modelshield.audit._records import (
+    GENESIS,
+    AuditEvent,
+    AuditRecord,
+    MarkRecord,
+    RecordKind,
+    SegmentHead,
+    WatermarkMark,
+    canonical_record,
+    head_mac,
+    marks_digest,
+    record_hash,
+)
+from modelshield.audit._store import AuditStore
+from modelshield.errors import ServiceUnavailableError, ShieldError
+
+__all__ = ["AuditLog"]
+
+_log = logging.getLogger("modelshield.audit")
+
+#: How many other segments' heads a new segment witnesses in its opening record.
+WITNESS_LIMIT = 256
+_MIN_KEY = 16
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: AuditEvent
+    marks: tuple[WatermarkMark, ...]
+    future: Future[AuditRecord]
+
+
+@dataclass(slots=True)
+class _Tip:
+    seq: int
+    hash: str
+
+
+def _safe_segment(writer_id: str) -> str:
+    if (
+        not writer_id
+        or len(writer_id) > 64
+        or not all(c.isalnum() or c in "-_." for c in writer_id)
+    ):
+        raise ValueError("writer_id may use 1-64 letters, digits, '-', '_', '.'")
+    return writer_id
+
+
+class AuditLog:
+    """A tamper-evident, fail-closed audit log writer for one process (stable).
+
+    ``store`` is any :class:`~modelshield.audit.AuditStore`; ``key`` the audit HMAC key (at least
+    16 bytes; never logged, never in ``repr``). This process writes its own chain segment, named
+    ``writer_id`` plus a random suffix, so several processes and replicas never contend for one
+    chain; :func:`~modelshield.audit.verify` stitches the segments together.
+
+    ``append`` returns a :class:`concurrent.futures.Future` that resolves to the stored
+    :class:`~modelshield.audit.AuditRecord` once it is committed, or fails with
+    :class:`~modelshield.errors.ServiceUnavailableError` if the store cannot write. After a failure
+    new appends fail at once for ``retry_after`` seconds, then the next batch tries the store again:
+    the log recovers without a restart. Create one log per process (after any fork); call
+    :meth:`close` on shutdown to flush and write the segment's closing record.
+    """
+
+    def __init__(
+        self,
+        store: AuditStore,
+        key: bytes,
+        writer_id: str | None = None,
+        *,
+        clock: Callable[[], float] = _time.time,
+        max_batch: int = 1024,
+        max_linger: float = 0.002,
+        retry_after: float = 0.25,
+    ) -> None:
+        if not isinstance(key, bytes) or len(key) < _MIN_KEY:
+            raise ValueError(f"the audit key must be at least {_MIN_KEY} bytes")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        suffix = secrets.token_hex(8)
+        self._segment = f"{_safe_segment(writer_id)}.{suffix}" if writer_id else suffix
+        self._store = store
+        self._key = key
+        self._clock = clock
+        self._max_batch = max_batch
+        self._max_linger = max_linger
+        self._last_batch = 1
+        self._commit_seconds = 0.0  # moving average of a commit's duration
+        self._retry_after = retry_after
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._closing = False
+        self._closed = False
+        self._close_error: ShieldError | None = None
+        self._fail_until = 0.0
+        self._tip: _Tip | None = None  # None: unknown, read the head before the next batch
+        self._opened = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"modelshield-audit-{self._segment}", daemon=True
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"AuditLog(segment={self._segment!r}, store={type(self._store).__name__})"
+
+    @property
+    def segment(self) -> str:
+        """The id of this writer's chain segment."""
+        return self._segment
+
+    # -- the request side -------------------------------------------------------------------
+
+    def append(self, event: AuditEvent, marks: Sequence[WatermarkMark] = ()) -> Future[AuditRecord]:
+        """Queue ``event`` (and its watermark ``marks``); the future resolves once durable."""
+        if not isinstance(event, AuditEvent):
+            raise TypeError("append takes an AuditEvent")
+        future: Future[AuditRecord] = Future()
+        if _time.monotonic() < self._fail_until:
+            future.set_exception(ServiceUnavailableError("audit store unavailable"))
+            return future
+        pending = _Pending(event, tuple(marks), future)
+        with self._cond:
+            if self._closing:
+                raise ServiceUnavailableError("audit log is closed")
+            self._queue.append(pending)
+            self._cond.notify()
+        return future
+
+    async def append_async(
+        self, event: AuditEvent, marks: Sequence[WatermarkMark] = ()
+    ) -> AuditRecord:
+        """:meth:`append` for asyncio: returns the record once it is durable.
+
+        Cancelling the awaiting task does not withdraw the record: it is still written.
+        """
+        return await asyncio.shield(asyncio.wrap_future(self.append(event, marks)))
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Flush what is queued, write the closing record and stop the writer (idempotent).
+
+        Raises :class:`~modelshield.errors.ServiceUnavailableError` if the closing record could
+        not be written (the segment then stays "not closed", which ``verify`` reports).
+        """
+        with self._cond:
+            already = self._closing
+            self._closing = True
+            self._cond.notify()
+        if not already or self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._close_error is not None:
+            raise self._close_error
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                self._linger()
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                closing = self._closing and not self._queue
+            if batch:
+                self._commit(batch, close=False)
+            if closing:
+                self._finish()
+                return
+
+    def _linger(self) -> None:
+        # Group commit (called with the lock held): when the previous batch was bigger than what
+        # has queued so far, its requesters are probably about to come back; wait a little for
+        # them (a quarter of a commit's duration, at most max_linger) instead of committing a
+        # batch of one and making everyone else wait a whole commit. At low load the previous
+        # batch was small and this returns at once.
+        target = min(self._last_batch, self._max_batch)
+        if self._max_linger <= 0 or len(self._queue) >= target or self._closing:
+            return
+        deadline = _time.monotonic() + min(self._max_linger, self._commit_seconds / 4)
+        while len(self._queue) < target and not self._closing:
+            remaining = deadline - _time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _finish(self) -> None:
+        try:
+            if self._opened or self._tip is not None:
+                self._commit([], close=True)
+        except ShieldError as exc:
+            self._close_error = exc
+        self._closed = True
+
+    def _build(self, kind: RecordKind, tip: _Tip | None, **fields: object) -> AuditRecord:
+        seq = 0 if tip is None else tip.seq + 1
+        prev = GENESIS if tip is None else tip.hash
+        values: dict[str, object] = {
+            "segment": self._segment,
+            "seq": seq,
+            "kind": kind,
+            "client": None,
+            "key_id": None,
+            "model": None,
+            "input_hmac": "",
+            "rows": 0,
+            "output_summary": "",
+            "decision": kind,
+            "reason": "",
+            "status": 0,
+            "extra": {},
+            "marks_digest": "",
+        }
+        values.update(fields)
+        canonical = canonical_record(**values)  # type: ignore[arg-type]
+        digest = record_hash(self._key, prev, canonical)
+        return AuditRecord(**values, prev_hash=prev, hash=digest)  # type: ignore[arg-type]
+
+    def _event_fields(
+        self, event: AuditEvent, marks: tuple[WatermarkMark, ...]
+    ) -> dict[str, object]:
+        return {
+            "time": event.time,
+            "client": event.client,
+            "key_id": event.key_id,
+            "model": event.model,
+            "input_hmac": event.input_hmac,
+            "rows": event.rows,
+            "output_summary": event.output_summary,
+            "decision": event.decision,
+            "reason": event.reason,
+            "status": event.status,
+            "extra": event.extra,
+            "marks_digest": marks_digest(marks),
+        }
+
+    def _commit(self, batch: list[_Pending], *, close: bool) -> None:
+        try:
+            if self._tip is None:
+                head = self._store.head(self._segment)
+                if head is not None:
+                    self._tip = _Tip(head.seq, head.hash)
+                    self._opened = True
+            records: list[AuditRecord] = []
+            events: list[AuditRecord] = []
+            marks: list[MarkRecord] = []
+            tip = self._tip
+            if tip is None:
+                witness = [
+                    [h.segment, h.seq, h.hash]
+                    for h in self._store.heads(WITNESS_LIMIT)
+                    if h.segment != self._segment
+                ]
+                opening = self._build("open", None, time=self._clock(), extra={"witness": witness})
+                records.append(opening)
+                tip = _Tip(opening.seq, opening.hash)
+            for item in batch:
+                record = self._build("event", tip, **self._event_fields(item.event, item.marks))
+                records.append(record)
+                events.append(record)
+                marks.extend(
+                    MarkRecord(record.segment, record.seq, i, record.time, m)
+                    for i, m in enumerate(item.marks)
+                )
+                tip = _Tip(record.seq, record.hash)
+            if close:
+                closing = self._build("close", tip, time=self._clock())
+                records.append(closing)
+                tip = _Tip(closing.seq, closing.hash)
+            last = records[-1]
+            head = SegmentHead(
+                segment=self._segment,
+                seq=last.seq,
+                hash=last.hash,
+                time=last.time,
+                closed=close,
+                mac=head_mac(self._key, self._segment, last.seq, last.hash, close),
+            )
+            started = _time.monotonic()
+            self._store.append_batch(records, head, marks)
+            took = _time.monotonic() - started
+        except Exception as exc:
+            self._fail(batch, exc)
+            if close:
+                raise ServiceUnavailableError(
+                    "audit store cannot write the closing record"
+                ) from None
+            return
+        self._tip = tip
+        self._opened = True
+        self._commit_seconds = 0.8 * self._commit_seconds + 0.2 * took
+        self._last_batch = max(1, len(batch))
+        for item, record in zip(batch, events, strict=True):
+            _resolve(item.future, record, None)
+
+    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+        # The commit may or may not have happened (a lost connection during COMMIT): forget the
+        # tip and read the head again before the next batch.
+        self._tip = None
+        self._fail_until = _time.monotonic() + self._retry_after
+        _log.warning(
+            "audit store cannot write (%s): failing %d request(s) closed",
+            type(exc).__name__,
+            len(batch),
+        )
+        _log.debug("audit store error", exc_info=exc)
+        with self._cond:
+            queued = self._queue[:]
+            self._queue.clear()
+        for item in (*batch, *queued):
+            _resolve(item.future, None, ServiceUnavailableError("audit store unavailable"))
+
+
+def _resolve(
+    future: Future[AuditRecord], record: AuditRecord | None, error: Exception | None
+) -> None:
+    # a caller may have cancelled its future; the record is written all the same
+    try:
+        if error is not None:
+            future.set_exception(error)
+        elif record is not None:
+            future.set_result(record)
+    except InvalidStateError:
+        pass

@@ -1,0 +1,62 @@
+"""``modelshield serve``: run the guarded gateway with uvicorn."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelshield.cli._app import console
+
+ConfigOption = Annotated[Path, typer.Option("--config", help="The deployment's shield.toml.")]
+
+
+def serve(
+    config: ConfigOption = Path("shield.toml"),
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port.", min=1, max=65535)] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Gateway processes.", min=1, max=64)
+    ] = None,
+) -> None:
+    """Serve the configured models behind the guarded gateway (Ctrl-C stops it)."""
+    import uvicorn
+
+    from modelshield.config import load_config
+    from modelshield.gateway import open_gateway
+    from modelshield.gateway._server import CONFIG_ENV, UnsealedModelWarning
+
+    settings = load_config(config)
+    # open everything once in this process so that a bad configuration fails here, clearly
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnsealedModelWarning)
+        open_gateway(settings).close()
+    for warning in caught:
+        console.print(f"[yellow]warning:[/yellow] {warning.message}")
+    bind_host = host or settings.server.host
+    bind_port = port or settings.server.port
+    n_workers = workers or settings.server.workers
+    os.environ[CONFIG_ENV] = str(settings.source or config)
+    if n_workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelshield-metrics-")
+    console.print(
+        f"modelshield gateway on http://{bind_host}:{bind_port} "
+        f"({n_workers} worker{'s' if n_workers > 1 else ''}, models: {', '.join(settings.models)})"
+    )
+    uvicorn.run(
+        "modelshield.gateway._server:create_app",
+        factory=True,
+        host=bind_host,
+        port=bind_port,
+        workers=n_workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

@@ -1,0 +1,284 @@
+"""Out-of-distribution and boundary-probing detectors over per-client running windows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelshield.detect._base import (
+    DetectorError,
+    FloatArray,
+    Observation,
+    RecentRows,
+    RunningWindow,
+    StatefulDetector,
+    as_batch,
+    as_labels_and_margins,
+    duplicate_radius,
+    random_projection,
+    sq_distances,
+)
+
+
+@dataclass
+class _WindowState:
+    windows: list[RunningWindow]
+    recent: RecentRows
+    n_queries: int = 0
+    n_counted: int = 0
+
+
+class _WindowDetector(StatefulDetector[_WindowState]):
+    """A detector whose statistics are means over the last ``window`` distinct queries of a
+    client: a query that nearly duplicates one of the client's ``recent`` last queries (same
+    predicted label) adds nothing, so that re-sending a small pool weighs like sending it once.
+    Ready after ``min_queries`` distinct queries."""
+
+    window: int
+    min_queries: int
+    threshold: float
+    recent: int
+    duplicate_fraction: float
+    random_state: int
+    n_features_in_: int
+    projection_: npt.NDArray[np.float32]
+    radius_: float
+    _n_windows = 1
+
+    def _fit_common(self, x: npt.NDArray[np.float32]) -> None:
+        if self.window < 1 or self.min_queries < 1 or self.recent < 1:
+            raise DetectorError("window, min_queries and recent must be positive")
+        self.n_features_in_ = int(x.shape[1])
+        self.projection_ = random_projection(self.n_features_in_, self.random_state)
+        self.radius_ = duplicate_radius(x, self.projection_, self.duplicate_fraction)
+
+    def _new_state(self) -> _WindowState:
+        return _WindowState(
+            [RunningWindow(self.window) for _ in range(self._n_windows)], RecentRows(self.recent)
+        )
+
+    def _score(self, state: _WindowState) -> float:
+        return state.windows[0].mean()
+
+    def _details(self, state: _WindowState) -> tuple[tuple[str, float], ...]:
+        return (("distinct_queries", float(state.n_counted)),)
+
+    def _observation(self, client: str, state: _WindowState) -> Observation:
+        ready = state.n_counted >= self.min_queries
+        score = self._score(state)
+        return Observation(
+            detector=self.name,
+            client=client,
+            score=score,
+            threshold=self.threshold,
+            flagged=ready and score >= self.threshold,
+            queries_seen=state.n_queries,
+            ready=ready,
+            details=self._details(state),
+        )
+
+    def _pack(self, state: _WindowState) -> tuple[dict[str, npt.NDArray[Any]], Any]:
+        arrays = state.recent.pack("r_")
+        for i, w in enumerate(state.windows):
+            arrays.update(w.pack(f"w{i}_"))
+        return arrays, {"n_queries": state.n_queries, "n_counted": state.n_counted}
+
+    def _unpack(self, arrays: Mapping[str, npt.NDArray[Any]], meta: Any) -> _WindowState:
+        windows = [RunningWindow.unpack(arrays, f"w{i}_") for i in range(self._n_windows)]
+        if any(w.values.shape != (self.window,) for w in windows):
+            raise ValueError("window has the wrong size")
+        recent = RecentRows.unpack(arrays, "r_", self.recent)
+        return _WindowState(windows, recent, int(meta["n_queries"]), int(meta["n_counted"]))
+
+    def _nbytes(self, state: _WindowState) -> int:
+        return sum(w.nbytes for w in state.windows) + state.recent.nbytes + 16
+
+    def max_state_bytes(self) -> int:
+        """The windows of float32 values, the ring of recent projected rows, counters."""
+        return self._n_windows * (self.window * 4 + 24) + self.recent * (2 * 16 + 8) + 32
+
+
+class OutOfDistributionDetector(_WindowDetector):
+    """How far a client's queries lie from the data the model was trained on.
+
+    Fit on reference inputs (a sample of the training data): a PCA basis of ``n_components``
+    and a reference sample of at most ``max_reference`` rows. Each query gives three
+    statistics: ``log nn``, its nearest-neighbour distance to the reference sample in the PCA
+    space (kNN novelty, Ramaswamy, Rastogi, Shim, SIGMOD 2000); ``log res``, the norm of its
+    residual off the PCA space (the subspace Q-statistic, Jackson & Mudholkar, Technometrics
+    1979); ``log norm``, its own L2 norm. Each is standardised by its median and MAD on the
+    reference sample (``nn`` leave-one-out). The client's score is the largest absolute mean of
+    the three over its last ``window`` distinct queries, in units of one query's spread: noise
+    and synthetic perturbations raise the residual, shifted natural data the neighbour
+    distance, rescaled data moves the norm, and a window of honest queries averages near 0.
+    Out-of-distribution queries as an extraction signal: Kariyappa & Qureshi, "Defending
+    against model stealing attacks with adaptive misinformation", CVPR 2020.
+    """
+
+    name = "ood"
+    _n_windows = 3
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 1.0,
+        n_components: int = 32,
+        max_reference: int = 2000,
+        window: int = 64,
+        min_queries: int = 20,
+        recent: int = 128,
+        duplicate_fraction: float = 0.25,
+        random_state: int = 0,
+    ) -> None:
+        self.threshold = threshold
+        self.n_components = n_components
+        self.max_reference = max_reference
+        self.window = window
+        self.min_queries = min_queries
+        self.recent = recent
+        self.duplicate_fraction = duplicate_fraction
+        self.random_state = random_state
+
+    def fit(
+        self, reference_inputs: FloatArray, reference_outputs: Any = None
+    ) -> OutOfDistributionDetector:
+        """Learn the PCA basis, the reference sample and the reference statistics."""
+        x = as_batch(reference_inputs)
+        if x.shape[0] < 10 or self.n_components < 1:
+            raise DetectorError("need at least 10 reference rows and n_components >= 1")
+        rng = np.random.default_rng(self.random_state)
+        if x.shape[0] > self.max_reference:
+            x = x[rng.choice(x.shape[0], self.max_reference, replace=False)]
+        self._fit_common(x)
+        self.mean_ = x.mean(axis=0)
+        centred = x - self.mean_
+        k = min(self.n_components, x.shape[1], x.shape[0] - 1)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        self.components_ = np.ascontiguousarray(vt[:k].T, dtype=np.float32)
+        z = (centred @ self.components_).astype(np.float32)
+        self.reference_ = z
+        self.reference_sq_ = np.einsum("ij,ij->i", z, z)
+        d2 = sq_distances(z, z, self.reference_sq_, self.reference_sq_)
+        np.fill_diagonal(d2, np.inf)
+        raw = self._raw(x, centred, z, d2.min(axis=1))
+        self.center_ = np.median(raw, axis=0)
+        mad = np.median(np.abs(raw - self.center_), axis=0) * 1.4826
+        self.scale_ = np.maximum(mad, 1e-3).astype(np.float32)
+        self._fitted()
+        return self
+
+    @staticmethod
+    def _raw(
+        x: npt.NDArray[np.float32],
+        centred: npt.NDArray[np.float32],
+        z: npt.NDArray[np.float32],
+        nn2: npt.NDArray[np.float32],
+    ) -> npt.NDArray[np.float32]:
+        total = np.einsum("ij,ij->i", centred, centred)
+        inside = np.einsum("ij,ij->i", z, z)
+        tiny = np.float32(1e-12)
+        stats = np.stack(
+            [
+                np.log(np.maximum(nn2, tiny)) * 0.5,
+                np.log(np.maximum(total - inside, tiny)) * 0.5,
+                np.log(np.maximum(np.einsum("ij,ij->i", x, x), tiny)) * 0.5,
+            ],
+            axis=1,
+        )
+        out: npt.NDArray[np.float32] = stats.astype(np.float32)
+        return out
+
+    def query_statistics(self, inputs: FloatArray) -> npt.NDArray[np.float32]:
+        """The standardised ``(log nn, log res, log norm)`` of each row (no client state)."""
+        self._require_fitted()
+        return self._statistics(as_batch(inputs, self.n_features_in_))
+
+    def _statistics(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        centred = x - self.mean_
+        z = centred @ self.components_
+        z_sq = np.einsum("ij,ij->i", z, z)
+        nn2 = sq_distances(z, self.reference_, z_sq, self.reference_sq_).min(axis=1)
+        out: npt.NDArray[np.float32] = (self._raw(x, centred, z, nn2) - self.center_) / self.scale_
+        return out
+
+    def _update(self, state: _WindowState, inputs: FloatArray, outputs: Any, now: float) -> None:
+        x = as_batch(inputs, self.n_features_in_)
+        labels, _ = as_labels_and_margins(outputs, x.shape[0])
+        dup, _ = state.recent.check_and_add(x @ self.projection_, labels, self.radius_)
+        state.n_queries += x.shape[0]
+        fresh = x[~dup]
+        if fresh.shape[0]:
+            stats = self._statistics(fresh)
+            for i, w in enumerate(state.windows):
+                w.extend(stats[:, i])
+            state.n_counted += fresh.shape[0]
+
+    def _score(self, state: _WindowState) -> float:
+        return max(abs(w.mean()) for w in state.windows)
+
+    def _details(self, state: _WindowState) -> tuple[tuple[str, float], ...]:
+        names = ("mean_log_nn", "mean_log_residual", "mean_log_norm")
+        return (
+            ("distinct_queries", float(state.n_counted)),
+            *((n, w.mean()) for n, w in zip(names, state.windows, strict=True)),
+        )
+
+
+class BoundaryDetector(_WindowDetector):
+    """Boundary probing: the share of a client's recent queries with a low top-1 margin.
+
+    A query's margin is the difference between its two largest predicted probabilities.
+    Attacks that look for the decision boundary (line searches, Tramer et al., USENIX Security
+    2016; Jacobian-based augmentation, Papernot et al., AsiaCCS 2017; uncertainty sampling in
+    active-learning extraction, Pal et al., "ActiveThief", AAAI 2020) send many queries the
+    model is unsure about; natural traffic mostly gets confident answers. Each distinct query
+    counts 1 when its margin is below ``low_margin`` or when it nearly duplicates a recent
+    query that got a *different* label (a step across the boundary), else 0; the score is the
+    mean over the last ``window`` distinct queries. It should be given the model's
+    probabilities (the gateway passes them before output hardening); given labels only it
+    counts the label flips alone.
+    """
+
+    name = "boundary"
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.3,
+        low_margin: float = 0.5,
+        window: int = 64,
+        min_queries: int = 20,
+        recent: int = 128,
+        duplicate_fraction: float = 0.25,
+        random_state: int = 0,
+    ) -> None:
+        self.threshold = threshold
+        self.low_margin = low_margin
+        self.window = window
+        self.min_queries = min_queries
+        self.recent = recent
+        self.duplicate_fraction = duplicate_fraction
+        self.random_state = random_state
+
+    def fit(self, reference_inputs: FloatArray, reference_outputs: Any = None) -> BoundaryDetector:
+        """Learn the input width and the near-duplicate radius."""
+        if not 0.0 < self.low_margin <= 1.0:
+            raise DetectorError("low_margin must be in (0, 1]")
+        self._fit_common(as_batch(reference_inputs))
+        self._fitted()
+        return self
+
+    def _update(self, state: _WindowState, inputs: FloatArray, outputs: Any, now: float) -> None:
+        x = as_batch(inputs, self.n_features_in_)
+        labels, margins = as_labels_and_margins(outputs, x.shape[0])
+        dup, flip = state.recent.check_and_add(x @ self.projection_, labels, self.radius_)
+        state.n_queries += x.shape[0]
+        low = np.zeros(x.shape[0], np.bool_) if margins is None else margins < self.low_margin
+        counted = ~dup | flip
+        values = (flip | (low & ~dup))[counted]
+        state.windows[0].extend(values.astype(np.float32))
+        state.n_counted += int(counted.sum())

@@ -1,0 +1,168 @@
+"""All detectors behind one call per query batch, and threshold calibration on honest traffic."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelshield.detect._base import Detector, DetectorError, FloatArray, Observation
+from modelshield.detect._coverage import CoverageDetector
+from modelshield.detect._distribution import BoundaryDetector, OutOfDistributionDetector
+from modelshield.detect._prada import PradaDetector
+from modelshield.detect._volume import VolumeDetector
+
+GROUP_PREFIX = "group:"
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """The observations of every detector for one client (and its group) after one batch."""
+
+    client: str
+    observations: tuple[Observation, ...]
+    group_observations: tuple[Observation, ...] = ()
+
+    @property
+    def all_observations(self) -> tuple[Observation, ...]:
+        return self.observations + self.group_observations
+
+    @property
+    def flagged(self) -> bool:
+        """Whether any detector flags the client or its group."""
+        return any(o.flagged for o in self.all_observations)
+
+    @property
+    def flagged_detectors(self) -> tuple[str, ...]:
+        """Names of the detectors that flag (group views are prefixed ``group:``)."""
+        own = [o.detector for o in self.observations if o.flagged]
+        group = [GROUP_PREFIX + o.detector for o in self.group_observations if o.flagged]
+        return tuple(own + group)
+
+
+class DetectorSuite:
+    """Several detectors observed together, per client and optionally per group of clients.
+
+    ``group`` (a tenant, or ``"*"`` for all clients) is the aggregate view against colluding
+    clients (Sybil accounts): the detectors named in ``group_detectors`` also observe the batch
+    under the key ``"group:" + group``, so an attack split over many keys adds up there.
+    """
+
+    def __init__(
+        self,
+        detectors: Sequence[Detector],
+        *,
+        group_detectors: Collection[str] = ("ood", "boundary", "coverage"),
+    ) -> None:
+        self.detectors = tuple(detectors)
+        self.group_detectors = tuple(group_detectors)
+
+    @classmethod
+    def default(cls, *, random_state: int = 0) -> DetectorSuite:
+        """Every detector with its default parameters (thresholds still need calibration)."""
+        return cls(
+            [
+                PradaDetector(random_state=random_state),
+                OutOfDistributionDetector(random_state=random_state),
+                BoundaryDetector(),
+                CoverageDetector(random_state=random_state),
+                VolumeDetector(random_state=random_state),
+            ]
+        )
+
+    def fit(self, reference_inputs: FloatArray, reference_outputs: Any = None) -> DetectorSuite:
+        """Fit every detector on the same reference data; returns ``self``."""
+        names = [d.name for d in self.detectors]
+        if len(set(names)) != len(names):
+            raise DetectorError(f"detector names must be unique, got {names}")
+        for detector in self.detectors:
+            detector.fit(reference_inputs, reference_outputs)
+        self.fitted_ = True
+        return self
+
+    def detector(self, name: str) -> Detector:
+        """The detector called ``name``."""
+        for detector in self.detectors:
+            if detector.name == name:
+                return detector
+        raise DetectorError(f"no detector named {name!r}")
+
+    def observe(
+        self,
+        client: str,
+        inputs: FloatArray,
+        outputs: Any,
+        now: float,
+        *,
+        group: str | None = None,
+        tier: str | None = None,
+    ) -> SuiteResult:
+        """Observe one batch (``outputs``: the model's probabilities, before any hardening)."""
+        if not getattr(self, "fitted_", False):
+            raise DetectorError("the detector suite is not fitted: call fit(...) first")
+        if client.startswith(GROUP_PREFIX):
+            raise DetectorError(f"client names may not start with {GROUP_PREFIX!r}")
+        own = []
+        for detector in self.detectors:
+            if tier is not None and isinstance(detector, VolumeDetector):
+                detector.set_tier(client, tier)
+            own.append(detector.observe(client, inputs, outputs, now))
+        grouped = []
+        if group is not None:
+            for detector in self.detectors:
+                if detector.name in self.group_detectors:
+                    grouped.append(detector.observe(GROUP_PREFIX + group, inputs, outputs, now))
+        return SuiteResult(client, tuple(own), tuple(grouped))
+
+    def state_dict(self, client: str) -> bytes:
+        """Every detector's state of ``client`` in one ``.npz`` blob."""
+        buffer = io.BytesIO()
+        blobs: dict[str, Any] = {
+            d.name: np.frombuffer(d.state_dict(client), np.uint8) for d in self.detectors
+        }
+        np.savez(buffer, **blobs)
+        return buffer.getvalue()
+
+    def load_state_dict(self, client: str, data: bytes) -> None:
+        """Inverse of :meth:`state_dict`."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                blobs = {name: bytes(npz[name]) for name in npz.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise DetectorError(f"cannot read suite state: {exc}") from None
+        for detector in self.detectors:
+            if detector.name not in blobs:
+                raise DetectorError(f"suite state has no {detector.name!r} part")
+            detector.load_state_dict(client, blobs[detector.name])
+
+    def forget(self, client: str) -> None:
+        """Drop ``client``'s state in every detector."""
+        for detector in self.detectors:
+            detector.forget(client)
+
+    def max_state_bytes(self) -> int:
+        """Upper bound of the memory held per client by all detectors together."""
+        return sum(d.max_state_bytes() for d in self.detectors)
+
+
+def calibrate_threshold(
+    honest_scores: Iterable[float], *, quantile: float = 1.0, margin: float = 0.05
+) -> float:
+    """A threshold above honest traffic: the ``quantile`` of honest clients' peak scores, plus
+    ``margin`` of its magnitude (plus ``margin`` absolute when it is 0).
+
+    Run every honest calibration client through the detector, take each client's peak score
+    over its stream (its maximum ready score), and pass them here. ``quantile=1.0`` (the
+    maximum) targets zero false positives on the calibration half; report the false-positive
+    rate on the other half.
+    """
+    scores = np.asarray(list(honest_scores), dtype=np.float64)
+    if scores.size == 0 or not np.all(np.isfinite(scores)):
+        raise DetectorError("need at least one finite honest score to calibrate")
+    if not 0.0 < quantile <= 1.0 or margin < 0:
+        raise DetectorError("quantile must be in (0, 1] and margin non-negative")
+    top = float(np.quantile(scores, quantile))
+    return top + margin * (abs(top) if top != 0 else 1.0)

@@ -1,0 +1,374 @@
+"""The HTTP gateway: a Starlette application over the guarded pipeline.
+
+The hot path does not parse through pydantic (orjson and numpy only); the OpenAPI document still
+describes every endpoint. Every request, accepted or refused, is audited, and a response is sent
+only once its audit record is durable: if the audit store cannot write, the answer is 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelshield.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    InvalidInputError,
+    RateLimitedError,
+    ServiceUnavailableError,
+    ShieldError,
+)
+from modelshield.gateway._limits import LimitStore
+from modelshield.gateway._metrics import GatewayMetrics
+from modelshield.gateway._openapi import openapi_document
+from modelshield.gateway._pipeline import Clock, Marker, Observer, Tier, admit, answer, validate
+from modelshield.models import Predictor
+
+_log = logging.getLogger(__name__)
+
+JSON = "application/json"
+NPY = "application/x-npy"
+_THREADPOOL_ROWS = 64  # larger batches are predicted off the event loop
+
+
+class ClientIdentity(Protocol):
+    """What the gateway needs to know about an authenticated client."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def tier(self) -> str: ...
+
+    def may_use(self, model: str) -> bool: ...
+
+
+class Authenticator(Protocol):
+    def authenticate(self, api_key: str, now: float) -> Any: ...
+
+
+class AdminVerifier(Protocol):
+    def verify(self, admin_key: str, code: str, now: float) -> Any: ...
+
+
+class AuditSink(Protocol):
+    """The audit log seen from the gateway: durable append of one request's record."""
+
+    async def record(self, entry: AuditEntry) -> None: ...
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """The facts about one request that the audit log keeps."""
+
+    time: float
+    client: str | None
+    key_id: str | None
+    model: str | None
+    body: bytes
+    rows: int
+    output_summary: str
+    decision: str
+    reason: str
+    status: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    marks: tuple[tuple[Any, Any], ...] = ()  # (input row array, label returned)
+
+
+class HttpError(Exception):
+    """An error answer: status, machine code, human message, extra headers."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(err: HttpError) -> Response:
+    body = orjson.dumps({"error": {"code": err.code, "message": err.message}})
+    return Response(body, status_code=err.status, media_type=JSON, headers=err.headers)
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HttpError(401, "unauthenticated", "missing or malformed Authorization: Bearer header")
+    return token.strip()
+
+
+def _map_error(exc: ShieldError) -> HttpError:
+    if isinstance(exc, AuthenticationError):
+        return HttpError(401, "unauthenticated", "invalid API key")
+    if isinstance(exc, AuthorizationError):
+        return HttpError(403, "forbidden", str(exc))
+    if isinstance(exc, RateLimitedError):
+        headers = {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, int(np.ceil(exc.retry_after))))
+        return HttpError(429, "rate_limited", str(exc), headers)
+    if isinstance(exc, InvalidInputError):
+        message = str(exc)
+        status = 413 if message.startswith("too many rows") else 422
+        return HttpError(status, "invalid_input", message)
+    if isinstance(exc, ServiceUnavailableError):
+        return HttpError(
+            503, "unavailable", "service temporarily unavailable", {"Retry-After": "1"}
+        )
+    return HttpError(400, "bad_request", str(exc))
+
+
+def parse_inputs(body: bytes, content_type: str) -> Any:
+    """Decode a request body into an array-like (JSON ``{"inputs": [...]}`` or ``.npy``)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == NPY:
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise HttpError(400, "bad_request", f"not a valid .npy array: {exc}") from None
+    if media in (JSON, ""):
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise HttpError(400, "bad_request", "body is not valid JSON") from None
+        if not isinstance(payload, dict) or "inputs" not in payload:
+            raise HttpError(400, "bad_request", 'body must be a JSON object {"inputs": [[...]]}')
+        inputs = payload["inputs"]
+        if not isinstance(inputs, list):
+            raise HttpError(422, "invalid_input", '"inputs" must be a list of rows')
+        return inputs
+    raise HttpError(415, "unsupported_media_type", f"use {JSON} or {NPY}")
+
+
+@dataclass
+class Gateway:
+    """Everything one gateway process serves with."""
+
+    models: dict[str, Predictor]
+    tiers: dict[str, Tier]
+    registry: Authenticator
+    limits: LimitStore
+    audit: AuditSink
+    admins: AdminVerifier | None = None
+    marker: Marker | None = None
+    observer: Observer | None = None
+    max_body_bytes: int = 1_048_576
+    clock: Clock = time.time
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    admin_routes: list[Route] = field(default_factory=list)
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+
+    async def read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise HttpError(413, "too_large", f"body larger than {self.max_body_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise HttpError(413, "too_large", f"body larger than {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def predict(self, request: Request) -> Response:
+        started = time.perf_counter()
+        now = self.clock()
+        model_name = str(request.path_params["name"])
+        entry: dict[str, Any] = {
+            "time": now, "client": None, "key_id": None, "model": model_name, "body": b"",
+            "rows": 0, "output_summary": "refused", "decision": "refuse", "reason": "",
+        }  # fmt: skip
+        try:
+            response = await self._predict(request, now, entry)
+        except HttpError as err:
+            entry["reason"] = entry["reason"] or err.code
+            response = error_response(err)
+        except ShieldError as exc:
+            mapped = _map_error(exc)
+            entry["reason"] = entry["reason"] or mapped.code
+            response = error_response(mapped)
+        return await self._finish(response, entry, model_name, started)
+
+    async def _predict(self, request: Request, now: float, entry: dict[str, Any]) -> Response:
+        token = _bearer(request)
+        try:
+            client = self.registry.authenticate(token, now)
+        except AuthenticationError as exc:
+            entry["reason"] = "auth:" + str(getattr(exc, "reason", "") or "invalid")
+            raise HttpError(401, "unauthenticated", "invalid API key") from None
+        entry["client"], entry["key_id"] = client.name, client.key_id
+        model_name = entry["model"]
+        predictor = self.models.get(model_name)
+        if predictor is None or not client.may_use(model_name):
+            entry["reason"] = "scope"
+            raise HttpError(404, "not_found", f"no model named {model_name!r} for this key")
+        tier = self.tiers.get(client.tier)
+        if tier is None:
+            entry["reason"] = "tier"
+            raise HttpError(403, "forbidden", "this key's tier is not configured")
+        body = await self.read_body(request)
+        entry["body"] = body
+        inputs = parse_inputs(body, request.headers.get("content-type", ""))
+        batch = validate(predictor, inputs)
+        entry["rows"] = int(batch.shape[0])
+        decision = admit(self.limits, client.name, tier, batch.shape[0], now)
+        degraded = decision.flag == "degrade"
+        if batch.shape[0] > _THREADPOOL_ROWS:
+            result = await asyncio.to_thread(
+                answer, predictor, batch, tier, self.rng,
+                client=client.name, degraded=degraded, marker=self.marker,
+            )  # fmt: skip
+        else:
+            result = answer(
+                predictor, batch, tier, self.rng,
+                client=client.name, degraded=degraded, marker=self.marker,
+            )  # fmt: skip
+        if self.observer is not None:
+            flag, evidence = self.observer.observe(client.name, batch, result.scores, now)
+            if flag is not None:
+                self.limits.set_flag(client.name, flag)
+                entry["extra"] = {"flag": flag, "evidence": evidence}
+        entry["decision"] = "degrade" if degraded else "allow"
+        entry["output_summary"] = ",".join(str(label) for label in result.labels[:16])
+        if result.marked_rows.size:
+            entry["marks"] = tuple(
+                (batch[i], result.labels[i]) for i in result.marked_rows.tolist()
+            )
+        payload: dict[str, Any] = {"model": model_name, "labels": result.labels}
+        if result.probabilities is not None:
+            payload["probabilities"] = result.probabilities
+        self.metrics.rows_served(model_name, int(batch.shape[0]))
+        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
+
+    async def _finish(
+        self, response: Response, entry: dict[str, Any], model: str | None, started: float
+    ) -> Response:
+        try:
+            await self.audit.record(AuditEntry(status=response.status_code, **entry))
+        except ServiceUnavailableError:
+            _log.error("audit store unavailable: refusing to answer without a record")
+            response = error_response(
+                HttpError(503, "unavailable", "audit log unavailable", {"Retry-After": "1"})
+            )
+        self.metrics.observe(
+            model=model or "",
+            status=response.status_code,
+            decision=str(entry["decision"]) if response.status_code < 500 else "error",
+            reason=str(entry["reason"]) if response.status_code >= 400 else "",
+            seconds=time.perf_counter() - started,
+        )
+        return response
+
+    async def list_models(self, request: Request) -> Response:
+        started = time.perf_counter()
+        now = self.clock()
+        entry: dict[str, Any] = {
+            "time": now, "client": None, "key_id": None, "model": None, "body": b"",
+            "rows": 0, "output_summary": "", "decision": "refuse", "reason": "",
+        }  # fmt: skip
+        try:
+            client = self.registry.authenticate(_bearer(request), now)
+            entry["client"], entry["key_id"] = client.name, client.key_id
+            models = [
+                {
+                    "name": name,
+                    "input": predictor.input_spec.to_dict(),
+                    "classes": list(predictor.classes),
+                }
+                for name, predictor in sorted(self.models.items())
+                if client.may_use(name)
+            ]
+            entry["decision"], entry["output_summary"] = "allow", "list"
+            response = Response(orjson.dumps({"models": models}), media_type=JSON)
+        except HttpError as err:
+            entry["reason"] = err.code
+            response = error_response(err)
+        except ShieldError as exc:
+            mapped = _map_error(exc)
+            entry["reason"] = mapped.code
+            response = error_response(mapped)
+        return await self._finish(response, entry, None, started)
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(
+            orjson.dumps({"status": "ok", "models": sorted(self.models)}), media_type=JSON
+        )
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(orjson.dumps(openapi_document(self)), media_type=JSON)
+
+    def close(self) -> None:
+        for hook in reversed(self.on_close):
+            try:
+                hook()
+            except Exception:  # closing must go on whatever one resource does
+                _log.exception("error while closing the gateway")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(HttpError(404, "not_found", "no such endpoint"))
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(HttpError(405, "method_not_allowed", "method not allowed"))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    _log.exception("unexpected error", exc_info=exc)
+    return error_response(HttpError(500, "internal", "internal error"))
+
+
+def build_app(gateway: Gateway) -> Starlette:
+    """The ASGI application serving ``gateway``."""
+    routes = [
+        Route("/v1/models/{name}/predict", gateway.predict, methods=["POST"]),
+        Route("/v1/models", gateway.list_models, methods=["GET"]),
+        Route("/healthz", gateway.healthz, methods=["GET"]),
+        Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", gateway.openapi, methods=["GET"]),
+        *gateway.admin_routes,
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            gateway.close()
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={404: _not_found, 405: _method_not_allowed, 500: _server_error},
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,127 @@
+"""``modelshield init``: scaffold a deployment folder with keys, a sealed model and shield.toml."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelshield.errors import InvalidInputError
+
+_TEMPLATE = """\
+# shield.toml written by `modelshield init`. Relative paths are relative to this file.
+# Every field is documented in docs/gateway.md and in shield.example.toml.
+
+[server]
+host = "127.0.0.1"        # loopback by default: put a TLS-terminating proxy in front to expose it
+port = 8000
+workers = 1
+
+[models.{name}]
+path = "models/{name}.sealed"                 # sealed to keys/server.pub, signed by the owner
+identity = "keys/server.key"                  # opens the seal (keep it 0600, on this host only)
+require_signer = "keys/owner.signing.pub"     # refuse a model the owner did not sign
+
+[registry]                                    # API keys, clients, admin TOTP secrets
+url = "sqlite:///state/registry.db"
+
+[audit]                                       # every request, chained and HMAC-ed
+url = "sqlite:///state/audit.db"
+key = {{ file = "keys/audit.key" }}
+
+[state]                                       # limits, budgets, flags: "redis://..." for replicas
+url = "memory://"
+
+[gateway]
+max_body_bytes = 1048576
+
+# The default profile: enough for honest use, little for a thief.
+[tiers.standard]
+requests_per_second = 10.0
+burst = 20
+budget_rows = 2000          # rows per period, per client
+budget_period = "24h"
+max_batch_rows = 100
+output = ["top_k:3", "round:2"]
+
+# For clients that only need the label.
+[tiers.labels]
+requests_per_second = 10.0
+burst = 20
+budget_rows = 2000
+budget_period = "24h"
+max_batch_rows = 100
+output = ["labels"]
+
+[logging]
+level = "INFO"
+"""
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What :func:`init_deployment` wrote."""
+
+    directory: Path
+    config: Path
+    model_name: str
+    sealed_model: Path
+    server_key: Path
+    owner_signing_key: Path
+    audit_key: Path
+
+
+def _model_name(path: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).strip("-.") or "model"
+    return name
+
+
+def init_deployment(directory: Path, model: Path | None = None) -> InitReport:
+    """Create ``directory`` with server and owner keys, the audit key, the sealed (and signed)
+    model — the demo digits model when ``model`` is ``None`` — and a documented shield.toml.
+
+    Refuses a folder that already holds a shield.toml or keys (nothing is overwritten).
+    """
+    from modelshield import audit, vault
+    from modelshield.models import load_model
+
+    directory = Path(directory)
+    config_path = directory / "shield.toml"
+    keys = directory / "keys"
+    if config_path.exists() or keys.exists():
+        raise InvalidInputError(f"{directory} already holds a deployment; choose an empty folder")
+    if model is not None:
+        data = Path(model).read_bytes()
+        load_model(data)  # refuse what could not be served, before writing anything
+        name = _model_name(Path(model))
+    else:
+        from modelshield.demo import DEMO_MODEL_NAME, train_demo_model
+
+        data = train_demo_model().onnx_bytes
+        name = DEMO_MODEL_NAME
+    for sub in (keys, directory / "models", directory / "state"):
+        sub.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys, 0o700)
+    server = vault.keygen(keys / "server")
+    owner = vault.keygen(keys / "owner", signing=True)
+    audit_key = audit.write_audit_key(keys / "audit.key", audit.generate_audit_key())
+    sealed = directory / "models" / f"{name}.sealed"
+    vault.seal_bytes(
+        data,
+        sealed,
+        vault.load_recipient(server.public),
+        signer=vault.load_signing_key(owner.private),
+    )
+    tmp = config_path.with_name(".shield.toml.tmp")
+    tmp.write_text(_TEMPLATE.format(name=name), encoding="utf-8")
+    tmp.replace(config_path)
+    return InitReport(
+        directory=directory,
+        config=config_path,
+        model_name=name,
+        sealed_model=sealed,
+        server_key=server.private,
+        owner_signing_key=owner.private,
+        audit_key=audit_key,
+    )

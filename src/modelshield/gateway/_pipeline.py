@@ -1,0 +1,146 @@
+"""The guarded prediction path as plain code: limits, validation, prediction, hardening.
+
+Used by the HTTP gateway and by :class:`Shield` (in-process). Clock and random generator are
+passed in; state lives behind :class:`~modelshield.gateway._limits.LimitStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from modelshield.config import TierConfig
+from modelshield.errors import AuthorizationError, InvalidInputError, RateLimitedError
+from modelshield.gateway._harden import LabelsOnly, OutputPolicy, parse_policy
+from modelshield.gateway._limits import LimitDecision, LimitRule, LimitStore
+from modelshield.models import Predictor, validate_inputs
+from modelshield.models._base import FloatArray
+
+Clock = Callable[[], float]
+
+
+class Marker(Protocol):
+    """The response watermark seen from the pipeline: which rows to mark, with which label."""
+
+    def mark(
+        self, client: str, inputs: FloatArray, scores: FloatArray
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Row indices to mark and the class index to answer for each."""
+        ...
+
+
+class Observer(Protocol):
+    """Extraction detection seen from the pipeline: observe a batch, maybe return a flag."""
+
+    def observe(
+        self, client: str, inputs: FloatArray, scores: FloatArray, now: float
+    ) -> tuple[str | None, dict[str, Any]]:
+        """The flag to set for this client (``None`` for none) and the evidence."""
+        ...
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A tier's limits and output policy, parsed once."""
+
+    name: str
+    rule: LimitRule
+    policy: OutputPolicy
+    max_batch_rows: int
+
+    @classmethod
+    def from_config(cls, name: str, config: TierConfig) -> Tier:
+        return cls(
+            name=name,
+            rule=LimitRule(
+                rate=config.requests_per_second,
+                burst=config.burst,
+                budget_rows=config.budget_rows,
+                budget_seconds=config.budget_seconds,
+            ),
+            policy=parse_policy(config.output),
+            max_batch_rows=config.max_batch_rows,
+        )
+
+
+DEGRADED = OutputPolicy((LabelsOnly(),))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a client receives for one batch, plus what the audit record and detectors need."""
+
+    labels: list[Any]
+    probabilities: FloatArray | None
+    scores: FloatArray = field(repr=False)
+    marked_rows: npt.NDArray[np.intp] = field(repr=False)
+    degraded: bool = False
+
+
+def admit(limits: LimitStore, client: str, tier: Tier, rows: int, now: float) -> LimitDecision:
+    """Charge ``rows`` to ``client``; raise :class:`RateLimitedError` or
+    :class:`AuthorizationError` (blocked) when refused."""
+    if rows > tier.max_batch_rows:
+        raise InvalidInputError(f"too many rows: {rows} > limit {tier.max_batch_rows} per request")
+    decision = limits.consume(client, rows, tier.rule, now)
+    if decision.allowed:
+        return decision
+    if decision.reason == "blocked":
+        raise AuthorizationError("this API key is suspended")
+    if decision.reason == "budget":
+        raise RateLimitedError("query budget exhausted", retry_after=decision.retry_after)
+    raise RateLimitedError("rate limit exceeded", retry_after=decision.retry_after)
+
+
+def answer(
+    predictor: Predictor,
+    batch: FloatArray,
+    tier: Tier,
+    rng: np.random.Generator,
+    *,
+    client: str,
+    degraded: bool = False,
+    marker: Marker | None = None,
+) -> Answer:
+    """Predict, harden and (optionally) watermark one validated batch."""
+    scores = predictor.predict_proba(batch)
+    classes = np.asarray(predictor.classes)
+    top = np.argmax(scores, axis=1)
+    marked = np.empty(0, dtype=np.intp)
+    if marker is not None:
+        marked, marked_labels = marker.mark(client, batch, scores)
+        if marked.size:
+            top = top.copy()
+            top[marked] = marked_labels
+    policy = DEGRADED if degraded else tier.policy
+    hardened = policy.apply(scores, rng)
+    if hardened is not None and marked.size:
+        # the watermark answer must look like an ordinary answer: the marked class on top
+        hardened = _move_top(hardened, marked, top[marked])
+    return Answer(
+        labels=classes[top].tolist(),
+        probabilities=hardened,
+        scores=scores,
+        marked_rows=marked,
+        degraded=degraded,
+    )
+
+
+def _move_top(
+    scores: FloatArray, rows: npt.NDArray[np.intp], new_top: npt.NDArray[np.intp]
+) -> FloatArray:
+    out = scores.copy()
+    old_top = np.argmax(out[rows], axis=1)
+    a = out[rows, old_top].copy()
+    out[rows, old_top] = out[rows, new_top]
+    out[rows, new_top] = a
+    return out
+
+
+def validate(predictor: Predictor, inputs: Any) -> FloatArray:
+    """Validate request inputs against the model's input spec (raises InvalidInputError)."""
+    return validate_inputs(inputs, predictor.input_spec)

@@ -1,0 +1,193 @@
+"""Assemble a gateway from ``shield.toml``: models, registry, audit log, limits, admin routes."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+
+from modelshield.config import Config, ModelConfig, load_config
+from modelshield.errors import ConfigError, KeyMissingError, ServiceUnavailableError, ShieldError
+from modelshield.gateway._admin import admin_routes
+from modelshield.gateway._app import AuditEntry, Gateway, build_app
+from modelshield.gateway._limits import open_limit_store
+from modelshield.gateway._pipeline import Clock, Marker, Observer, Tier
+from modelshield.models import Predictor, load_model
+
+_log = logging.getLogger(__name__)
+
+CONFIG_ENV = "MODELSHIELD_CONFIG"
+SEALED_MAGIC = b"\x89MSEAL\r\n"  # the first bytes of every sealed artifact (docs/formats)
+
+
+class UnsealedModelWarning(UserWarning):
+    """A model is served from a plain (unsealed) file."""
+
+
+def is_sealed_file(path: Path) -> bool:
+    """True when ``path`` starts like a modelshield sealed artifact."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(SEALED_MAGIC)) == SEALED_MAGIC
+    except OSError:
+        return False
+
+
+def load_served_model(name: str, model: ModelConfig) -> Predictor:
+    """Open one configured model: sealed files in memory with the configured identity."""
+    fmt = None if model.format == "auto" else model.format
+    if not model.path.exists():
+        raise ConfigError(f"models.{name}.path: no such file: {model.path}")
+    if is_sealed_file(model.path):
+        from modelshield import vault
+
+        if model.identity is None:
+            raise KeyMissingError(f'models.{name}: a sealed model needs identity = "..."')
+        identity = vault.load_identity(model.identity)
+        trusted = (
+            None if model.require_signer is None else vault.load_verifying_key(model.require_signer)
+        )
+        return vault.open_model(model.path, identity, require_signer=trusted)
+    warnings.warn(
+        f"model {name!r} is served from an unsealed file; seal it with `modelshield seal`",
+        UnsealedModelWarning,
+        stacklevel=2,
+    )
+    return load_model(model.path.read_bytes(), format=fmt)
+
+
+class AuditLogSink:
+    """Adapts :class:`modelshield.audit.AuditLog` to the gateway: HMACs the body, waits durably."""
+
+    def __init__(self, log: Any, key: bytes) -> None:
+        from modelshield import audit
+
+        self._log = log
+        self._key = key
+        self._audit = audit
+
+    async def record(self, entry: AuditEntry) -> None:
+        audit = self._audit
+        event = audit.AuditEvent(
+            time=entry.time,
+            client=entry.client,
+            key_id=entry.key_id,
+            model=entry.model,
+            input_hmac=audit.input_digest(self._key, entry.body),
+            rows=entry.rows,
+            output_summary=entry.output_summary[:200],
+            decision=entry.decision,
+            reason=entry.reason[:200],
+            status=entry.status,
+            extra=entry.extra,
+        )
+        marks = [
+            audit.WatermarkMark(
+                client=entry.client or "",
+                model=entry.model or "",
+                input_digest=audit.input_digest(self._key, np.ascontiguousarray(row).tobytes()),
+                row=_npy(row),
+                label=label,
+            )
+            for row, label in entry.marks
+        ]
+        try:
+            await self._log.append_async(event, marks)
+        except ShieldError:
+            raise
+        except Exception as exc:  # anything else from the store is an outage too: fail closed
+            _log.error("audit append failed: %r", exc)
+            raise ServiceUnavailableError("audit log unavailable") from None
+
+
+def _npy(row: Any) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(row), allow_pickle=False)
+    return buf.getvalue()
+
+
+def open_gateway(
+    config: Config,
+    *,
+    clock: Clock = time.time,
+    random_state: int | None = None,
+    marker: Marker | None = None,
+    observer: Observer | None = None,
+    models: dict[str, Predictor] | None = None,
+) -> Gateway:
+    """A :class:`Gateway` with everything the configuration names opened.
+
+    ``models`` replaces the configured models (tests and embedding); ``marker`` and ``observer``
+    plug in the response watermark and extraction detection.
+    """
+    from modelshield import access, audit
+    from modelshield.stores import open_audit_store
+
+    served = models if models is not None else {
+        name: load_served_model(name, mc) for name, mc in config.models.items()
+    }  # fmt: skip
+    if not served:
+        raise ConfigError(f"{config.source or 'configuration'}: models: no model configured")
+    audit_key = audit.audit_key_from_config(config)
+    closers: list[Any] = []
+    try:
+        store = open_audit_store(config.audit.url)
+        closers.append(store.close)
+        log = audit.AuditLog(store, audit_key, writer_id=f"gw{os.getpid()}", clock=clock)
+        closers.append(log.close)
+        registry = access.open_registry(config.registry.url)
+        closers.append(registry.close)
+        admins = access.open_admin_registry(config.registry.url)
+        closers.append(admins.close)
+        limits = open_limit_store(config.state.url)
+        closers.append(limits.close)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    gateway = Gateway(
+        models=served,
+        tiers={name: Tier.from_config(name, t) for name, t in config.tiers.items()},
+        registry=registry,
+        limits=limits,
+        audit=AuditLogSink(log, audit_key),
+        admins=admins,
+        marker=marker,
+        observer=observer,
+        max_body_bytes=config.gateway.max_body_bytes,
+        clock=clock,
+        rng=np.random.default_rng(random_state),
+    )
+
+    def verify_audit() -> dict[str, Any]:
+        report = audit.verify(store, audit_key)
+        bad = report.first_bad
+        return {
+            "ok": report.ok,
+            "records_checked": report.records_checked,
+            "segments": report.segments,
+            "open_segments": list(report.open_segments),
+            "verified_until": report.verified_until,
+            "first_bad": None if bad is None else str(bad),
+        }
+
+    gateway.admin_routes = admin_routes(gateway, registry, verify_audit)
+    gateway.on_close.extend(closers)
+    return gateway
+
+
+def create_app() -> Starlette:
+    """uvicorn factory: the app for the configuration named by ``MODELSHIELD_CONFIG``."""
+    path = os.environ.get(CONFIG_ENV, "shield.toml")
+    config = load_config(path)
+    logging.basicConfig(level=config.logging.level, format="%(levelname)s %(name)s: %(message)s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UnsealedModelWarning)
+        return build_app(open_gateway(config))

@@ -1,0 +1,84 @@
+"""Atomic, private file writes: a temporary file in the destination folder, fsync, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from modelshield.errors import InvalidInputError
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the folder's entry is on disk (POSIX); some systems cannot
+    # open a folder for fsync, and the data itself is already synced, so that case is skipped.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def refuse_existing(path: Path) -> None:
+    """Raise :class:`InvalidInputError` if ``path`` exists (a file, folder or dangling link)."""
+    if os.path.lexists(path):
+        raise InvalidInputError(f"{path} exists; refusing to overwrite it")
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike[str], *, overwrite: bool, mode: int = 0o600
+) -> Iterator[BinaryIO]:
+    """Yield a private temporary file next to ``path``; on success it becomes ``path`` at once.
+
+    The file is created with ``mode`` (0600 by default, whatever the umask), written, flushed and
+    fsynced, then renamed over ``path`` (``overwrite=True``) or linked to it only if ``path`` does
+    not exist (``overwrite=False``: :class:`InvalidInputError`, and the existing file is untouched).
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    dst = Path(path)
+    if not overwrite:
+        refuse_existing(dst)
+    folder = dst.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        if mode != 0o600:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "w+b") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp, dst)
+        else:
+            _link_no_clobber(tmp, dst)
+        _fsync_dir(folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _link_no_clobber(tmp: Path, dst: Path) -> None:
+    # os.link fails atomically when dst exists, which a check followed by a rename cannot promise.
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise InvalidInputError(f"{dst} exists; refusing to overwrite it") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        refuse_existing(dst)  # a file system without hard links: best effort
+        os.rename(tmp, dst)
+        return
+    tmp.unlink()

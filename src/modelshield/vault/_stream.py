@@ -1,0 +1,189 @@
+"""The payload pipelines: encrypt or decrypt segment by segment while a worker thread hashes.
+
+Memory stays bounded (a few segments) whatever the file size. The payload digest (SHA-256 of the
+ciphertext) is computed in the same pass as the encryption or decryption: each ciphertext segment
+goes to a worker thread that hashes it while the main thread encrypts, decrypts and writes the
+next (hashlib, pyca and file writes release the GIL on large buffers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import queue
+import threading
+from collections.abc import Callable
+from typing import BinaryIO
+
+from modelshield.hazmat import AesGcmHkdfStreaming
+from modelshield.vault._format import PAYLOAD_AD, Manifest, fail
+
+Progress = Callable[[int], None]
+
+_BUFFERS = 4
+_CHUNK = 1 << 20
+
+
+class _Hasher:
+    """SHA-256 over buffers handed in order, on a worker thread; buffers come back for reuse."""
+
+    def __init__(self, buffer_size: int) -> None:
+        self._hash = hashlib.sha256()
+        self._size = buffer_size
+        self._made = 0
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._todo: queue.SimpleQueue[tuple[bytes | bytearray, int] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="modelshield-digest", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            data, size = item
+            self._hash.update(memoryview(data)[:size])
+            if isinstance(data, bytearray):
+                self._free.put(data)
+
+    def buffer(self) -> bytearray:
+        """A free buffer (at most a few exist); it must be handed back through :meth:`submit`."""
+        if self._made < _BUFFERS and self._free.empty():
+            self._made += 1
+            return bytearray(self._size)
+        return self._free.get()
+
+    def submit(self, data: bytes | bytearray, size: int) -> None:
+        """Hash ``data[:size]`` after everything submitted before (a bytearray is then reused)."""
+        self._todo.put((data, size))
+
+    def digest(self) -> bytes:
+        self.close()
+        return self._hash.digest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._todo.put(None)
+            self._thread.join()
+
+
+def _read_full(src: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``src`` unless the stream ends first; the number of bytes read."""
+    got = 0
+    while got < len(view):
+        n = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def encrypt_payload(
+    src: BinaryIO, dst: BinaryIO, data_key: bytes, segment_size: int, progress: Progress | None
+) -> tuple[int, bytes]:
+    """Write the Tink ciphertext of everything ``src`` holds to ``dst``.
+
+    Returns the plaintext size and the SHA-256 of the ciphertext written. The last segment is
+    found by reading one segment ahead, so ``src`` may be any stream.
+    """
+    streaming = AesGcmHkdfStreaming(data_key, segment_size)
+    layout = streaming.layout
+    encrypter = streaming.new_encrypter(PAYLOAD_AD)
+    hasher = _Hasher(segment_size)
+    try:
+        dst.write(encrypter.header)
+        hasher.submit(encrypter.header, len(encrypter.header))
+        current, following = (
+            bytearray(layout.plaintext_segment_size(1)),
+            bytearray(layout.plaintext_segment_size(1)),
+        )
+        size = _read_full(src, memoryview(current)[: layout.plaintext_segment_size(0)])
+        index, total = 0, 0
+        while True:
+            following_size = 0
+            if size == layout.plaintext_segment_size(index):
+                following_size = _read_full(
+                    src, memoryview(following)[: layout.plaintext_segment_size(index + 1)]
+                )
+            last = following_size == 0
+            out = hasher.buffer()
+            sealed = memoryview(out)[: size + streaming.TAG_SIZE]
+            encrypter.encrypt_segment_into(memoryview(current)[:size], index, last, sealed)
+            dst.write(sealed)
+            hasher.submit(out, len(sealed))
+            total += size
+            if progress is not None:
+                progress(total)
+            if last:
+                return total, hasher.digest()
+            current, following, size, index = following, current, following_size, index + 1
+    finally:
+        hasher.close()
+
+
+def decrypt_payload(
+    src: BinaryIO,
+    manifest: Manifest,
+    data_key: bytes,
+    *,
+    sink: BinaryIO | None = None,
+    into: bytearray | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Decrypt the payload that ``src`` is positioned at, checking every segment and the digest.
+
+    Plaintext goes to ``sink`` (a file), ``into`` (a bytearray of ``plaintext_size`` bytes) or
+    nowhere (verification only). Raises :class:`IntegrityError` on a bad segment, a short or long
+    payload or a digest mismatch; the caller discards what was written.
+    """
+    streaming = AesGcmHkdfStreaming(data_key, manifest.segment_size)
+    layout = streaming.layout
+    hasher = _Hasher(min(manifest.segment_size, manifest.payload_size))
+    try:
+        header = src.read(streaming.HEADER_SIZE)
+        if len(header) != streaming.HEADER_SIZE:
+            fail("payload shorter than its header")
+        hasher.submit(header, len(header))
+        decrypter = streaming.new_decrypter(header, PAYLOAD_AD)
+        count = manifest.segment_count
+        scratch = bytearray(
+            0 if into is not None else min(layout.plaintext_segment_size(1), manifest.plaintext_size)
+        )
+        done = 0
+        for index in range(count):
+            size = min(layout.plaintext_segment_size(index), manifest.plaintext_size - done)
+            buf = hasher.buffer()
+            sealed = memoryview(buf)[: size + streaming.TAG_SIZE]
+            if _read_full(src, sealed) != len(sealed):
+                fail(f"payload truncated in segment {index}")
+            hasher.submit(buf, len(sealed))
+            target = memoryview(into if into is not None else scratch)
+            plain = target[done : done + size] if into is not None else target[:size]
+            decrypter.decrypt_segment_into(sealed, index, index == count - 1, plain)
+            if sink is not None:
+                sink.write(plain)
+            done += size
+            if progress is not None:
+                progress(done)
+        if src.read(1):
+            fail("bytes after the last segment")
+        if not hmac.compare_digest(hasher.digest(), manifest.payload_digest):
+            fail("payload digest does not match the manifest")
+    finally:
+        hasher.close()
+
+
+def copy_payload(src: BinaryIO, dst: BinaryIO | None, manifest: Manifest) -> None:
+    """Copy (or with ``dst=None`` only read) the payload, checking its size and digest."""
+    digest = hashlib.sha256()
+    remaining = manifest.payload_size
+    buf = bytearray(min(remaining, _CHUNK))
+    while remaining:
+        view = memoryview(buf)[: min(remaining, _CHUNK)]
+        if _read_full(src, view) != len(view):
+            fail("payload truncated")
+        digest.update(view)
+        if dst is not None:
+            dst.write(view)
+        remaining -= len(view)
+    if src.read(1):
+        fail("bytes after the payload")
+    if not hmac.compare_digest(digest.digest(), manifest.payload_digest):
+        fail("payload digest does not match the manifest")

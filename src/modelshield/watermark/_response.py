@@ -1,0 +1,370 @@
+"""Per-client response watermark (DAWN: Szyller et al., "DAWN: Dynamic Adversarial Watermarking of
+Neural Networks", ACM Multimedia 2021), with neighbourhood-stable marks.
+
+DAWN changes the answer to a small keyed share of each client's queries to a keyed wrong label and
+keeps those (input, label) pairs; a copy trained on the answers reproduces them, which both proves
+the copy's origin and names the client. Marking single points fails against thieves that augment
+their queries and do not train to memorisation: each marked query has a dozen correctly answered
+near-duplicates (measured in issue 7). Here the selection and the wrong label are therefore a keyed
+function of a *cell* of a locality-sensitive hash (quantised keyed random projections, Datar et
+al. 2004) over a representation that small shifts and noise barely move: by default the magnitude
+of the 2-D Fourier transform of an image (invariant to translation), or any feature vector the
+caller passes (the model's hidden features, say). Every query in a marked cell gets the same keyed
+label offset, so near-duplicates of a marked query are marked the same way.
+
+Verification (:func:`trace`) is an exact binomial test per client over *cells*, not queries (near
+duplicates are not independent trials), counting only cells where the suspect disagrees with the
+victim's honest answer; the keyed offset is uniform over the ``K - 1`` wrong labels, so a model
+that never saw the marks matches with probability ``1/(K-1)``, or more if the suspect's own
+disagreements concentrate on few offsets (then that estimate is used).
+
+Everything here is pure: keys arrive as bytes, nothing is read or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelshield.errors import InvalidInputError
+from modelshield.models import Label
+from modelshield.watermark._keys import (
+    check_key,
+    derive_key,
+    keyed_normal,
+    keyed_uniform,
+    label_key,
+)
+from modelshield.watermark._stats import DEFAULT_THRESHOLD, Verification, binomial_verification
+
+SCHEME = "response"
+PredictFn = Callable[[npt.NDArray[Any]], Any]
+FloatArray = npt.NDArray[np.float64]
+_MIN_ESTIMATE = 30
+
+
+@dataclass(frozen=True)
+class ResponseRecord:
+    """One marked answer, as the audit store keeps it.
+
+    ``input`` is the query row flattened (its digest is SHA-256 of the float32 bytes), ``label``
+    the keyed wrong label that was returned, ``honest_label`` what the model really answered, and
+    ``cell`` the (non-secret) identifier of the hash cell the query fell in.
+    """
+
+    client_id: str
+    digest: str
+    input: tuple[float, ...]
+    label: Label
+    honest_label: Label
+    cell: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResponseRecord:
+        return cls(
+            client_id=str(data["client_id"]),
+            digest=str(data["digest"]),
+            input=tuple(float(v) for v in data["input"]),
+            label=data["label"],
+            honest_label=data["honest_label"],
+            cell=str(data["cell"]),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Marks:
+    """Which rows of one batch are marked, and how.
+
+    ``rows`` are row indices into the batch; ``labels`` the keyed wrong class *indices* and
+    ``honest`` the model's own top-1 indices for those rows; ``records`` the audit records.
+    """
+
+    client_id: str
+    rows: npt.NDArray[np.int64]
+    labels: npt.NDArray[np.int64]
+    honest: npt.NDArray[np.int64]
+    records: tuple[ResponseRecord, ...]
+    classes: tuple[Label, ...]
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def apply_to_probabilities(self, probabilities: npt.ArrayLike) -> FloatArray:
+        """A copy of ``probabilities`` (n, K) in which each marked row's top class and keyed label
+        swap their values: still a distribution, now with the keyed label on top."""
+        out: FloatArray = np.array(probabilities, dtype=np.float64, copy=True)
+        if out.ndim != 2 or out.shape[1] != len(self.classes):
+            raise InvalidInputError(f"expected probabilities of shape (n, {len(self.classes)})")
+        for row, wrong in zip(self.rows.tolist(), self.labels.tolist(), strict=True):
+            top = int(np.argmax(out[row]))
+            out[row, top], out[row, wrong] = out[row, wrong], out[row, top]
+        return out
+
+    def apply_to_labels(self, labels: npt.ArrayLike) -> npt.NDArray[Any]:
+        """A copy of the batch's ``labels`` with the marked rows replaced by their keyed label."""
+        out = np.array(labels, dtype=object, copy=True).reshape(-1)
+        for row, wrong in zip(self.rows.tolist(), self.labels.tolist(), strict=True):
+            out[row] = self.classes[wrong]
+        return out
+
+
+def fourier_embedding(inputs: npt.ArrayLike, image_shape: tuple[int, int]) -> FloatArray:
+    """Magnitudes of the 2-D real FFT of each image, without the constant term.
+
+    Translation changes only the phase of a Fourier coefficient, so small shifts of a digit (and,
+    by averaging, pixel noise) barely move this vector, while different digits are far apart.
+    """
+    arr = np.asarray(inputs, dtype=np.float64)
+    images = arr.reshape(arr.shape[0], *image_shape)
+    mags = np.abs(np.fft.rfft2(images)).reshape(arr.shape[0], -1)
+    out: FloatArray = mags[:, 1:]
+    return out
+
+
+class ResponseWatermark:
+    """Keyed, per-client, neighbourhood-stable response marking (pure; see the module docstring).
+
+    ``key`` is the master key (bytes, at least 16); ``classes`` the model's labels in output
+    order; ``share`` the expected fraction of a client's queries that is answered with a wrong
+    label. The cell grid is ``n_projections`` keyed Gaussian directions of the representation,
+    quantised with width ``cell_width`` and keyed offsets. The representation is ``features`` when
+    :meth:`select` receives them, else :func:`fourier_embedding` of the input when
+    ``image_shape`` is set, else the flattened input.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        classes: Sequence[Label],
+        share: float = 0.01,
+        image_shape: tuple[int, int] | None = None,
+        n_projections: int = 6,
+        cell_width: float = 4.0,
+    ) -> None:
+        if not 0.0 < share < 1.0:
+            raise InvalidInputError(f"share must be in (0, 1), got {share}")
+        if len(classes) < 2:
+            raise InvalidInputError("a response watermark needs at least two classes")
+        if n_projections < 1 or not cell_width > 0:
+            raise InvalidInputError("need n_projections >= 1 and cell_width > 0")
+        self._master = derive_key(check_key(key), "response/clients")
+        self._grid_key = derive_key(key, "response/grid")
+        self.classes = tuple(classes)
+        self.share = float(share)
+        self.image_shape = image_shape
+        self.n_projections = int(n_projections)
+        self.cell_width = float(cell_width)
+        self._threshold = int(self.share * 2.0**64)
+        self._projections: dict[int, tuple[FloatArray, FloatArray]] = {}
+        self._client_keys: dict[str, bytes] = {}
+        self._index = {label_key(c): i for i, c in enumerate(self.classes)}
+
+    def __repr__(self) -> str:
+        return (
+            f"ResponseWatermark(classes={len(self.classes)}, share={self.share}, "
+            f"n_projections={self.n_projections}, cell_width={self.cell_width})"
+        )
+
+    def _grid(self, dim: int) -> tuple[FloatArray, FloatArray]:
+        grid = self._projections.get(dim)
+        if grid is None:
+            matrix = keyed_normal(self._grid_key, f"projection/{dim}", (dim, self.n_projections))
+            offsets = keyed_uniform(self._grid_key, f"offsets/{dim}", (self.n_projections,))
+            grid = (matrix / self.cell_width, offsets)
+            self._projections[dim] = grid
+        return grid
+
+    def _client_key(self, client_id: str) -> bytes:
+        ck = self._client_keys.get(client_id)
+        if ck is None:
+            ck = hmac.digest(self._master, b"client\x00" + client_id.encode(), hashlib.sha256)
+            if len(self._client_keys) < 100_000:
+                self._client_keys[client_id] = ck
+        return ck
+
+    def representation(
+        self, inputs: npt.ArrayLike, features: npt.ArrayLike | None = None
+    ) -> FloatArray:
+        """The vectors the cells are cut in (see the class docstring)."""
+        if features is not None:
+            rep = np.asarray(features, dtype=np.float64)
+            return rep.reshape(rep.shape[0], -1)
+        arr = np.asarray(inputs, dtype=np.float64)
+        arr = arr.reshape(arr.shape[0], -1)
+        if self.image_shape is not None:
+            return fourier_embedding(arr, self.image_shape)
+        return arr
+
+    def cells(
+        self, inputs: npt.ArrayLike, features: npt.ArrayLike | None = None
+    ) -> npt.NDArray[np.int64]:
+        """The integer cell coordinates ``(n, n_projections)`` of each row."""
+        rep = self.representation(inputs, features)
+        matrix, offsets = self._grid(rep.shape[1])
+        out: npt.NDArray[np.int64] = np.floor(rep @ matrix + offsets).astype(np.int64)
+        return out
+
+    def select(
+        self,
+        client_id: str,
+        inputs: npt.ArrayLike,
+        *,
+        outputs: npt.ArrayLike,
+        features: npt.ArrayLike | None = None,
+    ) -> Marks:
+        """Decide which rows of this client's batch to mark and with which wrong label.
+
+        ``outputs`` are the model's answers for the batch: probabilities or scores ``(n, K)``, or
+        top-1 class indices ``(n,)``. ``features`` optionally replaces the built-in representation
+        (one row per input). Cheap and side-effect free: one projection and one HMAC per row.
+        """
+        arr = np.asarray(inputs)
+        n = arr.shape[0]
+        out = np.asarray(outputs)
+        if out.ndim == 2:
+            honest_all = np.argmax(out, axis=1)
+        else:
+            honest_all = out.reshape(-1).astype(np.int64)
+        if honest_all.shape[0] != n:
+            raise InvalidInputError(f"{honest_all.shape[0]} outputs for {n} inputs")
+        cells = self.cells(arr, features)
+        ck = self._client_key(client_id)
+        k = len(self.classes)
+        rows: list[int] = []
+        labels: list[int] = []
+        for row in range(n):
+            tag = hmac.digest(ck, cells[row].tobytes(), hashlib.sha256)
+            if int.from_bytes(tag[:8], "big") < self._threshold:
+                rows.append(row)
+                offset = 1 + int.from_bytes(tag[8:16], "big") % (k - 1)
+                labels.append((int(honest_all[row]) + offset) % k)
+        rows_arr = np.asarray(rows, dtype=np.int64)
+        labels_arr = np.asarray(labels, dtype=np.int64)
+        honest = honest_all[rows_arr].astype(np.int64)
+        flat = np.asarray(arr, dtype=np.float32).reshape(n, -1)
+        records = tuple(
+            ResponseRecord(
+                client_id=client_id,
+                digest=hashlib.sha256(flat[row].tobytes()).hexdigest(),
+                input=tuple(float(v) for v in flat[row]),
+                label=self.classes[wrong],
+                honest_label=self.classes[int(h)],
+                cell=hashlib.sha256(self._grid_key + cells[row].tobytes()).hexdigest()[:32],
+            )
+            for row, wrong, h in zip(rows, labels, honest.tolist(), strict=True)
+        )
+        return Marks(
+            client_id=client_id,
+            rows=rows_arr,
+            labels=labels_arr,
+            honest=honest,
+            records=records,
+            classes=self.classes,
+        )
+
+
+def response_cost(marks: Sequence[Marks], n_answers: int) -> float:
+    """The share of honest answers that were changed: marked rows over all ``n_answers``."""
+    if n_answers <= 0:
+        raise InvalidInputError("n_answers must be positive")
+    return sum(len(m) for m in marks) / n_answers
+
+
+def _modal(values: Sequence[int]) -> int:
+    counts = Counter(values)
+    best = max(counts.values())
+    return min(v for v, c in counts.items() if c == best)
+
+
+def trace(
+    suspect_predict: PredictFn,
+    records_by_client: Mapping[str, Sequence[ResponseRecord]],
+    *,
+    classes: Sequence[Label],
+    input_shape: tuple[int, ...],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> list[Verification]:
+    """Test the suspect against every client's marked answers; most significant first.
+
+    For each client the trials are its marked *cells* in which the suspect disagrees with the
+    victim's honest answer on at least one stored query; a trial matches when the suspect's most
+    common wrong-label offset in the cell is the keyed one. The chance rate is ``1/(K-1)`` or, if
+    larger, the suspect's own probability of that offset estimated from its disagreements on the
+    *other* clients' records (when there are at least 30 of them).
+    """
+    index = {label_key(c): i for i, c in enumerate(classes)}
+    k = len(classes)
+    if k < 2:
+        raise InvalidInputError("need at least two classes")
+    unique: dict[str, ResponseRecord] = {}
+    for records in records_by_client.values():
+        for r in records:
+            unique.setdefault(r.digest, r)
+    digests = list(unique)
+    if digests:
+        batch = np.asarray([unique[d].input for d in digests], dtype=np.float32)
+        raw = np.asarray(suspect_predict(batch.reshape(len(digests), *input_shape))).reshape(-1)
+        if raw.shape[0] != len(digests):
+            raise InvalidInputError("suspect returned a wrong number of labels")
+        suspect = {
+            d: index.get(label_key(v), -1) for d, v in zip(digests, raw.tolist(), strict=True)
+        }
+    else:
+        suspect = {}
+
+    def offset(r: ResponseRecord) -> int:
+        s = suspect[r.digest]
+        return -1 if s < 0 else (s - index[label_key(r.honest_label)]) % k
+
+    # the suspect's own offset distribution, estimated on the other clients' records (leaving the
+    # tested client out, so its marks do not inflate or deflate its own chance rate)
+    offsets_by_client = {
+        cid: Counter(o for o in (offset(r) for r in {x.digest: x for x in recs}.values()) if o)
+        for cid, recs in records_by_client.items()
+    }
+    total = Counter[int]()
+    for counts in offsets_by_client.values():
+        total.update(counts)
+    results = []
+    for client_id, records in records_by_client.items():
+        others = total - offsets_by_client[client_id]
+        n_others = sum(others.values())
+        by_cell: dict[str, dict[str, ResponseRecord]] = defaultdict(dict)
+        for r in records:
+            by_cell[r.cell][r.digest] = r
+        trials = matches = 0
+        chance_terms: list[float] = []
+        for cell_records in by_cell.values():
+            first = next(iter(cell_records.values()))
+            keyed = (index[label_key(first.label)] - index[label_key(first.honest_label)]) % k
+            wrong = [o for o in (offset(r) for r in cell_records.values()) if o != 0]
+            if not wrong:
+                continue
+            trials += 1
+            matches += int(_modal(wrong) == keyed)
+            if n_others >= _MIN_ESTIMATE:
+                chance_terms.append(others[keyed] / n_others)
+        estimated = float(np.mean(chance_terms)) if chance_terms else 0.0
+        results.append(
+            binomial_verification(
+                scheme=SCHEME,
+                matches=matches,
+                trials=trials,
+                chance_rate=max(1.0 / (k - 1), estimated),
+                threshold=threshold,
+                client_id=client_id,
+            )
+        )
+    results.sort(key=lambda v: (v.p_value, -v.matches))
+    return results

@@ -1,0 +1,101 @@
+"""Verification statistics shared by every watermark scheme.
+
+A verification asks one question: could a model that never saw our key agree with the watermark
+this often? The answer is an exact one-sided binomial test (``scipy.stats.binomtest``,
+``alternative="greater"``) whose chance rate is the probability that an *independent* model hits
+the keyed answer, estimated from the suspect's own output distribution rather than assumed to be
+``1/K``. The verdict is ``p_value < threshold`` (default ``1e-6``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from modelshield.errors import InvalidInputError
+
+DEFAULT_THRESHOLD = 1e-6
+_MIN_CHANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of checking a suspect model for one watermark.
+
+    ``matches`` of ``trials`` keyed answers were reproduced (``agreement = matches / trials``);
+    ``chance_rate`` is the per-trial probability of a match for a model independent of the key;
+    ``p_value`` is the exact binomial tail ``P(X >= matches)`` under that rate; ``verified`` is
+    ``p_value < threshold``.
+    """
+
+    scheme: str
+    agreement: float
+    trials: int
+    matches: int
+    chance_rate: float
+    p_value: float
+    verified: bool
+    threshold: float
+    client_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return asdict(self)
+
+
+def binomial_verification(
+    *,
+    scheme: str,
+    matches: int,
+    trials: int,
+    chance_rate: float,
+    threshold: float = DEFAULT_THRESHOLD,
+    client_id: str | None = None,
+) -> Verification:
+    """Exact one-sided binomial test of ``matches`` successes in ``trials`` at ``chance_rate``.
+
+    With no trials the p-value is 1 (no evidence). The chance rate is clipped to
+    ``[0.001, 1]``: a rate estimated as zero must not turn one lucky match into proof.
+    """
+    from scipy.stats import binomtest
+
+    if not 0.0 < threshold < 1.0:
+        raise InvalidInputError(f"threshold must be in (0, 1), got {threshold}")
+    if trials < 0 or not 0 <= matches <= trials:
+        raise InvalidInputError(f"need 0 <= matches <= trials, got {matches} of {trials}")
+    rate = min(1.0, max(_MIN_CHANCE, float(chance_rate)))
+    if trials == 0:
+        p_value, agreement = 1.0, 0.0
+    else:
+        p_value = float(binomtest(matches, trials, rate, alternative="greater").pvalue)
+        agreement = matches / trials
+    return Verification(
+        scheme=scheme,
+        agreement=agreement,
+        trials=trials,
+        matches=matches,
+        chance_rate=rate,
+        p_value=p_value,
+        verified=bool(p_value < threshold),
+        threshold=threshold,
+        client_id=client_id,
+    )
+
+
+def label_chance_rate(predicted: Sequence[str], keyed: Sequence[str]) -> float:
+    """Chance that an independent model's label equals the keyed label.
+
+    ``predicted`` are the suspect's labels on the probes and ``keyed`` the watermark's labels (both
+    in canonical text form). The suspect's label distribution ``q`` on the probes is the null model
+    of its answers; since the keyed labels come from the key and not from the probe, a model that
+    never saw the key matches probe ``i`` with probability ``q(keyed_i)``. The rate is their mean.
+    """
+    if len(predicted) != len(keyed):
+        raise InvalidInputError("predicted and keyed labels differ in length")
+    if not predicted:
+        return 0.0
+    counts = Counter(predicted)
+    n = len(predicted)
+    return sum(counts.get(label, 0) / n for label in keyed) / n

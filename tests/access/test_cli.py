@@ -1,0 +1,171 @@
+"""``modelshield clients`` and ``modelshield admin`` as a user meets them: real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from modelshield.access import (
+    ADMIN_PREFIX,
+    CLIENT_PREFIX,
+    CredentialsRejected,
+    RejectReason,
+    open_admin_registry,
+    open_registry,
+)
+from modelshield.access._keys import parse_key
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelshield", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Path:
+    (tmp_path / "shield.toml").write_text('[registry]\nurl = "sqlite:///state/registry.db"\n')
+    return tmp_path
+
+
+def registry_url(deployment: Path) -> str:
+    return f"sqlite:///{deployment / 'state' / 'registry.db'}"
+
+
+def test_clients_lifecycle(deployment: Path) -> None:
+    added = run("clients", "add", "alice", "--models", "digits,iris", "--json", cwd=deployment)
+    assert added.returncode == 0, added.stderr
+    record = json.loads(added.stdout)
+    assert list(record) == ["name", "key_id", "api_key"]
+    assert record["name"] == "alice"
+    key = record["api_key"]
+    assert parse_key(key, CLIENT_PREFIX).key_id == record["key_id"]
+    with open_registry(registry_url(deployment)) as registry:
+        client = registry.authenticate(key, time.time())
+        assert client.models == frozenset({"digits", "iris"})
+        assert client.tier == "standard"
+
+    # human output: the key once; list shows the key id and never a secret
+    other = run(
+        "clients", "add", "bob", "--models", "digits", "--tier", "gold", "--expires", "30d",
+        cwd=deployment,
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    bob_key = next(w for w in other.stdout.split() if w.startswith("msk_"))
+    assert other.stdout.count(bob_key) == 1
+    listed = run("clients", "list", "--config", str(deployment / "shield.toml"), cwd=Path("/"))
+    assert listed.returncode == 0, listed.stderr
+    assert record["key_id"] in listed.stdout
+    assert "gold" in listed.stdout
+    as_json = run("clients", "list", "--json", cwd=deployment)
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [r["name"] for r in rows] == ["alice", "bob"]
+    assert rows[1]["expires_at"] == pytest.approx(time.time() + 30 * 86400, abs=120)
+    for text in (listed.stdout, as_json.stdout):
+        assert "msk_" not in text
+        for k in (key, bob_key):
+            assert parse_key(k, CLIENT_PREFIX).secret not in text
+
+    rotated = run("clients", "rotate", "alice", "--json", cwd=deployment)
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = json.loads(rotated.stdout)["api_key"]
+    revoked = run("clients", "revoke", "bob", cwd=deployment)
+    assert revoked.returncode == 0, revoked.stderr
+    with open_registry(registry_url(deployment)) as registry:
+        now = time.time()
+        assert registry.authenticate(new_key, now).name == "alice"
+        for old in (key, bob_key):
+            with pytest.raises(CredentialsRejected) as info:
+                registry.authenticate(old, now)
+            assert info.value.reason is RejectReason.REVOKED
+
+
+def test_revoke_by_key_id_and_unknown_names(deployment: Path) -> None:
+    added = json.loads(
+        run("clients", "add", "carol", "--models", "digits", "--json", cwd=deployment).stdout
+    )
+    assert run("clients", "revoke", added["key_id"], cwd=deployment).returncode == 0
+    missing = run("clients", "revoke", "nobody", cwd=deployment)
+    assert missing.returncode == 1
+    assert "nobody" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    duplicate = run("clients", "add", "dave", "--models", "digits", cwd=deployment)
+    assert duplicate.returncode == 0
+    again = run("clients", "add", "dave", "--models", "digits", cwd=deployment)
+    assert again.returncode == 1
+    assert "already" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("clients", "add", "alice"),  # --models is required
+        ("clients", "add", "alice", "--models", "digits", "--expires", "soon"),
+        ("clients", "add", "alice", "--models", "digits", "--no-such-option"),
+        ("clients", "revoke"),
+        ("admin", "enroll"),
+    ],
+)
+def test_usage_errors_exit_2(deployment: Path, args: tuple[str, ...]) -> None:
+    result = run(*args, cwd=deployment)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+
+
+def test_missing_config_is_an_error(tmp_path: Path) -> None:
+    result = run("clients", "list", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "shield.toml" in result.stderr
+
+
+def test_admin_enroll(deployment: Path) -> None:
+    result = run("admin", "enroll", "root", cwd=deployment)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    admin_key = next(w for w in out.split() if w.startswith("msa_"))
+    uri = next(w for w in out.split() if w.startswith("otpauth://"))
+    assert out.count(admin_key) == 1
+    assert "█" in out or "▀" in out  # the QR code
+    totp = pyotp.parse_uri(uri)
+    now = time.time()
+    with open_admin_registry(registry_url(deployment)) as admins:
+        admin = admins.verify(admin_key, totp.at(now), now)
+        assert admin.name == "root"
+        assert parse_key(admin_key, ADMIN_PREFIX).key_id == admin.key_id
+    as_json = run("admin", "enroll", "ops", "--json", cwd=deployment)
+    record = json.loads(as_json.stdout)
+    assert set(record) == {"name", "key_id", "admin_key", "totp_secret", "otpauth_uri"}
+    listed = run("admin", "list", cwd=deployment)
+    assert "root" in listed.stdout
+    assert "ops" in listed.stdout
+    assert record["totp_secret"] not in listed.stdout
+    assert "msa_" not in listed.stdout
+
+
+def test_revocation_by_another_process_is_honoured_within_one_second(deployment: Path) -> None:
+    record = json.loads(
+        run("clients", "add", "erin", "--models", "digits", "--json", cwd=deployment).stdout
+    )
+    with open_registry(registry_url(deployment)) as gateway_side:
+        assert gateway_side.authenticate(record["api_key"], time.time()).name == "erin"  # cached
+        assert run("clients", "revoke", "erin", cwd=deployment).returncode == 0
+        revoked_at = time.monotonic()
+        reason: RejectReason | None = None
+        while reason is None and time.monotonic() - revoked_at < 1.0:
+            try:
+                gateway_side.authenticate(record["api_key"], time.time())
+            except CredentialsRejected as exc:
+                reason = exc.reason
+            else:
+                time.sleep(0.01)
+        assert reason is RejectReason.REVOKED
+        assert time.monotonic() - revoked_at < 1.0

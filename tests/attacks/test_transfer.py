@@ -1,0 +1,129 @@
+"""Copycat, Knockoff Nets, Jacobian augmentation, ActiveThief and the probes on the digits model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelshield.attacks import (
+    ActiveThief,
+    Copycat,
+    JacobianAugmentation,
+    KnockoffNets,
+    LineSearch,
+    PredictorTarget,
+    SklearnThief,
+    UniformNoise,
+)
+
+
+def test_knockoff_soft_labels_natural_pool(digits: Any) -> None:
+    target = PredictorTarget(digits.predictor)
+    result = KnockoffNets(budget=300, pool=digits.pool, random_state=0).run(
+        target, evaluation=digits.evaluation
+    )
+    assert result.rows == target.rows == 300
+    assert result.queries == target.queries == 3
+    assert result.fidelity is not None and result.fidelity >= 0.93
+    assert result.accuracy is not None and result.accuracy >= 0.9
+
+
+def test_copycat_hard_labels_with_a_sklearn_thief(digits: Any) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    thief = LogisticRegression(max_iter=50)
+    result = Copycat(budget=300, pool=digits.pool, thief=thief, random_state=0).run(
+        PredictorTarget(digits.predictor, return_probabilities=False),
+        evaluation=digits.evaluation,
+    )
+    assert result.copy is not None
+    assert isinstance(result.copy.model, SklearnThief)
+    assert result.fidelity is not None and result.fidelity >= 0.88
+
+
+def test_random_pool_steals_far_less_than_natural_data(digits: Any) -> None:
+    natural = KnockoffNets(budget=200, pool=digits.pool, random_state=0).run(
+        PredictorTarget(digits.predictor), evaluation=digits.evaluation
+    )
+    noise = UniformNoise(budget=200, random_state=0).run(
+        PredictorTarget(digits.predictor), evaluation=digits.evaluation
+    )
+    assert natural.fidelity is not None and noise.fidelity is not None
+    assert noise.fidelity < natural.fidelity - 0.2
+
+
+def test_synthetic_pool_stays_in_the_input_box(digits: Any) -> None:
+    rows: list[Any] = []
+    from modelshield.attacks import ObservedTarget
+
+    target = ObservedTarget(
+        PredictorTarget(digits.predictor), observer=lambda x, a: rows.append(np.asarray(x))
+    )
+    result = KnockoffNets(
+        budget=200, pool=digits.pool[:50], pool_kind="synthetic", random_state=0
+    ).run(target, evaluation=digits.evaluation)
+    sent = np.vstack(rows)
+    assert sent.shape == (200, 64)
+    assert sent.min() >= 0.0 and sent.max() <= 1.0
+    assert result.fidelity is not None and result.fidelity >= 0.8
+
+
+def test_pool_kinds_needing_a_pool_refuse_without_one(digits: Any) -> None:
+    with pytest.raises(ValueError, match="needs a pool"):
+        KnockoffNets(budget=10, pool_kind="natural").run(PredictorTarget(digits.predictor))
+
+
+def test_torch_thief(digits: Any) -> None:
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    result = KnockoffNets(
+        budget=300, pool=digits.pool, thief=net, random_state=0
+    ).run(PredictorTarget(digits.predictor), evaluation=digits.evaluation)
+    assert result.fidelity is not None and result.fidelity >= 0.9
+
+
+def test_jacobian_augmentation_grows_a_small_seed(digits: Any) -> None:
+    target = PredictorTarget(digits.predictor, return_probabilities=False)
+    attack = JacobianAugmentation(
+        budget=800, seed=digits.pool, n_seed=100, step=0.2, rounds=3, random_state=0
+    )
+    result = attack.run(target, evaluation=digits.evaluation)
+    assert result.rows == target.rows == 800
+    assert "3 augmentation rounds" in result.message
+    # the substitute beats one trained on the seed alone
+    seed_only = JacobianAugmentation(
+        budget=100, seed=digits.pool, n_seed=100, rounds=0, random_state=0
+    ).run(PredictorTarget(digits.predictor, return_probabilities=False), evaluation=digits.evaluation)
+    assert result.fidelity is not None and seed_only.fidelity is not None
+    assert result.fidelity >= 0.85
+    assert result.fidelity > seed_only.fidelity
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "kcenter"])
+def test_active_thief_beats_random_selection(digits: Any, strategy: str) -> None:
+    def run(name: str) -> float:
+        result = ActiveThief(
+            budget=150, pool=digits.pool, strategy=name, initial=30, rounds=3, random_state=0
+        ).run(PredictorTarget(digits.predictor), evaluation=digits.evaluation)
+        assert result.rows == 150
+        assert result.fidelity is not None
+        return result.fidelity
+
+    chosen = run(strategy)
+    assert chosen >= 0.9
+    assert chosen >= run("random") - 0.01
+
+
+def test_line_search_sends_halving_chains(cancer_logistic: Any) -> None:
+    sent: list[Any] = []
+    from modelshield.attacks import ObservedTarget
+
+    target = ObservedTarget(
+        PredictorTarget(cancer_logistic.predictor, return_probabilities=False),
+        observer=lambda x, a: sent.append(np.asarray(x)),
+    )
+    result = LineSearch(budget=300, pairs=10, random_state=0).run(target)
+    assert result.rows == 300
+    assert sum(len(x) for x in sent) == 300

@@ -1,0 +1,134 @@
+"""Store specifics: URLs, SQLite pragmas, PostgreSQL reconnection after the server drops us."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from modelshield.audit import AuditEvent, AuditLog, AuditRecord, AuditStore, verify
+from modelshield.errors import ConfigError, ServiceUnavailableError
+from modelshield.stores import (
+    MemoryAuditStore,
+    PostgresAuditStore,
+    SQLiteAuditStore,
+    open_audit_store,
+)
+
+
+def ev(i: int) -> AuditEvent:
+    return AuditEvent(1_700_000_000.0 + i, "a", "k", "m", "", 1, "1", "allow", "", 200)
+
+
+def test_open_audit_store_by_url(tmp_path: Path) -> None:
+    store = open_audit_store(f"sqlite:///{tmp_path / 'x' / 'a.db'}?synchronous=normal")
+    assert isinstance(store, SQLiteAuditStore)
+    store.close()
+    assert (tmp_path / "x" / "a.db").is_file()
+    assert isinstance(open_audit_store("memory://"), MemoryAuditStore)
+    with pytest.raises(ConfigError, match="unsupported SQLite option"):
+        open_audit_store(f"sqlite:///{tmp_path / 'a.db'}?journal_mode=DELETE")
+    with pytest.raises(ConfigError, match="unsupported"):
+        open_audit_store("redis://127.0.0.1/0")
+
+
+@pytest.mark.parametrize("mode", ["FULL", "NORMAL"])
+def test_sqlite_pragmas(tmp_path: Path, mode: str) -> None:
+    store = SQLiteAuditStore(tmp_path / "a.db", synchronous=mode)  # type: ignore[arg-type]
+    try:
+        conn = store._connection()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == {"FULL": 2, "NORMAL": 1}[mode]
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteAuditStore(tmp_path / "b.db", synchronous="OFF")  # type: ignore[arg-type]
+
+
+def test_closed_store_refuses(tmp_path: Path) -> None:
+    for store in (MemoryAuditStore(), SQLiteAuditStore(tmp_path / "a.db")):
+        store.close()
+        with pytest.raises(ServiceUnavailableError):
+            store.heads()
+
+
+def test_sqlite_store_that_cannot_write(tmp_path: Path) -> None:
+    """A database that refuses writes fails the futures closed, then recovers by itself."""
+    path = tmp_path / "a.db"
+    store = SQLiteAuditStore(path, busy_timeout=0.05)
+    log = AuditLog(store, bytes(32), retry_after=0.01)
+    try:
+        log.append(ev(0)).result(timeout=10)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: writes time out
+        with pytest.raises(ServiceUnavailableError):
+            log.append(ev(1)).result(timeout=10)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        record, _ = _append_until_ok(log, ev(2))
+        assert record.seq == 2
+    finally:
+        log.close()
+        store.close()
+    store = SQLiteAuditStore(path)
+    try:
+        assert verify(store, bytes(32)).ok
+    finally:
+        store.close()
+
+
+def _append_until_ok(log: AuditLog, event: AuditEvent) -> tuple[AuditRecord, int]:
+    """The record once an append succeeds, and how many attempts failed closed before."""
+    deadline = time.monotonic() + 10
+    failures = 0
+    while True:
+        try:
+            return log.append(event).result(timeout=10), failures
+        except ServiceUnavailableError:
+            failures += 1
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+@pytest.mark.services
+def test_postgres_reconnects_after_the_server_drops_the_connection(
+    pg_schema: tuple[str, str],
+) -> None:
+    import psycopg
+
+    dsn, schema = pg_schema
+    store = PostgresAuditStore(dsn, schema=schema)
+    log = AuditLog(store, bytes(32), retry_after=0.01)
+    try:
+        log.append(ev(0)).result(timeout=10)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(%s)", (store._conn.info.backend_pid,)
+            ).fetchall()
+        assert killed == [(True,)]
+        record, failures = _append_until_ok(log, ev(1))
+        assert failures >= 1  # the lost connection failed closed ...
+        assert record.seq == 2  # ... and the next attempt reconnected and went on
+        log.close()
+        report = verify(store, bytes(32))
+        assert report.ok, report.first_bad
+    finally:
+        log.close()
+        store.close()
+
+
+@pytest.mark.services
+def test_postgres_unreachable_is_service_unavailable() -> None:
+    with pytest.raises(ServiceUnavailableError):
+        PostgresAuditStore("postgresql://postgres@127.0.0.1:1/postgres", connect_timeout=1)
+
+
+def test_store_protocol_is_satisfied(tmp_path: Path) -> None:
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    try:
+        assert isinstance(store, AuditStore)
+        assert isinstance(MemoryAuditStore(), AuditStore)
+    finally:
+        store.close()

@@ -1,0 +1,225 @@
+"""The gateway over real HTTP: auth, scopes, validation, limits, hardening, audit, metrics."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+
+from modelshield import audit
+from modelshield.demo import DemoData
+from modelshield.stores import open_audit_store
+
+from .conftest import LiveGateway
+
+
+def predict(client: httpx.Client, rows: list[list[float]]) -> httpx.Response:
+    return client.post("/v1/models/digits/predict", json={"inputs": rows})
+
+
+def audit_records(live: LiveGateway) -> list[dict[str, object]]:
+    store = open_audit_store(live.config.audit.url)
+    try:
+        return list(audit.export(store))
+    finally:
+        store.close()
+
+
+def test_prediction_returns_labels_and_hardened_probabilities(
+    live: LiveGateway, demo_data: DemoData
+) -> None:
+    x = demo_data.x_test[:5]
+    with live.client() as c:
+        r = predict(c, x.tolist())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "digits"
+    assert body["labels"] == live.predictor.predict(x).tolist()
+    proba = np.asarray(body["probabilities"])
+    assert proba.shape == (5, 10)
+    assert ((proba > 0).sum(axis=1) <= 3).all()  # top_k:3
+    np.testing.assert_array_equal(proba, np.round(proba, 3))  # round:3
+
+
+def test_npy_body_is_accepted(live: LiveGateway, demo_data: DemoData) -> None:
+    buf = io.BytesIO()
+    np.save(buf, demo_data.x_test[:3])
+    with live.client() as c:
+        r = c.post(
+            "/v1/models/digits/predict",
+            content=buf.getvalue(),
+            headers={"Content-Type": "application/x-npy"},
+        )
+    assert r.status_code == 200, r.text
+    assert len(r.json()["labels"]) == 3
+
+
+def test_labels_only_tier_gets_no_scores(live: LiveGateway, demo_data: DemoData) -> None:
+    with live.client("bob") as c:
+        r = predict(c, demo_data.x_test[:4].tolist())
+    assert r.status_code == 200
+    assert "probabilities" not in r.json()
+    assert r.json()["labels"] == live.predictor.predict(demo_data.x_test[:4]).tolist()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer msk_nope"},
+        {"Authorization": "Bearer"},
+    ],
+)
+def test_bad_credentials_are_401(live: LiveGateway, headers: dict[str, str]) -> None:
+    r = httpx.post(
+        f"{live.url}/v1/models/digits/predict", json={"inputs": [[0.0] * 64]}, headers=headers
+    )
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthenticated"
+
+
+def test_key_with_one_typo_is_refused(live: LiveGateway) -> None:
+    key = live.keys["alice"]
+    typo = key[:-8] + ("A" if key[-8] != "A" else "B") + key[-7:]
+    r = httpx.post(
+        f"{live.url}/v1/models/digits/predict",
+        json={"inputs": [[0.0] * 64]},
+        headers={"Authorization": f"Bearer {typo}"},
+    )
+    assert r.status_code == 401
+
+
+def test_scope_is_enforced(live: LiveGateway) -> None:
+    with live.client("dave") as c:
+        assert predict(c, [[0.0] * 64]).status_code == 404
+        assert c.get("/v1/models").json() == {"models": []}
+    with live.client() as c:
+        assert c.post("/v1/models/other/predict", json={"inputs": [[0.0] * 64]}).status_code == 404
+        models = c.get("/v1/models").json()["models"]
+    assert [m["name"] for m in models] == ["digits"]
+    assert models[0]["input"]["shape"] == [64]
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "fragment"),
+    [
+        (b"{not json", "application/json", 400, "valid JSON"),
+        (b'{"x": 1}', "application/json", 400, "inputs"),
+        (b'{"inputs": 5}', "application/json", 422, "list of rows"),
+        (b'{"inputs": [[1, 2, 3]]}', "application/json", 422, "shape"),
+        (b'{"inputs": []}', "application/json", 422, "shape"),
+        (b'{"inputs": [["a"]]}', "application/json", 422, "real numbers"),
+        (b'{"inputs": [[NaN]]}', "application/json", 400, "valid JSON"),
+        (b'{"inputs": [[1e999]]}', "application/json", 400, "valid JSON"),
+        (b"not an npy", "application/x-npy", 400, "npy"),
+        (b"a,b", "text/csv", 415, "application/json"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(
+    live: LiveGateway, content: bytes, content_type: str, status: int, fragment: str
+) -> None:
+    with live.client() as c:
+        r = c.post(
+            "/v1/models/digits/predict", content=content, headers={"Content-Type": content_type}
+        )
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]["message"]
+
+
+def test_out_of_range_and_non_finite_npy_are_422(live: LiveGateway) -> None:
+    for bad in (np.full((1, 64), 2.0), np.full((1, 64), np.nan), np.full((1, 64), -np.inf)):
+        buf = io.BytesIO()
+        np.save(buf, bad)
+        with live.client() as c:
+            r = c.post(
+                "/v1/models/digits/predict",
+                content=buf.getvalue(),
+                headers={"Content-Type": "application/x-npy"},
+            )
+        assert r.status_code == 422, r.text
+
+
+def test_huge_body_is_413(live: LiveGateway) -> None:
+    with live.client() as c:
+        r = c.post(
+            "/v1/models/digits/predict",
+            content=b"[" * (2 * 1024 * 1024),
+            headers={"Content-Type": "application/json"},
+        )
+    assert r.status_code == 413
+
+
+def test_batch_over_tier_limit_is_413(live: LiveGateway) -> None:
+    with live.client() as c:
+        r = predict(c, [[0.0] * 64] * 257)
+    assert r.status_code == 413
+    assert "too many rows" in r.json()["error"]["message"]
+
+
+def test_budget_counts_rows_and_answers_429(live: LiveGateway) -> None:
+    with live.client() as c:
+        assert predict(c, [[0.0] * 64] * 250).status_code == 200
+        assert predict(c, [[0.0] * 64] * 250).status_code == 200
+        r = predict(c, [[0.0] * 64])
+    assert r.status_code == 429
+    assert r.json()["error"]["message"] == "query budget exhausted"
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_rate_limit_answers_429_with_retry_after(live: LiveGateway) -> None:
+    with live.client("carol") as c:
+        codes = [predict(c, [[0.0] * 64]).status_code for _ in range(4)]
+        assert codes[:2] == [200, 200]
+        assert 429 in codes[2:]
+        r = predict(c, [[0.0] * 64])
+    assert r.headers["Retry-After"] == "1"
+
+
+def test_every_request_is_audited_and_the_chain_verifies(live: LiveGateway) -> None:
+    with live.client() as c:
+        predict(c, [[0.0] * 64])
+        predict(c, [[1.0] * 63])
+    httpx.post(f"{live.url}/v1/models/digits/predict", json={"inputs": []})
+    records = audit_records(live)
+    decisions = [
+        (r["client"], r["decision"], r["status"])
+        for r in records
+        if r.get("kind", "event") == "event"
+    ]
+    assert ("alice", "allow", 200) in decisions
+    assert ("alice", "refuse", 422) in decisions
+    assert (None, "refuse", 401) in decisions
+    store = open_audit_store(live.config.audit.url)
+    try:
+        key = audit.audit_key_from_config(live.config)
+        assert audit.verify(store, key).ok
+    finally:
+        store.close()
+
+
+def test_metrics_are_prometheus_text_without_client_ids(live: LiveGateway) -> None:
+    with live.client() as c:
+        predict(c, [[0.0] * 64])
+    text = httpx.get(f"{live.url}/metrics").text
+    assert "modelshield_requests_total" in text
+    assert "modelshield_request_duration_seconds_bucket" in text
+    assert "modelshield_rows_served_total" in text
+    assert "alice" not in text
+
+
+def test_openapi_document_is_served(live: LiveGateway) -> None:
+    doc = httpx.get(f"{live.url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert "/v1/models/digits/predict" in doc["paths"]
+    assert "/v1/admin/clients" in doc["paths"]
+
+
+def test_unknown_route_and_method_are_json(live: LiveGateway) -> None:
+    r = httpx.get(f"{live.url}/nope")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"{live.url}/v1/models/digits/predict")
+    assert r.status_code == 405

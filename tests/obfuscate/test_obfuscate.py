@@ -1,0 +1,306 @@
+"""The obfuscate() pipeline: equivalence at every level, what it hides, and what it refuses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import modelshield.obfuscate
+from modelshield.demo import DemoData, DemoModel
+from modelshield.errors import InvalidInputError, ShieldError, UnsupportedModelError
+from modelshield.models import InputSpec, load_model
+from modelshield.obfuscate import (
+    EquivalenceError,
+    _transforms,
+    inspect_model,
+    obfuscate,
+    weight_similarity,
+)
+from modelshield.obfuscate._verify import Verifier, compare
+
+MODELS = ("demo_mlp", "cnn", "batchnorm", "mixed")
+
+
+def test_public_names() -> None:
+    assert set(modelshield.obfuscate.__all__) == {
+        "LEVELS",
+        "RECOGNITION_THRESHOLD",
+        "Change",
+        "EquivalenceError",
+        "ModelView",
+        "ObfuscationReport",
+        "ObfuscationResult",
+        "WeightMatch",
+        "inspect_model",
+        "obfuscate",
+        "weight_matrices",
+        "weight_similarity",
+    }
+    for name in modelshield.obfuscate.__all__:
+        assert hasattr(modelshield.obfuscate, name)
+    assert issubclass(EquivalenceError, UnsupportedModelError)
+
+
+def _random_rows(spec: InputSpec, n: int = 300, seed: int = 7) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (n, *spec.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+@pytest.mark.parametrize("name", MODELS)
+def test_every_level_keeps_the_function(models: dict[str, bytes], name: str, level: int) -> None:
+    result = obfuscate(models[name], level=level, seed=11)
+    report = result.report
+    assert report.max_abs_diff <= 1e-5
+    assert report.top1_equal
+    assert report.changes[-1].step == "strip and rename"
+    # checked again here, independently, through the public model loader on fresh rows
+    original, obfuscated = load_model(models[name]), load_model(result.model_bytes)
+    rows = _random_rows(original.input_spec)
+    p0, p1 = original.predict_proba(rows), obfuscated.predict_proba(rows)
+    assert float(np.max(np.abs(p0 - p1))) <= 1e-5
+    assert np.array_equal(original.predict(rows), obfuscated.predict(rows))
+    assert obfuscated.input_spec == original.input_spec
+    assert obfuscated.classes == original.classes
+    if level >= 2:
+        assert report.after.widths != report.before.widths
+        assert not report.weights.recognised
+        expected = {2: "split layer", 3: "pad with an identity layer"}[level]
+        assert {c.step for c in report.changes} >= {"permute units", expected}
+
+
+def test_demo_mlp_on_real_digits(demo_model: DemoModel, demo_data: DemoData) -> None:
+    result = obfuscate(demo_model.onnx_bytes, level=3, seed=0, inputs=demo_data.x_test)
+    assert result.report.n_verification_rows == 256 + len(demo_data.x_test)
+    obfuscated = load_model(result.model_bytes)
+    accuracy = float(np.mean(obfuscated.predict(demo_data.x_test) == demo_data.y_test))
+    assert accuracy == pytest.approx(demo_model.test_accuracy)
+    assert result.report.cost_ratio <= 4.0
+    assert result.report.after.n_linear_layers > result.report.before.n_linear_layers
+
+
+def test_level1_hides_names_producer_and_metadata(models: dict[str, bytes]) -> None:
+    data = models["cnn"]
+    out = obfuscate(data, level=1, seed=0).model_bytes
+    for secret in (b"secret-trainer", b"Jane Owner", b"owner's data", b"conv1.weight", b"fc.bias"):
+        assert secret in data
+        assert secret not in out
+    model = onnx.load_model_from_string(out)
+    assert [p.key for p in model.metadata_props] == ["modelshield"]
+    assert model.graph.input[0].name == "input"  # the interface keeps its names
+    assert model.graph.output[0].name == "logits"
+    view = inspect_model(out)
+    assert view.producer == ""
+    assert inspect_model(data).producer == "secret-trainer 9.9"
+
+
+def test_rename_io_renames_the_interface_too(models: dict[str, bytes]) -> None:
+    result = obfuscate(models["cnn"], level=1, seed=0, rename_io=True)
+    model = onnx.load_model_from_string(result.model_bytes)
+    assert model.graph.input[0].name != "input"
+    assert model.graph.output[0].name != "logits"
+
+
+def test_seed_makes_the_output_reproducible(models: dict[str, bytes]) -> None:
+    a = obfuscate(models["mixed"], level=2, seed=5).model_bytes
+    b = obfuscate(models["mixed"], level=2, seed=5).model_bytes
+    c = obfuscate(models["mixed"], level=2, seed=6).model_bytes
+    assert a == b
+    assert a != c
+
+
+def test_level2_hides_the_weights_from_a_naive_match_but_not_from_an_analyst(
+    models: dict[str, bytes],
+) -> None:
+    """Honest limits: summing the additive shares back gives the original rows up to scaling."""
+    data = models["demo_mlp"]
+    out = obfuscate(data, level=2, seed=3).model_bytes
+    assert weight_similarity(data, data).max_cosine == pytest.approx(1.0)
+    naive = weight_similarity(data, out)
+    assert naive.max_cosine < 0.9
+    analyst = weight_similarity(data, out, undo_splits=True)
+    assert analyst.row_cosine > 0.99
+
+
+def test_weight_similarity_of_unrelated_models_is_low(
+    models: dict[str, bytes], model_builders: dict[str, Callable[..., bytes]]
+) -> None:
+    unrelated = model_builders["cnn"](seed=99)
+    assert weight_similarity(models["cnn"], unrelated).max_cosine < 0.9
+
+
+def test_inspect_model_reads_the_architecture(models: dict[str, bytes]) -> None:
+    view = inspect_model(models["cnn"])
+    assert view.widths == (4, 6, 10)
+    assert view.n_linear_layers == 3
+    assert dict(view.ops)["Conv"] == 2
+    assert view.n_parameters == 4 * 9 + 4 + 6 * 36 + 6 + 10 * 96 + 10
+
+
+# ---------------------------------------------------------------- refusals and failed proofs
+
+
+def _graph_model(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    *,
+    in_type: int = TensorProto.FLOAT,
+    domains: tuple[tuple[str, int], ...] = (("", 17),),
+) -> bytes:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", in_type, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in domains])
+    model.ir_version = 8
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def test_control_flow_is_refused() -> None:
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["b"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 4])],
+    )
+    cond = numpy_helper.from_array(np.asarray(True), "cond")
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
+    with pytest.raises(UnsupportedModelError, match="control-flow operator 'If'"):
+        obfuscate(_graph_model([node], [cond]), level=1)
+
+
+def test_custom_domain_is_refused() -> None:
+    node = helper.make_node("Secret", ["x"], ["y"], domain="com.example")
+    data = _graph_model([node], [], domains=(("", 17), ("com.example", 1)))
+    with pytest.raises(UnsupportedModelError, match=r"domain 'com\.example'"):
+        obfuscate(data, level=1)
+
+
+def test_integer_input_is_refused() -> None:
+    node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)
+    with pytest.raises(UnsupportedModelError, match="float32 or float64"):
+        obfuscate(_graph_model([node], [], in_type=TensorProto.INT64), level=1)
+
+
+def test_level2_needs_a_linear_layer_but_level1_does_not() -> None:
+    data = _graph_model([helper.make_node("Relu", ["x"], ["y"])], [])
+    with pytest.raises(UnsupportedModelError, match="no linear layer"):
+        obfuscate(data, level=2)
+    assert obfuscate(data, level=1, seed=0).report.max_abs_diff == 0.0
+
+
+def test_other_formats_and_garbage_are_refused(demo_model: DemoModel) -> None:
+    with pytest.raises(UnsupportedModelError, match="skl2onnx"):
+        obfuscate(demo_model.skops_bytes)
+    with pytest.raises(UnsupportedModelError):
+        obfuscate(b"\x00not a model at all")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"level": 0}, {"level": 4}, {"tolerance": 0.0}, {"seed": -1}, {"max_cost_ratio": 0.5}],
+)
+def test_bad_arguments(models: dict[str, bytes], kwargs: dict[str, float]) -> None:
+    with pytest.raises(InvalidInputError):
+        obfuscate(models["demo_mlp"], **kwargs)  # type: ignore[arg-type]
+
+
+def test_real_inputs_of_the_wrong_shape_are_refused(models: dict[str, bytes]) -> None:
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        obfuscate(models["demo_mlp"], inputs=np.zeros((3, 10), dtype=np.float32))
+
+
+def _rescale_without_compensation(
+    model: onnx.ModelProto, index: int, rng: np.random.Generator
+) -> str | None:
+    """A broken transform: scales the incoming weights but forgets the outgoing ones."""
+    g, link = _transforms._link(model, index)
+    if link is None:
+        return None
+    w = _transforms.get_weight(g, link.first)
+    _transforms.set_weight(g, link.first, w * 3.0)
+    return "broken rescale"
+
+
+def test_a_broken_transform_is_caught(
+    models: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_transforms, "rescale_units", _rescale_without_compensation)
+    with pytest.raises(EquivalenceError, match="after 'rescale units'") as info:
+        obfuscate(models["demo_mlp"], level=2, seed=0)
+    assert info.value.max_abs_diff > 1e-5
+    assert isinstance(info.value, ShieldError)
+
+
+def test_a_tiny_error_above_tolerance_is_caught(models: dict[str, bytes]) -> None:
+    original = onnx.load_model_from_string(models["mixed"])
+    rows = np.random.default_rng(0).normal(size=(64, 12)).astype(np.float32)
+    verifier = Verifier(original, rows, tolerance=1e-5)
+    verifier.check(original, "identity")
+    nudged = onnx.ModelProto()
+    nudged.CopyFrom(original)
+    w = numpy_helper.to_array(nudged.graph.initializer[0]).copy()
+    w[0, 0] += 1e-3
+    nudged.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w0"))
+    with pytest.raises(EquivalenceError, match="max abs diff"):
+        verifier.check(nudged, "nudge")
+
+
+def test_compare_flags_a_changed_top1_and_changed_labels() -> None:
+    ref = [np.asarray([[0.1, 0.9], [0.8, 0.2]]), np.asarray([1, 0])]
+    swapped = [np.asarray([[0.9, 0.1], [0.8, 0.2]]), np.asarray([1, 0])]
+    relabelled = [ref[0].copy(), np.asarray([0, 0])]
+    assert compare(ref, [r.copy() for r in ref]).top1_equal
+    assert not compare(ref, swapped).top1_equal
+    assert not compare(ref, relabelled).top1_equal
+    assert compare(ref, ref[:1]).max_abs_diff == float("inf")
+
+
+# ---------------------------------------------------------------- torch models
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_torch_model_with_batchnorm_through_onnx_export() -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from modelshield.models import dump_torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 4 * 4, 12),
+        torch.nn.BatchNorm1d(12),
+        torch.nn.ReLU(),
+        torch.nn.Linear(12, 3),
+    )
+    with torch.no_grad():  # non-trivial running statistics, as after training
+        for module in net:
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+    spec = InputSpec(shape=(1, 8, 8), min_value=0.0, max_value=1.0)
+    data = dump_torch(net, input_spec=spec, classes=["a", "b", "c"])
+    result = obfuscate(data, level=2, seed=0)
+    assert result.report.source_format == "torch"
+    steps = [c.step for c in result.report.changes]
+    assert steps.count("fold batch normalization") == 2
+    original, obfuscated = load_model(data), load_model(result.model_bytes)
+    assert obfuscated.classes == ("a", "b", "c")
+    rows = _random_rows(spec)
+    assert (
+        float(np.max(np.abs(original.predict_proba(rows) - obfuscated.predict_proba(rows)))) < 1e-5
+    )
+    assert np.array_equal(original.predict(rows), obfuscated.predict(rows))
