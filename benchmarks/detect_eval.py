@@ -311,12 +311,18 @@ def attack_knockoff_natural(task: Task, rng: np.random.Generator, budget: int) -
     return pool[rng.integers(0, pool.shape[0], budget)].astype(np.float32)
 
 
-def attack_active_learning(task: Task, rng: np.random.Generator, budget: int) -> np.ndarray:
-    """Uncertainty sampling from a natural pool (ActiveThief, Pal et al., AAAI 2020): query 20
-    random rows, then repeatedly the 20 rows the copy is least sure about."""
+def attack_active_learning(
+    task: Task, rng: np.random.Generator, budget: int, *, moved: bool = True
+) -> np.ndarray:
+    """Uncertainty sampling from a pool of natural data (ActiveThief, Pal et al., AAAI 2020):
+    query 20 random rows, then repeatedly the 20 rows the copy is least sure about. As in
+    ActiveThief the thief's pool comes from a related distribution (``moved``); from an
+    in-distribution pool it is an unlisted row, like the in-distribution Knockoff."""
     from sklearn.linear_model import LogisticRegression
 
     pool = task.x_attacker
+    if moved:
+        pool = move(task, pool, np.random.default_rng(11))
     budget = min(budget, pool.shape[0])
     chosen = list(rng.choice(pool.shape[0], 20, replace=False))
     while len(chosen) < budget:
@@ -341,6 +347,7 @@ ATTACKS: dict[str, Callable[[Task, np.random.Generator, int], np.ndarray]] = {
     "knockoff_moved": attack_knockoff_moved,
     "active_learning": attack_active_learning,
     "knockoff_natural": attack_knockoff_natural,
+    "active_learning_natural": lambda t, r, b: attack_active_learning(t, r, b, moved=False),
 }
 
 
@@ -497,6 +504,10 @@ def evaluate_task(
         n_report[model] = len(report)
     group_flags = [any(g[d] >= thresholds[d] for d in GROUP_DETECTORS) for g in group_report_peaks]
     group_fpr = float(np.mean(group_flags)) if group_flags else 0.0
+    group_by = {
+        d: int(sum(g[d] >= thresholds[d] for g in group_report_peaks)) for d in GROUP_DETECTORS
+    }
+    log(f"  {task.name}: group view flags honest tenants: {group_by} of {len(group_flags)}")
 
     attacks: dict[str, dict[str, Any]] = {}
     curves: dict[str, Trace] = {}

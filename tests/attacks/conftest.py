@@ -61,6 +61,19 @@ def cancer_logistic(cancer_data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any
     return Victim(predictor, evaluation, x[:400], model)
 
 
+@pytest.fixture(scope="session")
+def iris_softmax() -> tuple[SklearnPredictor, Evaluation]:
+    """A three-class softmax regression on iris scaled to [0, 1] (float64 inputs)."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    x = unit_box(x)
+    victim = LogisticRegression(max_iter=1000).fit(x, y)
+    predictor = SklearnPredictor(victim, input_spec=float64_spec(4))
+    return predictor, Evaluation.from_predictor(predictor, inputs=x, true_labels=y)
+
+
 class RefusingTarget:
     """Answers ``allow`` requests, then raises ``error`` on every request."""
 

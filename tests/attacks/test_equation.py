@@ -45,18 +45,6 @@ def test_logistic_recovery_fails_with_too_few_queries(cancer_logistic: Any) -> N
     assert np.abs(model.coef_ - cancer_logistic.estimator.coef_).max() > 1e-3
 
 
-@pytest.fixture(scope="module")
-def iris_softmax() -> tuple[SklearnPredictor, Evaluation]:
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-
-    x, y = load_iris(return_X_y=True)
-    x = (x - x.min(axis=0)) / (x.max(axis=0) - x.min(axis=0))
-    victim = LogisticRegression(max_iter=1000).fit(x, y)
-    predictor = SklearnPredictor(victim, input_spec=_spec(4))
-    return predictor, Evaluation.from_predictor(predictor, inputs=x, true_labels=y)
-
-
 def test_softmax_regression_recovered_up_to_the_shift(iris_softmax: Any) -> None:
     predictor, evaluation = iris_softmax
     victim = predictor.estimator

@@ -152,6 +152,21 @@ def test_event_extra_is_a_private_copy() -> None:
     assert event.extra == {"evidence": [1, 2]}
 
 
+def test_numpy_values_are_stored_as_plain_json() -> None:
+    import numpy as np
+
+    event = AuditEvent(
+        1.0, "a", "k", "m", "", np.int64(3), "7", "allow", "", np.int32(200),
+        {"score": np.float32(0.5), "counts": np.array([1, 2]), "n": np.int64(4)},
+    )  # fmt: skip
+    assert (type(event.rows), type(event.status)) == (int, int)
+    assert event.extra == {"score": 0.5, "counts": [1, 2], "n": 4}
+    mark = WatermarkMark("a", "m", "d", b"", np.int64(3))
+    assert type(mark.label) is int
+    with AuditLog(MemoryAuditStore(), KEY) as log:
+        assert log.append(event, marks=[mark]).result(timeout=10).rows == 3
+
+
 def test_mark_validation() -> None:
     with pytest.raises(TypeError):
         WatermarkMark("a", "m", "d", "not bytes", 1)  # type: ignore[arg-type]

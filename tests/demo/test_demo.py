@@ -26,7 +26,14 @@ def test_run_demo_writes_private_files(tmp_path: Path) -> None:
     assert report.test_accuracy >= 0.95
     assert abs(report.onnx_accuracy - report.test_accuracy) <= 0.005
     for path in report.files:
-        assert path.exists()
+        assert path.exists(), path
         assert path.stat().st_mode & 0o777 == 0o600
     assert "test accuracy" in out.getvalue()
+    assert report.sealed_accuracy == report.onnx_accuracy
+    assert report.gateway_statuses == {"alice": 200, "bad_key": 401, "over_budget": 429}
+    assert report.audit_ok
+    sealed = next(p for p in report.files if p.suffix == ".sealed").read_bytes()
+    plain = next(p for p in report.files if p.suffix == ".onnx").read_bytes()
+    for start in range(0, len(plain) - 32, len(plain) // 8):
+        assert plain[start : start + 32] not in sealed  # no plaintext in the seal
     assert report.seconds < 120

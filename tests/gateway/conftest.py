@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from modelshield import access, audit
 from modelshield.config import Config, load_config
 from modelshield.demo import DemoModel
-from modelshield.gateway import build_app, open_gateway
+from modelshield.gateway import ServerThread, build_app, open_gateway
 from modelshield.gateway._app import Gateway
 from modelshield.models import Predictor, load_model
 
@@ -25,35 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on 127.0.0.1 in a background thread; stops by itself on exit."""
-
-    def __init__(self, app: object) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )  # type: ignore[arg-type]
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 def write_config(directory: Path, extra: str = "") -> Path:

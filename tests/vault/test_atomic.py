@@ -32,9 +32,7 @@ def test_seal_failure_leaves_the_old_destination(tmp_path: Path, identity: vault
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.sealed"]
 
 
-def test_seal_replaces_the_destination_on_success(
-    tmp_path: Path, identity: vault.Identity
-) -> None:
+def test_seal_replaces_the_destination_on_success(tmp_path: Path, identity: vault.Identity) -> None:
     dst = tmp_path / "m.sealed"
     dst.write_bytes(b"old artifact")
     vault.seal_bytes(b"new", dst, identity.recipient)

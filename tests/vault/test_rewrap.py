@@ -61,9 +61,7 @@ def test_add_passphrase_and_provider(
     assert vault.unseal_bytes(sealed, provider) == PLAIN
 
 
-def test_adding_a_present_recipient_changes_nothing(
-    sealed: Path, identity: vault.Identity
-) -> None:
+def test_adding_a_present_recipient_changes_nothing(sealed: Path, identity: vault.Identity) -> None:
     before = sealed.read_bytes()
     info = vault.rewrap(sealed, identity, add=identity.recipient)
     assert len(info.recipients) == 1

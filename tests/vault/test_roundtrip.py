@@ -71,7 +71,9 @@ def test_every_recipient_kind_opens(tmp_path: Path, identity: vault.Identity) ->
     )
     assert vault.unseal_bytes(tmp_path / "m", identity) == plain
     assert vault.unseal_bytes(tmp_path / "m", vault.Passphrase(phrase.secret)) == plain
-    assert vault.unseal_bytes(tmp_path / "m", vault.LocalKeyProvider.load(tmp_path / "kek")) == plain
+    assert (
+        vault.unseal_bytes(tmp_path / "m", vault.LocalKeyProvider.load(tmp_path / "kek")) == plain
+    )
     kinds = [r.kind for r in vault.inspect(tmp_path / "m").recipients]
     assert kinds == ["x25519", "passphrase", "provider"]
 

@@ -52,7 +52,9 @@ def assert_rejected(data: bytes, folder: Path, identity: vault.Identity) -> None
         vault.unseal_bytes(src, identity)
 
 
-def test_the_untampered_file_opens(original: bytes, tmp_path: Path, identity: vault.Identity) -> None:
+def test_the_untampered_file_opens(
+    original: bytes, tmp_path: Path, identity: vault.Identity
+) -> None:
     (tmp_path / "m").write_bytes(original)
     assert vault.unseal_bytes(tmp_path / "m", identity) == PLAIN
 

@@ -7,6 +7,7 @@ a 32-byte derived key and the same ciphertext segment size) and the same associa
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -125,6 +126,17 @@ def test_a_sealed_payload_is_a_tink_ciphertext(tmp_path: Path, identity: vault.I
     framed = _format.encode_header(manifest, None, header.stanzas, key) + payload
     path.write_bytes(framed)
     assert vault.unseal_bytes(path, identity) == other
+
+
+def test_tink_decrypts_the_golden_known_answer() -> None:
+    kat = json.loads((Path(__file__).parent / "golden" / "v1" / "streaming-kat.json").read_text())
+    got = tink_decrypt(
+        bytes.fromhex(kat["ikm"]),
+        kat["ciphertext_segment_size"],
+        bytes.fromhex(kat["ciphertext"]),
+        bytes.fromhex(kat["associated_data"]),
+    )
+    assert got == bytes.fromhex(kat["plaintext"])
 
 
 def _sha256(data: bytes) -> bytes:

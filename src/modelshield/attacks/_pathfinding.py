@@ -30,15 +30,16 @@ from modelshield.attacks._target import (
 
 @dataclass(frozen=True)
 class LeafBoxes:
-    """Recovered leaves: box ``i`` is ``lower[i] <= x <= upper[i]`` and answers ``scores[i]``."""
+    """Recovered leaves: box ``i`` is ``lower[i] <= x <= upper[i]`` and answers ``scores[i]``.
+
+    The first ``n_leaves`` boxes are explored leaves; the rest are single points seen in leaves
+    the budget did not reach. A row is answered by the box nearest to it (L1 distance).
+    """
 
     lower: FloatArray
     upper: FloatArray
     scores: FloatArray
-
-    @property
-    def n_leaves(self) -> int:
-        return int(self.lower.shape[0])
+    n_leaves: int
 
     def predict_proba(self, inputs: FloatArray) -> FloatArray:
         out = np.empty((inputs.shape[0], self.scores.shape[1]))
@@ -87,16 +88,17 @@ class PathFinding(Attack):
         explorer = _Explorer(target, domain, n_classes, self.precision, self.tolerance)
         try:
             seeds = domain.uniform(max(1, self.n_seeds), rng)
-            explorer.enqueue(seeds, explorer.ask(seeds))
+            explorer.enqueue(seeds, explorer.ask(seeds, partial=True))
             while explorer.queue:
-                point, key, scores = explorer.queue.pop(0)
+                point, key, scores = explorer.queue[0]
                 if not explorer.known(point, key):
                     explorer.explore(point, key, scores)
+                explorer.queue.pop(0)
             message = f"explored all {len(explorer.boxes)} leaves found"
         except AttackStopped:
             message = f"explored {len(explorer.boxes)} leaves before the budget ran out"
-        if not explorer.boxes:
-            return None, "no leaf explored"
+        if not explorer.boxes and not explorer.queue:
+            return None, "no query was answered"
         boxes = explorer.result()
         copy = CopyModel(
             boxes.predict_proba, input_spec=target.input_spec, classes=target.classes, model=boxes
@@ -125,9 +127,12 @@ class _Explorer:
         self.queue: list[Leaf] = []
         self.labels_only = False
 
-    def ask(self, x: FloatArray) -> list[tuple[Hashable, FloatArray]]:
-        """Leaf key and score vector of every row (raises AttackStopped when out of budget)."""
+    def ask(self, x: FloatArray, *, partial: bool = False) -> list[tuple[Hashable, FloatArray]]:
+        """Leaf key and score vector of every row (raises AttackStopped when out of budget,
+        unless ``partial``: then the rows answered)."""
         answer = self.target.query(self.domain.shaped(x))
+        if answer.n_rows < x.shape[0] and partial:
+            self.enqueue(x[: answer.n_rows], self._keys(answer))
         if answer.n_rows < x.shape[0]:
             # a partial answer cannot place a leaf's faces: the exploration ends here
             t = self.target
@@ -198,5 +203,8 @@ class _Explorer:
         self.boxes.append((edge[:d], edge[d:], key, scores))
 
     def result(self) -> LeafBoxes:
-        lows, highs, _, scores = zip(*self.boxes, strict=True)
-        return LeafBoxes(np.vstack(lows), np.vstack(highs), np.vstack(scores))
+        """The explored boxes, plus the points seen in unexplored leaves as single-point boxes
+        (nearest-neighbour answers where the budget did not reach)."""
+        seen = [(point, point, key, scores) for point, key, scores in self.queue]
+        lows, highs, _, scores = zip(*self.boxes, *seen, strict=True)
+        return LeafBoxes(np.vstack(lows), np.vstack(highs), np.vstack(scores), len(self.boxes))

@@ -63,6 +63,19 @@ class Evaluation:
         truth = None if true_labels is None else np.asarray(true_labels)
         return cls(inputs=x, victim_labels=np.asarray(victim.predict(x)), true_labels=truth)
 
+    @classmethod
+    def uniform(
+        cls, victim: Predictor, *, n_rows: int = 1000, random_state: int | None = None
+    ) -> Evaluation:
+        """Agreement on rows drawn uniformly in the victim's declared input range ([0, 1] where
+        it declares none): a stand-in when no natural test data is at hand."""
+        spec = victim.input_spec
+        lo = 0.0 if spec.min_value is None else spec.min_value
+        hi = 1.0 if spec.max_value is None else spec.max_value
+        rng = np.random.default_rng(random_state)
+        x = rng.uniform(lo, hi, size=(n_rows, *spec.shape)).astype(spec.dtype)
+        return cls.from_predictor(victim, inputs=x)
+
     def fidelity(self, copy: Predictor) -> float:
         """Top-1 agreement of ``copy`` with the victim on the test inputs."""
         return float(np.mean(np.asarray(copy.predict(self.inputs)) == self.victim_labels))

@@ -3,12 +3,15 @@
 Requests hand their event to :meth:`AuditLog.append` and get a future; one thread takes everything
 queued, chains it, writes it in ONE transaction and resolves the futures only after the commit.
 While it commits, new events queue up and form the next batch, so the commit cost is shared by
-every request that arrived meanwhile (group commit) without an artificial delay.
+every request that arrived meanwhile (group commit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import logging
 import secrets
 import threading
@@ -16,19 +19,21 @@ import time as _time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from modelshield.audit._records import (
     GENESIS,
+    RECORD_DOMAIN,
     AuditEvent,
     AuditRecord,
     MarkRecord,
     RecordKind,
     SegmentHead,
     WatermarkMark,
-    canonical_record,
     head_mac,
     marks_digest,
-    record_hash,
 )
 from modelshield.audit._store import AuditStore
 from modelshield.errors import ServiceUnavailableError, ShieldError
@@ -40,13 +45,17 @@ _log = logging.getLogger("modelshield.audit")
 #: How many other segments' heads a new segment witnesses in its opening record.
 WITNESS_LIMIT = 256
 _MIN_KEY = 16
+_SORTED = orjson.OPT_SORT_KEYS
 
 
 @dataclass(slots=True)
 class _Pending:
     event: AuditEvent
     marks: tuple[WatermarkMark, ...]
-    future: Future[AuditRecord]
+    # exactly one of the two: a thread future (append) or an asyncio future and its loop
+    future: Future[AuditRecord] | None
+    afuture: asyncio.Future[AuditRecord] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 @dataclass(slots=True)
@@ -79,6 +88,10 @@ class AuditLog:
     new appends fail at once for ``retry_after`` seconds, then the next batch tries the store again:
     the log recovers without a restart. Create one log per process (after any fork); call
     :meth:`close` on shutdown to flush and write the segment's closing record.
+
+    Group commit: a batch holds at most ``max_batch`` events; when fewer have queued than in the
+    previous batch, the writer waits up to ``max_linger`` seconds (and at most a quarter of a
+    recent commit's duration) for more. ``clock`` gives the time of the open and close records.
     """
 
     def __init__(
@@ -104,12 +117,12 @@ class AuditLog:
         self._max_batch = max_batch
         self._max_linger = max_linger
         self._last_batch = 1
+        self._wake_at = 1  # queue length at which an append wakes the writer
         self._commit_seconds = 0.0  # moving average of a commit's duration
         self._retry_after = retry_after
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._closing = False
-        self._closed = False
         self._close_error: ShieldError | None = None
         self._fail_until = 0.0
         self._tip: _Tip | None = None  # None: unknown, read the head before the next batch
@@ -129,20 +142,24 @@ class AuditLog:
 
     # -- the request side -------------------------------------------------------------------
 
+    def _enqueue(self, pending: _Pending) -> None:
+        if not isinstance(pending.event, AuditEvent):
+            raise TypeError("append takes an AuditEvent")
+        with self._cond:
+            if self._closing:
+                raise ServiceUnavailableError("audit log is closed")
+            queue = self._queue
+            queue.append(pending)
+            if len(queue) >= self._wake_at or len(queue) == 1:
+                self._cond.notify()
+
     def append(self, event: AuditEvent, marks: Sequence[WatermarkMark] = ()) -> Future[AuditRecord]:
         """Queue ``event`` (and its watermark ``marks``); the future resolves once durable."""
-        if not isinstance(event, AuditEvent):
-            raise TypeError("append takes an AuditEvent")
         future: Future[AuditRecord] = Future()
         if _time.monotonic() < self._fail_until:
             future.set_exception(ServiceUnavailableError("audit store unavailable"))
             return future
-        pending = _Pending(event, tuple(marks), future)
-        with self._cond:
-            if self._closing:
-                raise ServiceUnavailableError("audit log is closed")
-            self._queue.append(pending)
-            self._cond.notify()
+        self._enqueue(_Pending(event, tuple(marks), future))
         return future
 
     async def append_async(
@@ -150,9 +167,16 @@ class AuditLog:
     ) -> AuditRecord:
         """:meth:`append` for asyncio: returns the record once it is durable.
 
-        Cancelling the awaiting task does not withdraw the record: it is still written.
+        Cheaper than wrapping :meth:`append`: the writer settles every waiter of one event loop
+        with one thread-safe call per batch. Cancelling the awaiting task does not withdraw the
+        record: it is still written.
         """
-        return await asyncio.shield(asyncio.wrap_future(self.append(event, marks)))
+        if _time.monotonic() < self._fail_until:
+            raise ServiceUnavailableError("audit store unavailable")
+        loop = asyncio.get_running_loop()
+        afuture: asyncio.Future[AuditRecord] = loop.create_future()
+        self._enqueue(_Pending(event, tuple(marks), None, afuture, loop))
+        return await asyncio.shield(afuture)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush what is queued, write the closing record and stop the writer (idempotent).
@@ -161,11 +185,9 @@ class AuditLog:
         not be written (the segment then stays "not closed", which ``verify`` reports).
         """
         with self._cond:
-            already = self._closing
             self._closing = True
             self._cond.notify()
-        if not already or self._thread.is_alive():
-            self._thread.join(timeout)
+        self._thread.join(timeout)
         if self._close_error is not None:
             raise self._close_error
 
@@ -202,11 +224,15 @@ class AuditLog:
         if self._max_linger <= 0 or len(self._queue) >= target or self._closing:
             return
         deadline = _time.monotonic() + min(self._max_linger, self._commit_seconds / 4)
-        while len(self._queue) < target and not self._closing:
-            remaining = deadline - _time.monotonic()
-            if remaining <= 0:
-                return
-            self._cond.wait(remaining)
+        self._wake_at = target
+        try:
+            while len(self._queue) < target and not self._closing:
+                remaining = deadline - _time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+        finally:
+            self._wake_at = 1
 
     def _finish(self) -> None:
         try:
@@ -214,49 +240,35 @@ class AuditLog:
                 self._commit([], close=True)
         except ShieldError as exc:
             self._close_error = exc
-        self._closed = True
 
-    def _build(self, kind: RecordKind, tip: _Tip | None, **fields: object) -> AuditRecord:
+    def _record(self, kind: RecordKind, tip: _Tip | None, fields: dict[str, Any]) -> AuditRecord:
+        """Chain one record after ``tip``: ``fields`` are the event's, in canonical form."""
         seq = 0 if tip is None else tip.seq + 1
         prev = GENESIS if tip is None else tip.hash
-        values: dict[str, object] = {
-            "segment": self._segment,
-            "seq": seq,
-            "kind": kind,
-            "client": None,
-            "key_id": None,
-            "model": None,
-            "input_hmac": "",
-            "rows": 0,
-            "output_summary": "",
-            "decision": kind,
-            "reason": "",
-            "status": 0,
-            "extra": {},
-            "marks_digest": "",
-        }
-        values.update(fields)
-        canonical = canonical_record(**values)  # type: ignore[arg-type]
-        digest = record_hash(self._key, prev, canonical)
-        return AuditRecord(**values, prev_hash=prev, hash=digest)  # type: ignore[arg-type]
+        fields["segment"] = self._segment
+        fields["seq"] = seq
+        fields["kind"] = kind
+        canonical = RECORD_DOMAIN + orjson.dumps(fields, option=_SORTED)
+        digest = hmac.digest(self._key, bytes.fromhex(prev) + canonical, hashlib.sha256).hex()
+        return AuditRecord(**fields, prev_hash=prev, hash=digest)
 
-    def _event_fields(
-        self, event: AuditEvent, marks: tuple[WatermarkMark, ...]
-    ) -> dict[str, object]:
+    @staticmethod
+    def _fields(
+        event: AuditEvent | None, time: float, marks: tuple[WatermarkMark, ...]
+    ) -> dict[str, Any]:
+        if event is None:
+            return {
+                "time": float(time), "client": None, "key_id": None, "model": None,
+                "input_hmac": "", "rows": 0, "output_summary": "", "decision": "", "reason": "",
+                "status": 0, "extra": {}, "marks_digest": "",
+            }  # fmt: skip
         return {
-            "time": event.time,
-            "client": event.client,
-            "key_id": event.key_id,
-            "model": event.model,
-            "input_hmac": event.input_hmac,
-            "rows": event.rows,
-            "output_summary": event.output_summary,
-            "decision": event.decision,
-            "reason": event.reason,
-            "status": event.status,
-            "extra": event.extra,
+            "time": event.time, "client": event.client, "key_id": event.key_id,
+            "model": event.model, "input_hmac": event.input_hmac, "rows": event.rows,
+            "output_summary": event.output_summary, "decision": event.decision,
+            "reason": event.reason, "status": event.status, "extra": event.extra,
             "marks_digest": marks_digest(marks),
-        }
+        }  # fmt: skip
 
     def _commit(self, batch: list[_Pending], *, close: bool) -> None:
         try:
@@ -275,20 +287,26 @@ class AuditLog:
                     for h in self._store.heads(WITNESS_LIMIT)
                     if h.segment != self._segment
                 ]
-                opening = self._build("open", None, time=self._clock(), extra={"witness": witness})
+                fields = self._fields(None, self._clock(), ())
+                fields["decision"] = "open"
+                fields["extra"] = {"witness": witness}
+                opening = self._record("open", None, fields)
                 records.append(opening)
                 tip = _Tip(opening.seq, opening.hash)
             for item in batch:
-                record = self._build("event", tip, **self._event_fields(item.event, item.marks))
+                record = self._record("event", tip, self._fields(item.event, 0.0, item.marks))
                 records.append(record)
                 events.append(record)
-                marks.extend(
-                    MarkRecord(record.segment, record.seq, i, record.time, m)
-                    for i, m in enumerate(item.marks)
-                )
+                if item.marks:
+                    marks.extend(
+                        MarkRecord(record.segment, record.seq, i, record.time, m)
+                        for i, m in enumerate(item.marks)
+                    )
                 tip = _Tip(record.seq, record.hash)
             if close:
-                closing = self._build("close", tip, time=self._clock())
+                fields = self._fields(None, self._clock(), ())
+                fields["decision"] = "close"
+                closing = self._record("close", tip, fields)
                 records.append(closing)
                 tip = _Tip(closing.seq, closing.hash)
             last = records[-1]
@@ -314,8 +332,7 @@ class AuditLog:
         self._opened = True
         self._commit_seconds = 0.8 * self._commit_seconds + 0.2 * took
         self._last_batch = max(1, len(batch))
-        for item, record in zip(batch, events, strict=True):
-            _resolve(item.future, record, None)
+        _settle(batch, events, None)
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
         # The commit may or may not have happened (a lost connection during COMMIT): forget the
@@ -331,18 +348,36 @@ class AuditLog:
         with self._cond:
             queued = self._queue[:]
             self._queue.clear()
-        for item in (*batch, *queued):
-            _resolve(item.future, None, ServiceUnavailableError("audit store unavailable"))
+        _settle([*batch, *queued], None, ServiceUnavailableError("audit store unavailable"))
 
 
-def _resolve(
-    future: Future[AuditRecord], record: AuditRecord | None, error: Exception | None
+def _settle(
+    items: list[_Pending], records: list[AuditRecord] | None, error: Exception | None
 ) -> None:
-    # a caller may have cancelled its future; the record is written all the same
-    try:
-        if error is not None:
-            future.set_exception(error)
-        elif record is not None:
-            future.set_result(record)
-    except InvalidStateError:
-        pass
+    """Resolve thread futures directly and asyncio futures with one call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditRecord], Any]]] = {}
+    for i, item in enumerate(items):
+        outcome: Any = error if records is None else records[i]
+        if item.future is not None:
+            try:
+                if records is None:
+                    item.future.set_exception(outcome)
+                else:
+                    item.future.set_result(outcome)
+            except InvalidStateError:  # cancelled by its caller; the record is written all the same
+                pass
+        elif item.afuture is not None and item.loop is not None:
+            by_loop.setdefault(item.loop, []).append((item.afuture, outcome))
+    for loop, pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_in_loop, pairs)
+
+
+def _settle_in_loop(pairs: list[tuple[asyncio.Future[AuditRecord], Any]]) -> None:
+    for afuture, outcome in pairs:
+        if afuture.done():
+            continue
+        if isinstance(outcome, BaseException):
+            afuture.set_exception(outcome)
+        else:
+            afuture.set_result(outcome)

@@ -12,12 +12,14 @@ import hmac
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any, Literal
 
 import orjson
 
 __all__ = [
     "GENESIS",
+    "RECORD_DOMAIN",
     "AuditEvent",
     "AuditRecord",
     "MarkRecord",
@@ -38,7 +40,7 @@ RecordKind = Literal["open", "event", "close"]
 #: The ``prev_hash`` of the first record of every segment (32 zero bytes, hex).
 GENESIS = "00" * 32
 
-_RECORD_DOMAIN = b"modelshield.audit.record.v1\n"
+RECORD_DOMAIN = b"modelshield.audit.record.v1\n"
 _HEAD_DOMAIN = b"modelshield.audit.head.v1\n"
 _MARK_DOMAIN = b"modelshield.audit.mark.v1\n"
 _INPUT_DOMAIN = b"modelshield.audit.input.v1\n"
@@ -54,7 +56,7 @@ def input_digest(key: bytes, data: bytes) -> str:
     Keyed so that the log does not reveal which inputs were sent (a plain hash of a small input
     could be brute-forced), while the owner of the key can still match a known input to its record.
     """
-    return hmac.new(key, _INPUT_DOMAIN + data, hashlib.sha256).hexdigest()
+    return hmac.digest(key, _INPUT_DOMAIN + data, hashlib.sha256).hex()
 
 
 def _check_optional_str(name: str, value: object) -> None:
@@ -83,19 +85,28 @@ class AuditEvent:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.time, bool) or not isinstance(self.time, int | float):
-            raise TypeError("AuditEvent.time must be a number of epoch seconds")
+        # on every request: exact-type fast paths first, the general checks only when needed
+        if type(self.time) is not float:
+            if isinstance(self.time, bool) or not isinstance(self.time, Real):
+                raise TypeError("AuditEvent.time must be a number of epoch seconds")
+            object.__setattr__(self, "time", float(self.time))
         if not math.isfinite(self.time):
             raise ValueError("AuditEvent.time must be finite")
-        object.__setattr__(self, "time", float(self.time))
         for name in ("client", "key_id", "model"):
             _check_optional_str(name, getattr(self, name))
         if not isinstance(self.input_hmac, str):
             raise TypeError("AuditEvent.input_hmac must be a hex str")
-        if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 0:
+        # numbers.Integral also admits numpy integers, which are stored as plain ints
+        if type(self.rows) is not int:
+            if isinstance(self.rows, bool) or not isinstance(self.rows, Integral):
+                raise ValueError("AuditEvent.rows must be a non-negative int")
+            object.__setattr__(self, "rows", int(self.rows))
+        if self.rows < 0:
             raise ValueError("AuditEvent.rows must be a non-negative int")
-        if isinstance(self.status, bool) or not isinstance(self.status, int):
-            raise TypeError("AuditEvent.status must be an int")
+        if type(self.status) is not int:
+            if isinstance(self.status, bool) or not isinstance(self.status, Integral):
+                raise TypeError("AuditEvent.status must be an int")
+            object.__setattr__(self, "status", int(self.status))
         if not isinstance(self.decision, str) or not self.decision:
             raise ValueError("AuditEvent.decision must be a non-empty str")
         if not isinstance(self.output_summary, str) or len(self.output_summary) > _MAX_SUMMARY:
@@ -104,8 +115,13 @@ class AuditEvent:
             raise ValueError(f"AuditEvent.reason must be a str of at most {_MAX_REASON}")
         if not isinstance(self.extra, Mapping):
             raise TypeError("AuditEvent.extra must be a dict")
+        if not self.extra:
+            object.__setattr__(self, "extra", {})
+            return
         try:
-            encoded = orjson.dumps(dict(self.extra), option=orjson.OPT_SORT_KEYS)
+            encoded = orjson.dumps(
+                dict(self.extra), option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+            )
         except TypeError as exc:
             raise ValueError(f"AuditEvent.extra is not JSON-serialisable: {exc}") from None
         if len(encoded) > _MAX_EXTRA_BYTES:
@@ -133,8 +149,10 @@ class WatermarkMark:
             raise TypeError("WatermarkMark.client and .model must be str")
         if not isinstance(self.row, bytes):
             raise TypeError("WatermarkMark.row must be bytes (.npy)")
-        if isinstance(self.label, bool) or not isinstance(self.label, str | int):
+        if isinstance(self.label, bool) or not isinstance(self.label, str | Integral):
             raise TypeError("WatermarkMark.label must be a str or an int")
+        if not isinstance(self.label, str):
+            object.__setattr__(self, "label", int(self.label))
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,12 +268,12 @@ def canonical_record(
         "extra": dict(extra),
         "marks_digest": marks_digest,
     }
-    return _RECORD_DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return RECORD_DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def record_hash(key: bytes, prev_hash: str, canonical: bytes) -> str:
     """``HMAC-SHA256(key, prev || canonical)`` as hex; ``prev_hash`` is hex."""
-    return hmac.new(key, bytes.fromhex(prev_hash) + canonical, hashlib.sha256).hexdigest()
+    return hmac.digest(key, bytes.fromhex(prev_hash) + canonical, hashlib.sha256).hex()
 
 
 def recompute_hash(key: bytes, record: AuditRecord) -> str:

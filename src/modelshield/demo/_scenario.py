@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from modelshield.demo._model import DEMO_MODEL_NAME, load_demo_data, train_demo_model
-from modelshield.models import load_model
+from modelshield.demo._model import DEMO_MODEL_NAME, DemoData, load_demo_data, train_demo_model
+from modelshield.models import Predictor, load_model
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class DemoReport:
     onnx_accuracy: float
     files: tuple[Path, ...]
     seconds: float
+    sealed_accuracy: float = 0.0
+    gateway_statuses: dict[str, int] = field(default_factory=dict)
+    audit_ok: bool = False
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -36,40 +39,13 @@ def _write_private(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def run_demo(workdir: Path, console: Console | None = None, random_state: int = 0) -> DemoReport:
-    """Run the scenario, writing its files into ``workdir`` and telling the story on ``console``."""
-    console = console or Console()
-    started = time.perf_counter()
-    workdir.mkdir(parents=True, exist_ok=True)
+def _chapter(console: Console, title: str) -> None:
+    console.print()
+    console.rule(f"[bold cyan]{title}")
 
-    console.print(
-        Panel.fit(
-            "[bold]modelshield demo[/bold]\n"
-            "A model worth stealing: an MLP that reads handwritten digits.",
-            border_style="cyan",
-        )
-    )
-    with console.status("training the demo model (scikit-learn MLP on load_digits)..."):
-        data = load_demo_data(random_state)
-        model = train_demo_model(random_state, data)
-    skops_path = workdir / f"{DEMO_MODEL_NAME}.skops"
-    onnx_path = workdir / f"{DEMO_MODEL_NAME}.onnx"
-    _write_private(skops_path, model.skops_bytes)
-    _write_private(onnx_path, model.onnx_bytes)
-    console.print(
-        f"1. trained [bold]{DEMO_MODEL_NAME}[/bold]: test accuracy "
-        f"[bold green]{model.test_accuracy:.2%}[/bold green] on {len(data.y_test)} held-out images"
-    )
-    console.print(f"   saved {skops_path.name} (skops, no pickle) and {onnx_path.name} (ONNX)")
 
-    predictor = load_model(model.onnx_bytes)
-    onnx_labels = predictor.predict(data.x_test)
-    onnx_accuracy = float(np.mean(onnx_labels == data.y_test))
-    console.print(
-        f"2. loaded the ONNX file from memory with ONNX Runtime: accuracy {onnx_accuracy:.2%}"
-    )
-
-    table = Table(title="a few predictions", show_lines=False)
+def _predictions_table(predictor: Predictor, data: DemoData) -> Table:
+    table = Table(title="a few predictions (model opened from the seal, in memory)")
     table.add_column("image #", justify="right")
     table.add_column("true", justify="center")
     table.add_column("predicted", justify="center")
@@ -81,12 +57,144 @@ def run_demo(workdir: Path, console: Console | None = None, random_state: int = 
         table.add_row(
             str(i), str(data.y_test[i]), f"[{ok}]{predictor.classes[top]}[/{ok}]", f"{row[top]:.3f}"
         )
-    console.print(table)
+    return table
+
+
+def _gateway_chapter(
+    console: Console, workdir: Path, onnx_path: Path, data: DemoData
+) -> tuple[dict[str, int], bool]:
+    import httpx
+
+    from modelshield import access, audit
+    from modelshield.config import load_config
+    from modelshield.gateway import ServerThread, build_app, init_deployment, open_gateway
+    from modelshield.stores import open_audit_store
+
+    deployment = workdir / "deployment"
+    report = init_deployment(deployment, onnx_path)
+    config = load_config(report.config)
+    console.print(
+        f"`modelshield init` wrote {deployment.name}/: keys, the sealed model, shield.toml "
+        "(SQLite registry and audit log, limits in memory)"
+    )
+    with access.open_registry(config.registry.url) as registry:
+        _, alice_key = registry.add("alice", models=[report.model_name], tier="standard")
+        _, trial_key = registry.add("trial-user", models=[report.model_name], tier="trial")
+    statuses: dict[str, int] = {}
+    gateway = open_gateway(config, random_state=0)
+    with ServerThread(build_app(gateway)) as server:
+        url = f"{server.url}/v1/models/{report.model_name}/predict"
+
+        def call(key: str, rows: np.ndarray) -> httpx.Response:
+            return httpx.post(
+                url,
+                json={"inputs": rows.tolist()},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+
+        r = call(alice_key.reveal(), data.x_test[:3])
+        statuses["alice"] = r.status_code
+        body = r.json()
+        console.print(
+            f"alice (standard tier) asks for 3 images -> [green]{r.status_code}[/green] "
+            f"labels {body['labels']}, scores hardened to top-3, 2 decimals: "
+            f"{[round(max(p), 2) for p in body['probabilities']]}"
+        )
+        r = call("msk_stolen0000_" + "x" * 49, data.x_test[:1])
+        statuses["bad_key"] = r.status_code
+        console.print(f"a made-up key -> [red]{r.status_code}[/red] {r.json()['error']['message']}")
+        r = call(trial_key.reveal(), data.x_test[:50])
+        r = call(trial_key.reveal(), data.x_test[50:100])
+        r = call(trial_key.reveal(), data.x_test[100:101])
+        statuses["over_budget"] = r.status_code
+        console.print(
+            f"trial-user sends 100 rows, then one more -> [red]{r.status_code}[/red] "
+            f"{r.json()['error']['message']} (Retry-After {r.headers.get('Retry-After')} s): "
+            "budgets count rows, not requests"
+        )
+    store = open_audit_store(config.audit.url)
+    try:
+        verdict = audit.verify(store, audit.audit_key_from_config(config))
+    finally:
+        store.close()
+    console.print(
+        f"audit log: {verdict.records_checked} chained records, "
+        + ("[green]intact[/green]" if verdict.ok else f"[red]TAMPERED at {verdict.first_bad}[/red]")
+        + " - every request above, accepted or refused, has its record"
+    )
+    return statuses, verdict.ok
+
+
+def run_demo(workdir: Path, console: Console | None = None, random_state: int = 0) -> DemoReport:
+    """Run the scenario, writing its files into ``workdir`` and telling the story on ``console``."""
+    from modelshield import vault
+
+    console = console or Console()
+    started = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    console.print(
+        Panel.fit(
+            "[bold]modelshield demo[/bold]\n"
+            "A model worth stealing: an MLP that reads handwritten digits.",
+            border_style="cyan",
+        )
+    )
+    _chapter(console, "1. the model")
+    with console.status("training the demo model (scikit-learn MLP on load_digits)..."):
+        data = load_demo_data(random_state)
+        model = train_demo_model(random_state, data)
+    skops_path = workdir / f"{DEMO_MODEL_NAME}.skops"
+    onnx_path = workdir / f"{DEMO_MODEL_NAME}.onnx"
+    _write_private(skops_path, model.skops_bytes)
+    _write_private(onnx_path, model.onnx_bytes)
+    console.print(
+        f"trained [bold]{DEMO_MODEL_NAME}[/bold]: test accuracy "
+        f"[bold green]{model.test_accuracy:.2%}[/bold green] on {len(data.y_test)} held-out images"
+    )
+    onnx_accuracy = float(np.mean(load_model(model.onnx_bytes).predict(data.x_test) == data.y_test))
+    console.print(f"exported to ONNX (accuracy {onnx_accuracy:.2%}) and skops (no pickle)")
+
+    _chapter(console, "2. sealed at rest: nobody walks off with the file")
+    keys = workdir / "keys"
+    keys.mkdir(exist_ok=True)
+    server = vault.keygen(keys / "server")
+    owner = vault.keygen(keys / "owner", signing=True)
+    sealed = workdir / f"{DEMO_MODEL_NAME}.sealed"
+    info = vault.seal(
+        onnx_path,
+        sealed,
+        vault.load_recipient(server.public),
+        signer=vault.load_signing_key(owner.private),
+    )
+    console.print(
+        f"sealed {onnx_path.name} for the server key {server.key_id} and signed it with the "
+        f"owner key {owner.key_id}: {sealed.name} ({info.file_size} bytes, AES-GCM streaming)"
+    )
+    predictor = vault.open_model(
+        sealed,
+        vault.load_identity(server.private),
+        require_signer=vault.load_verifying_key(owner.public),
+    )
+    sealed_accuracy = float(np.mean(predictor.predict(data.x_test) == data.y_test))
+    console.print(
+        f"opened in memory only (signature checked): accuracy {sealed_accuracy:.2%}; "
+        "without the server key the file is noise"
+    )
+    console.print(_predictions_table(predictor, data))
+
+    _chapter(console, "3. the guarded gateway: every caller known, limited and audited")
+    statuses, audit_ok = _gateway_chapter(console, workdir, onnx_path, data)
+
     seconds = time.perf_counter() - started
-    console.print(f"[dim]demo finished in {seconds:.1f} s; files in {workdir}[/dim]")
+    console.print(f"\n[dim]demo finished in {seconds:.1f} s; files in {workdir}[/dim]")
     return DemoReport(
         test_accuracy=model.test_accuracy,
         onnx_accuracy=onnx_accuracy,
-        files=(skops_path, onnx_path),
+        files=(skops_path, onnx_path, sealed),
         seconds=seconds,
+        sealed_accuracy=sealed_accuracy,
+        gateway_statuses=statuses,
+        audit_ok=audit_ok,
     )

@@ -111,8 +111,9 @@ class OutOfDistributionDetector(_WindowDetector):
     space (kNN novelty, Ramaswamy, Rastogi, Shim, SIGMOD 2000); ``log res``, the norm of its
     residual off the PCA space (the subspace Q-statistic, Jackson & Mudholkar, Technometrics
     1979); ``log norm``, its own L2 norm. Each is standardised by its median and MAD on the
-    reference sample (``nn`` leave-one-out). The client's score is the largest absolute mean of
-    the three over its last ``window`` distinct queries, in units of one query's spread: noise
+    reference rows held out of the basis and of the neighbour set. The client's score is the
+    largest absolute mean of the three over its last ``window`` distinct queries, in units of
+    one query's spread: noise
     and synthetic perturbations raise the residual, shifted natural data the neighbour
     distance, rescaled data moves the norm, and a window of honest queries averages near 0.
     Out-of-distribution queries as an extraction signal: Kariyappa & Qureshi, "Defending
@@ -148,12 +149,15 @@ class OutOfDistributionDetector(_WindowDetector):
     ) -> OutOfDistributionDetector:
         """Learn the PCA basis, the reference sample and the reference statistics."""
         x = as_batch(reference_inputs)
-        if x.shape[0] < 10 or self.n_components < 1:
-            raise DetectorError("need at least 10 reference rows and n_components >= 1")
+        if x.shape[0] < 20 or self.n_components < 1:
+            raise DetectorError("need at least 20 reference rows and n_components >= 1")
         rng = np.random.default_rng(self.random_state)
-        if x.shape[0] > self.max_reference:
-            x = x[rng.choice(x.shape[0], self.max_reference, replace=False)]
+        x = x[rng.permutation(x.shape[0])[: self.max_reference]]
         self._fit_common(x)
+        # the statistics are standardised on rows held out of the basis and the neighbour set,
+        # as new queries are: in-sample residuals and neighbour distances are biased low
+        n_held = max(5, min(500, x.shape[0] // 4))
+        x, held = x[:-n_held], x[-n_held:]
         self.mean_ = x.mean(axis=0)
         centred = x - self.mean_
         k = min(self.n_components, x.shape[1], x.shape[0] - 1)
@@ -162,9 +166,7 @@ class OutOfDistributionDetector(_WindowDetector):
         z = (centred @ self.components_).astype(np.float32)
         self.reference_ = z
         self.reference_sq_ = np.einsum("ij,ij->i", z, z)
-        d2 = sq_distances(z, z, self.reference_sq_, self.reference_sq_)
-        np.fill_diagonal(d2, np.inf)
-        raw = self._raw(x, centred, z, d2.min(axis=1))
+        raw = self._statistics(held, standardise=False)
         self.center_ = np.median(raw, axis=0)
         mad = np.median(np.abs(raw - self.center_), axis=0) * 1.4826
         self.scale_ = np.maximum(mad, 1e-3).astype(np.float32)
@@ -197,12 +199,17 @@ class OutOfDistributionDetector(_WindowDetector):
         self._require_fitted()
         return self._statistics(as_batch(inputs, self.n_features_in_))
 
-    def _statistics(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def _statistics(
+        self, x: npt.NDArray[np.float32], *, standardise: bool = True
+    ) -> npt.NDArray[np.float32]:
         centred = x - self.mean_
         z = centred @ self.components_
         z_sq = np.einsum("ij,ij->i", z, z)
         nn2 = sq_distances(z, self.reference_, z_sq, self.reference_sq_).min(axis=1)
-        out: npt.NDArray[np.float32] = (self._raw(x, centred, z, nn2) - self.center_) / self.scale_
+        raw = self._raw(x, centred, z, nn2)
+        if not standardise:
+            return raw
+        out: npt.NDArray[np.float32] = (raw - self.center_) / self.scale_
         return out
 
     def _update(self, state: _WindowState, inputs: FloatArray, outputs: Any, now: float) -> None:
@@ -236,11 +243,11 @@ class BoundaryDetector(_WindowDetector):
     2016; Jacobian-based augmentation, Papernot et al., AsiaCCS 2017; uncertainty sampling in
     active-learning extraction, Pal et al., "ActiveThief", AAAI 2020) send many queries the
     model is unsure about; natural traffic mostly gets confident answers. Each distinct query
-    counts 1 when its margin is below ``low_margin`` or when it nearly duplicates a recent
-    query that got a *different* label (a step across the boundary), else 0; the score is the
-    mean over the last ``window`` distinct queries. It should be given the model's
-    probabilities (the gateway passes them before output hardening); given labels only it
-    counts the label flips alone.
+    counts 1 when its margin is below ``low_margin``, else 0; the score is the mean over the
+    last ``window`` distinct queries. It should be given the model's probabilities (the
+    gateway passes them before output hardening); given labels only, a query counts 1 when it
+    nearly duplicates a recent query that got a *different* label (a step across the
+    boundary).
     """
 
     name = "boundary"
@@ -277,8 +284,11 @@ class BoundaryDetector(_WindowDetector):
         labels, margins = as_labels_and_margins(outputs, x.shape[0])
         dup, flip = state.recent.check_and_add(x @ self.projection_, labels, self.radius_)
         state.n_queries += x.shape[0]
-        low = np.zeros(x.shape[0], np.bool_) if margins is None else margins < self.low_margin
-        counted = ~dup | flip
-        values = (flip | (low & ~dup))[counted]
+        if margins is None:  # labels only: a step across the boundary is all there is to see
+            counted = ~dup | flip
+            values = flip[counted]
+        else:  # re-sends of one boundary input flip by chance; the margin says enough
+            counted = ~dup
+            values = (margins < self.low_margin)[counted]
         state.windows[0].extend(values.astype(np.float32))
         state.n_counted += int(counted.sum())

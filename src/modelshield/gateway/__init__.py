@@ -15,6 +15,7 @@ from modelshield.gateway._harden import (
     TopK,
     parse_policy,
 )
+from modelshield.gateway._init import InitReport, init_deployment
 from modelshield.gateway._limits import (
     LimitDecision,
     LimitRule,
@@ -24,13 +25,14 @@ from modelshield.gateway._limits import (
     open_limit_store,
 )
 from modelshield.gateway._pipeline import Answer, Marker, Observer, Tier
-from modelshield.gateway._server import create_app, load_served_model, open_gateway
+from modelshield.gateway._server import ServerThread, create_app, load_served_model, open_gateway
 from modelshield.gateway._shield import Shield, ShieldAnswer
 
 __all__ = [
     "Answer",
     "AuditEntry",
     "Gateway",
+    "InitReport",
     "LabelsOnly",
     "LimitDecision",
     "LimitRule",
@@ -44,12 +46,14 @@ __all__ = [
     "RedisLimitStore",
     "ReverseSigmoid",
     "Rounding",
+    "ServerThread",
     "Shield",
     "ShieldAnswer",
     "Tier",
     "TopK",
     "build_app",
     "create_app",
+    "init_deployment",
     "load_served_model",
     "open_gateway",
     "open_limit_store",

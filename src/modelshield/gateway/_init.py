@@ -54,6 +54,15 @@ budget_period = "24h"
 max_batch_rows = 100
 output = ["labels"]
 
+# A trial: a small budget for evaluating the model.
+[tiers.trial]
+requests_per_second = 5.0
+burst = 10
+budget_rows = 100
+budget_period = "24h"
+max_batch_rows = 50
+output = ["top_k:1", "round:2"]
+
 [logging]
 level = "INFO"
 """

@@ -24,9 +24,11 @@ _log = logging.getLogger(__name__)
 LEVELS = (1, 2, 3)
 
 #: Share of extra (cancelling) units per hidden layer at levels 2 and 3.
-_WIDEN = {2: (0.125,), 3: (0.5, 0.25, 0.125)}
+_WIDEN = {2: (0.0625,), 3: (0.5, 0.25, 0.125)}
 #: Spreads of the random additive share relative to the weights it hides, tried in this order.
 _SHARE_SCALES = (2.0, 1.0, 0.5)
+#: Rank of the random share as a fraction of the layer's (None: full rank, a twin layer).
+_SHARE_RANK: dict[int, float | None] = {2: 0.0625, 3: None}
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,13 @@ def _weights_and_layers(
             if run.attempt(
                 "split layer",
                 within_budget(
-                    partial(_transforms.split_layer, layer_index=index, rng=rng, share_scale=scale)
+                    partial(
+                        _transforms.split_layer,
+                        layer_index=index,
+                        rng=rng,
+                        share_scale=scale,
+                        rank_fraction=_SHARE_RANK[level],
+                    )
                 ),
             ):
                 break

@@ -95,8 +95,9 @@ def inspect_model(model: bytes | onnx.ModelProto) -> ModelView:
 def weight_matrices(model: bytes | onnx.ModelProto, *, undo_splits: bool = False) -> list[Array]:
     """Each linear layer's weights as a ``[units, inputs]`` matrix (kernels flattened).
 
-    With ``undo_splits``, two layers that read the same tensor and are summed by one ``Add`` (the
-    additive shares of a split layer) are summed back first, as an analyst would.
+    With ``undo_splits``, branches that read the same tensor and are summed by one ``Add`` (the
+    additive shares of a split layer: a twin layer, or two thin layers in a row) are summed back
+    first, as an analyst would.
     """
     proto = _model(model)
     g = Graph(proto)
@@ -104,18 +105,34 @@ def weight_matrices(model: bytes | onnx.ModelProto, *, undo_splits: bool = False
     by_output = {layer.node.output[0]: layer for layer in layers}
     merged: set[str] = set()
     matrices: list[Array] = []
+
+    def branch(name: str) -> tuple[str, Array, list[str]] | None:
+        """The input tensor, ``[out, in, *kernel]`` weights and nodes of one summed branch."""
+        layer = by_output.get(name)
+        if layer is None:
+            return None
+        w = get_weight(g, layer)
+        inner = by_output.get(layer.node.input[0])
+        if inner is None or g.n_uses(inner.node.output[0]) != 1:
+            return layer.node.input[0], w, [name]
+        wu = get_weight(g, inner)
+        if w.shape[1] != wu.shape[0] or int(np.prod(w.shape[2:])) != 1:
+            return layer.node.input[0], w, [name]
+        product = (w.reshape(w.shape[0], -1) @ wu.reshape(wu.shape[0], -1)).reshape(
+            w.shape[0], *wu.shape[1:]
+        )
+        return inner.node.input[0], product, [name, inner.node.output[0]]
+
     if undo_splits:
         for node in g.graph.node:
             if node.op_type != "Add" or len(node.input) != 2:
                 continue
-            a, b = (by_output.get(name) for name in node.input)
-            if a is None or b is None or a.node.input[0] != b.node.input[0]:
+            a, b = branch(node.input[0]), branch(node.input[1])
+            if a is None or b is None or a[0] != b[0] or a[1].shape != b[1].shape:
                 continue
-            wa, wb = get_weight(g, a), get_weight(g, b)
-            if wa.shape != wb.shape:
-                continue
-            matrices.append((wa + wb).reshape(wa.shape[0], -1))
-            merged |= {a.node.output[0], b.node.output[0]}
+            total = a[1] + b[1]
+            matrices.append(total.reshape(total.shape[0], -1))
+            merged |= {*a[2], *b[2]}
     for layer in layers:
         if layer.node.output[0] not in merged:
             w = get_weight(g, layer)

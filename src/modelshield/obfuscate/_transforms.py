@@ -213,35 +213,76 @@ def add_cancelling_units(
 
 
 def split_layer(
-    model: onnx.ModelProto, layer_index: int, rng: np.random.Generator, share_scale: float
+    model: onnx.ModelProto,
+    layer_index: int,
+    rng: np.random.Generator,
+    share_scale: float,
+    rank_fraction: float | None = None,
 ) -> str | None:
-    """Replace ``x @ W`` by ``x @ A + x @ (W - A)`` with a random share ``A``.
+    """Replace ``x @ W`` by ``x @ (W - A) + x @ A`` with a random share ``A``.
 
-    ``A`` has ``share_scale`` times the spread of ``W``, so neither share resembles ``W`` alone.
-    Works on MatMul, Gemm and Conv (the bias stays with the first share).
+    ``A`` has ``share_scale`` times the spread of ``W``, so that ``W - A`` does not resemble ``W``.
+    With ``rank_fraction``, ``A = V U`` is a random matrix of that fraction of the full rank,
+    computed as two thin layers ``(x @ U) @ V`` (cheap); without, ``A`` is a full random matrix
+    in a twin of the layer.
+    Works on MatMul, Gemm and Conv; the bias stays with ``W - A``.
     """
     g = Graph(model)
     layers = find_linears(g)
     if layer_index >= len(layers):
         return None
     layer = layers[layer_index]
-    w = g.array(layer.weight)
+    w = get_weight(g, layer)  # [out, in, *kernel]
+    n_out, n_in = w.shape[0], int(np.prod(w.shape[1:]))
+    dtype = g.array(layer.weight).dtype
     std = float(np.std(w)) or 1.0
-    share = rng.normal(0.0, share_scale * std, size=w.shape)
-    rest_name = g.fresh("share")
-    g.set_array(rest_name, (w.astype(np.float64) - share).astype(w.dtype))
-    g.set_array(layer.weight, share)
-    twin = onnx.NodeProto()
-    twin.CopyFrom(layer.node)
-    twin.name = ""
-    del twin.input[2:]
-    twin.input[1] = rest_name
+    source = layer.node.input[0]
     out = layer.node.output[0]
     left, right = g.fresh("part"), g.fresh("part")
+    nodes: list[onnx.NodeProto] = []
+    rank = n_in if rank_fraction is None else math.ceil(rank_fraction * min(n_out, n_in))
+    if rank >= min(n_out, n_in):
+        share = rng.normal(0.0, share_scale * std, size=w.shape)
+        twin = onnx.NodeProto()
+        twin.CopyFrom(layer.node)
+        twin.name = ""
+        del twin.input[2:]
+        share_name = g.fresh("share")
+        g.set_array(share_name, (share.T if layer.transposed else share).astype(dtype))
+        twin.input[1] = share_name
+        twin.output[0] = right
+        nodes.append(twin)
+        what = "two additive shares"
+    else:
+        u = rng.normal(size=(rank, n_in))
+        v = rng.normal(size=(n_out, rank))
+        factor = share_scale * std / (float(np.std(v @ u)) or 1.0)
+        u, v = u * math.sqrt(factor), v * math.sqrt(factor)
+        share = (v @ u).reshape(w.shape)
+        u_name, v_name, hidden = g.fresh("share_u"), g.fresh("share_v"), g.fresh("part")
+        if layer.kind == "conv":
+            g.set_array(u_name, u.reshape(rank, *w.shape[1:]).astype(dtype))
+            g.set_array(v_name, v.reshape(n_out, rank, *([1] * (w.ndim - 2))).astype(dtype))
+            first = onnx.NodeProto()
+            first.CopyFrom(layer.node)
+            first.name = ""
+            del first.input[2:]
+            first.input[1] = u_name
+            first.output[0] = hidden
+            nodes += [first, onnx.helper.make_node("Conv", [hidden, v_name], [right])]
+        else:
+            g.set_array(u_name, u.T.astype(dtype))
+            g.set_array(v_name, v.T.astype(dtype))
+            nodes += [
+                onnx.helper.make_node("MatMul", [source, u_name], [hidden]),
+                onnx.helper.make_node("MatMul", [hidden, v_name], [right]),
+            ]
+        what = f"a share and a rank-{rank} share"
+    set_weight(g, layer, w - share)
     layer.node.output[0] = left
-    twin.output[0] = right
-    g.insert_after(layer.node, [twin, onnx.helper.make_node("Add", [left, right], [out])])
-    return f"split the weights of a {layer.node.op_type} into two additive shares"
+    nodes.append(onnx.helper.make_node("Add", [left, right], [out]))
+    g.insert_after(layer.node, nodes)
+    return f"split the weights of a {layer.node.op_type} into {what}"
 
 
 def _orthogonal(n: int, rng: np.random.Generator) -> Array:

@@ -2,7 +2,8 @@
 
 WAL mode lets readers (``audit verify``, exports, backups) run while writers commit. Several
 processes on one machine may share the file: each writes its own segment, write transactions start
-with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` for one another.
+with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` (5 s) for one another; past that the
+batch fails closed.
 
 ``synchronous=FULL`` is the default: in WAL mode it fsyncs the log at every commit, so a record
 whose future resolved survives a power cut or kernel crash, not only a killed process. Group
@@ -203,7 +204,7 @@ class SQLiteAuditStore:
         path: str | os.PathLike[str],
         *,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        busy_timeout: float = 30.0,
+        busy_timeout: float = 5.0,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")

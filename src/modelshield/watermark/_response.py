@@ -118,13 +118,17 @@ class Marks:
         return out
 
 
-def fourier_embedding(inputs: npt.ArrayLike, image_shape: tuple[int, int]) -> FloatArray:
+def fourier_embedding(
+    inputs: npt.ArrayLike, image_shape: tuple[int, int], *, floor: float = 0.3
+) -> FloatArray:
     """Magnitudes of the 2-D real FFT of each image, without the constant term.
 
-    Translation changes only the phase of a Fourier coefficient, so small shifts of a digit (and,
-    by averaging, pixel noise) barely move this vector, while different digits are far apart.
+    Values below ``floor`` are set to zero first, which removes most low-amplitude pixel noise
+    from a dark background. Translation changes only the phase of a Fourier coefficient, so small
+    shifts of a digit barely move this vector, while different digits are far apart.
     """
     arr = np.asarray(inputs, dtype=np.float64)
+    arr = np.where(arr < floor, 0.0, arr)
     images = arr.reshape(arr.shape[0], *image_shape)
     mags = np.abs(np.fft.rfft2(images)).reshape(arr.shape[0], -1)
     out: FloatArray = mags[:, 1:]

@@ -1,0 +1,184 @@
+"""Throughput and latency of the guarded gateway against a bare Starlette endpoint.
+
+Both serve the demo ONNX model with the same uvicorn worker count, driven by the same load
+generator (wrk, 1-row JSON requests, 32 connections) in the same run, alternating peer and ours to
+spread machine noise. The guarded endpoint has everything on: API-key authentication, rate limit
+and row budget, validation, output hardening (top_k:3, round:3) and a durable audit record per
+request in SQLite (group commit).
+
+    python benchmarks/gateway_bench.py [--quick]
+
+Last line: JSON with guarded_rps, bare_rps, ratio (1 worker), ratio_2w, guarded_p50_ms,
+bare_p50_ms, p50_overhead_ms, guarded_p99_ms (1 worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], headers: dict[str, str], body: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited early")
+        try:
+            r = httpx.post(url, content=body, headers=headers, timeout=2)
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200")
+
+
+def start(kind: str, workers: int, workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if kind == "bare":
+        env["BARE_MODEL"] = str(workdir / "digits.onnx")
+        target = "benchmarks._bare_app:create_app"
+    else:
+        env["MODELSHIELD_CONFIG"] = str(workdir / "shield.toml")
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=workdir)
+        target = "modelshield.gateway._server:create_app"
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", target, "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+         "--no-access-log"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+    )  # fmt: skip
+
+
+def parse_wrk(text: str) -> tuple[float, float, float]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", text)
+        assert m, text
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if non2xx:
+        raise RuntimeError(f"wrk saw {non2xx.group(1)} error responses:\n{text}")
+    return rps, pct("50"), pct("99")
+
+
+def run_wrk(
+    url: str, headers: dict[str, str], body: str, seconds: int, workdir: Path
+) -> tuple[float, float, float]:
+    script = workdir / "post.lua"
+    header_lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n{header_lines}')
+    out = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True, timeout=seconds + 30,
+    ).stdout  # fmt: skip
+    return parse_wrk(out)
+
+
+def prepare(workdir: Path) -> dict[str, str]:
+    from modelshield import access, audit
+    from modelshield.demo import train_demo_model
+
+    (workdir / "digits.onnx").write_bytes(train_demo_model().onnx_bytes)
+    audit.write_audit_key(workdir / "audit.key", audit.generate_audit_key())
+    (workdir / "shield.toml").write_text(
+        "[models.digits]\npath = 'digits.onnx'\n"
+        "[audit]\nurl = 'sqlite:///audit.db'\nkey = { file = 'audit.key' }\n"
+        "[registry]\nurl = 'sqlite:///registry.db'\n"
+        "[tiers.standard]\nrequests_per_second = 1000000.0\nburst = 1000000\n"
+        "budget_rows = 1000000000\noutput = ['top_k:3', 'round:3']\n",
+        encoding="utf-8",
+    )
+    with access.open_registry(f"sqlite:///{workdir / 'registry.db'}") as registry:
+        _, key = registry.add("bench", models=["digits"])
+    return {"Authorization": f"Bearer {key.reveal()}", "Content-Type": "application/json"}
+
+
+def measure(
+    kind: str, workers: int, workdir: Path, headers: dict[str, str], body: str, seconds: int
+) -> tuple[float, float, float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
+    proc = start(kind, workers, workdir, port)
+    try:
+        wait_ready(url, proc, headers, body)
+        run_wrk(url, headers, body, 2, workdir)  # warm-up
+        return run_wrk(url, headers, body, seconds, workdir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    seconds = 4 if args.quick else 10
+    rounds = 1 if args.quick else 3
+    body = json.dumps({"inputs": [[0.5] * 64]})
+    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="ms-gwbench-") as tmp:
+        workdir = Path(tmp)
+        headers = prepare(workdir)
+        worker_counts = (1,) if args.quick else (1, 2)
+        for _ in range(rounds):
+            for workers in worker_counts:
+                for kind in ("bare", "guarded"):
+                    r = measure(kind, workers, workdir, headers, body, seconds)
+                    results.setdefault((kind, workers), []).append(r)
+                    print(
+                        f"{kind:8s} workers={workers} rps={r[0]:8.0f} p50={r[1]:.2f}ms p99={r[2]:.2f}ms"
+                    )
+
+    def med(kind: str, workers: int, i: int) -> float:
+        return statistics.median(r[i] for r in results[(kind, workers)])
+
+    figures = {
+        "ours_name": "modelshield gateway (auth, limits, validation, hardening, SQLite audit)",
+        "peer_name": "bare Starlette + orjson + ONNX Runtime",
+        "guarded_rps": round(med("guarded", 1, 0), 1),
+        "bare_rps": round(med("bare", 1, 0), 1),
+        "ratio": round(med("guarded", 1, 0) / med("bare", 1, 0), 3),
+        "guarded_p50_ms": round(med("guarded", 1, 1), 3),
+        "bare_p50_ms": round(med("bare", 1, 1), 3),
+        "p50_overhead_ms": round(med("guarded", 1, 1) - med("bare", 1, 1), 3),
+        "guarded_p99_ms": round(med("guarded", 1, 2), 3),
+    }
+    if ("guarded", 2) in results:
+        figures["ratio_2w"] = round(med("guarded", 2, 0) / med("bare", 2, 0), 3)
+    figures["ours"] = figures["guarded_rps"]
+    figures["peer"] = figures["bare_rps"]
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
