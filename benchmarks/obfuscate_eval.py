@@ -14,7 +14,7 @@ original on the held-out digits:
   score between the original and an *unrelated* model of the same architecture trained with
   another seed;
 - cost: latency ratio obfuscated / original (ONNX Runtime, one thread, batches of 1 and 256
-  rows, interleaved, median of repetitions; the worse of the two is reported) and size ratio.
+  rows, alternating calls, medians; the worse of the two is reported) and size ratio.
 
     python benchmarks/obfuscate_eval.py [--quick]
 
@@ -127,22 +127,29 @@ def _scores(sess: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(floats[-1], dtype=np.float64)
 
 
-def _latency_ratio(ours: Any, peer: Any, x: np.ndarray, reps: int) -> tuple[float, float, float]:
-    """Median seconds per call of ``ours`` and ``peer``, interleaved; and their ratio."""
+def _latency_ratio(ours: Any, peer: Any, x: np.ndarray, calls: int) -> tuple[float, float, float]:
+    """Median seconds per call of ``ours`` and ``peer``, alternating call by call; their ratio.
+
+    Alternating single calls and taking medians keeps the noise of a shared machine (other
+    processes waking up) out of the ratio.
+    """
 
     def once(sess: Any) -> float:
         start = time.perf_counter()
         sess.run(None, {sess.get_inputs()[0].name: x})
         return time.perf_counter() - start
 
-    inner = max(1, 2000 // max(1, len(x)))
     for _ in range(20):
         once(ours), once(peer)
     t_ours: list[float] = []
     t_peer: list[float] = []
-    for _ in range(reps):
-        t_ours.append(sum(once(ours) for _ in range(inner)) / inner)
-        t_peer.append(sum(once(peer) for _ in range(inner)) / inner)
+    for i in range(calls):
+        if i % 2:
+            t_ours.append(once(ours))
+            t_peer.append(once(peer))
+        else:
+            t_peer.append(once(peer))
+            t_ours.append(once(ours))
     a, b = statistics.median(t_ours), statistics.median(t_peer)
     return a, b, a / b
 
@@ -211,10 +218,10 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     data = load_demo_data()
-    reps = 5 if args.quick else 15
+    reps = 300 if args.quick else 2000  # alternating calls per batch size
     builders: list[Callable[[], Case | None]] = [
         lambda: _sklearn_case("digits_mlp_demo", (64,), data, 1000),
-        lambda: _sklearn_case("digits_mlp_128_64", (128, 64), data, 300 if args.quick else 1000),
+        lambda: _sklearn_case("digits_mlp_128_64", (128, 64), data, 100 if args.quick else 1000),
     ]
     if not args.quick:
         builders.append(lambda: _torch_case(data, epochs=8))

@@ -44,9 +44,11 @@ def test_constructor_only_stores_parameters(named: tuple[str, Any]) -> None:
     for p in signature.parameters.values():
         assert p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.name == "self"
         assert p.kind is not p.VAR_KEYWORD
-    assert "random_state" in params and "budget" in params
+    assert "random_state" in params
+    assert "budget" in params
     assert not [k for k in vars(attack) if k.endswith("_") and not k.startswith("_")]
-    assert type(attack).__doc__ and ("et al." in type(attack).__doc__ or name == "uniform-noise")
+    assert type(attack).__doc__
+    assert "et al." in type(attack).__doc__ or name == "uniform-noise"
 
 
 def test_never_exceeds_the_budget_and_counts_exactly(named: tuple[str, Any]) -> None:
@@ -57,7 +59,8 @@ def test_never_exceeds_the_budget_and_counts_exactly(named: tuple[str, Any]) -> 
     assert result.rows <= BUDGET
     assert (result.rows, result.queries) == (target.rows, target.queries)
     assert result.copy is not None
-    assert result.fidelity is not None and 0.0 <= result.fidelity <= 1.0
+    assert result.fidelity is not None
+    assert 0.0 <= result.fidelity <= 1.0
     assert result.stopped_at_query is None
     assert result.to_dict()["rows"] == result.rows
 
@@ -96,6 +99,15 @@ def test_unknown_attack_and_missing_pool() -> None:
         make_attack("nope", budget=1)
     with pytest.raises(ConfigError, match="needs a pool"):
         make_attack("active-kcenter", budget=1)
+
+
+def test_run_by_name(digits: Any) -> None:
+    target = PredictorTarget(digits.predictor)
+    result = attacks.run(
+        target, attack="copycat", budget=50, pool=digits.pool, evaluation=digits.evaluation
+    )
+    assert result.attack == "Copycat"
+    assert result.rows == target.rows == 50
 
 
 def test_zero_budget_is_refused(digits: Any) -> None:

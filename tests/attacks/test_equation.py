@@ -77,7 +77,8 @@ def test_labels_only_falls_back_to_line_search_retraining(iris_softmax: Any) -> 
     assert result.rows == target.rows == 300
     assert result.copy is not None
     assert not isinstance(result.copy.model, LinearModel)
-    assert result.fidelity is not None and result.fidelity >= 0.9
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.9
 
 
 def test_small_mlp_is_fitted_to_its_probabilities(cancer_data: Any) -> None:
@@ -88,8 +89,9 @@ def test_small_mlp_is_fitted_to_its_probabilities(cancer_data: Any) -> None:
     victim.fit(x[:400], y[:400])
     predictor = SklearnPredictor(victim, input_spec=_spec(x.shape[1]))
     evaluation = Evaluation.from_predictor(predictor, inputs=x[400:], true_labels=y[400:])
-    result = EquationSolving(
-        budget=600, model="mlp", hidden_layer_sizes=(8,), random_state=0
-    ).run(PredictorTarget(predictor), evaluation=evaluation)
+    result = EquationSolving(budget=600, model="mlp", hidden_layer_sizes=(8,), random_state=0).run(
+        PredictorTarget(predictor), evaluation=evaluation
+    )
     assert result.rows == 600
-    assert result.fidelity is not None and result.fidelity >= 0.95
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.95

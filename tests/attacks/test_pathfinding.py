@@ -20,7 +20,11 @@ def tree_victim(cancer_data: Any) -> tuple[Any, SklearnPredictor, Evaluation]:
     tree.fit(x[:400], y[:400])
     spec = InputSpec(shape=(x.shape[1],), dtype="float64", min_value=0.0, max_value=1.0)
     predictor = SklearnPredictor(tree, input_spec=spec)
-    return tree, predictor, Evaluation.from_predictor(predictor, inputs=x[400:], true_labels=y[400:])
+    return (
+        tree,
+        predictor,
+        Evaluation.from_predictor(predictor, inputs=x[400:], true_labels=y[400:]),
+    )
 
 
 def _leaf_confidence(tree: Any) -> Any:
@@ -68,5 +72,6 @@ def test_labels_only_recovers_less(tree_victim: Any) -> None:
     hidden = PathFinding(budget=20_000, random_state=0).run(
         PredictorTarget(predictor, return_probabilities=False), evaluation=evaluation
     )
-    assert hidden.fidelity is not None and revealed.fidelity is not None
+    assert hidden.fidelity is not None
+    assert revealed.fidelity is not None
     assert hidden.fidelity < revealed.fidelity

@@ -26,8 +26,10 @@ def test_knockoff_soft_labels_natural_pool(digits: Any) -> None:
     )
     assert result.rows == target.rows == 300
     assert result.queries == target.queries == 3
-    assert result.fidelity is not None and result.fidelity >= 0.93
-    assert result.accuracy is not None and result.accuracy >= 0.9
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.93
+    assert result.accuracy is not None
+    assert result.accuracy >= 0.9
 
 
 def test_copycat_hard_labels_with_a_sklearn_thief(digits: Any) -> None:
@@ -40,7 +42,8 @@ def test_copycat_hard_labels_with_a_sklearn_thief(digits: Any) -> None:
     )
     assert result.copy is not None
     assert isinstance(result.copy.model, SklearnThief)
-    assert result.fidelity is not None and result.fidelity >= 0.88
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.88
 
 
 def test_random_pool_steals_far_less_than_natural_data(digits: Any) -> None:
@@ -50,7 +53,8 @@ def test_random_pool_steals_far_less_than_natural_data(digits: Any) -> None:
     noise = UniformNoise(budget=200, random_state=0).run(
         PredictorTarget(digits.predictor), evaluation=digits.evaluation
     )
-    assert natural.fidelity is not None and noise.fidelity is not None
+    assert natural.fidelity is not None
+    assert noise.fidelity is not None
     assert noise.fidelity < natural.fidelity - 0.2
 
 
@@ -66,8 +70,10 @@ def test_synthetic_pool_stays_in_the_input_box(digits: Any) -> None:
     ).run(target, evaluation=digits.evaluation)
     sent = np.vstack(rows)
     assert sent.shape == (200, 64)
-    assert sent.min() >= 0.0 and sent.max() <= 1.0
-    assert result.fidelity is not None and result.fidelity >= 0.8
+    assert sent.min() >= 0.0
+    assert sent.max() <= 1.0
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.8
 
 
 def test_pool_kinds_needing_a_pool_refuse_without_one(digits: Any) -> None:
@@ -78,10 +84,11 @@ def test_pool_kinds_needing_a_pool_refuse_without_one(digits: Any) -> None:
 def test_torch_thief(digits: Any) -> None:
     torch = pytest.importorskip("torch")
     net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    result = KnockoffNets(
-        budget=300, pool=digits.pool, thief=net, random_state=0
-    ).run(PredictorTarget(digits.predictor), evaluation=digits.evaluation)
-    assert result.fidelity is not None and result.fidelity >= 0.9
+    result = KnockoffNets(budget=300, pool=digits.pool, thief=net, random_state=0).run(
+        PredictorTarget(digits.predictor), evaluation=digits.evaluation
+    )
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.9
 
 
 def test_jacobian_augmentation_steps_along_the_substitute_gradient(digits: Any) -> None:
@@ -98,7 +105,8 @@ def test_jacobian_augmentation_steps_along_the_substitute_gradient(digits: Any) 
     result = attack.run(target, evaluation=digits.evaluation)
     assert result.rows == 480
     assert "4 augmentation rounds" in result.message
-    assert result.fidelity is not None and result.fidelity >= 0.7
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.7
     rows = np.vstack(sent)
     seed, first = rows[:30], rows[30:60]
     # round one moves every seed row by +-lambda on each pixel, clipped to [0, 1]
@@ -131,7 +139,9 @@ def test_line_search_sends_halving_chains(iris_softmax: Any) -> None:
         PredictorTarget(iris_softmax[0], return_probabilities=False),
         observer=lambda x, a: sent.append((np.asarray(x), a.labels)),
     )
-    result = LineSearch(budget=300, pairs=10, random_state=0).run(target, evaluation=iris_softmax[1])
+    result = LineSearch(budget=300, pairs=10, random_state=0).run(
+        target, evaluation=iris_softmax[1]
+    )
     assert result.rows == 300
     assert sum(len(x) for x, _ in sent) == 300
     seeds, labels = sent[0]
@@ -140,4 +150,5 @@ def test_line_search_sends_halving_chains(iris_softmax: Any) -> None:
     assert differ.size > 0
     # the next request holds the midpoints of the pairs whose labels differ
     np.testing.assert_allclose(sent[1][0], (seeds[differ] + seeds[half + differ]) / 2.0)
-    assert result.fidelity is not None and result.fidelity >= 0.9
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.9

@@ -30,7 +30,7 @@ from modelshield.stores import MemoryAuditStore
 
 def event(i: int = 0, client: str | None = "alice", t: float = 1_700_000_000.0) -> AuditEvent:
     return AuditEvent(
-        time=t + i,
+        time=t + i + 0.123456789,  # full double precision must survive every store
         client=client,
         key_id="k1" if client else None,
         model="digits",
@@ -59,6 +59,7 @@ def test_round_trip_and_verify(store: AuditStore, key: bytes) -> None:
     assert report.open_segments == ()
     assert report.verified_until is not None
     assert report.verified_until >= 1_700_000_000.0 + 199
+    assert records[7].time == 1_700_000_000.0 + 7 + 0.123456789
     exported = list(export(store))
     assert [e["seq"] for e in exported if e["kind"] == "event"] == list(range(1, 201))
     stored = {(r["segment"], r["seq"]): r for r in exported}
@@ -73,9 +74,9 @@ def test_export_filters(store: AuditStore, key: bytes) -> None:
     assert [e["client"] for e in bob] == ["bob"] * 5
     late = list(export(store, since=1_700_000_000.0 + 7))
     assert [e["time"] for e in late if e["kind"] == "event"] == [
-        1_700_000_007.0,
-        1_700_000_008.0,
-        1_700_000_009.0,
+        1_700_000_007.123456789,
+        1_700_000_008.123456789,
+        1_700_000_009.123456789,
     ]
     times = [e["time"] for e in export(store)]
     assert times == sorted(times)
@@ -317,3 +318,58 @@ def test_bad_arguments() -> None:
             log.append({"not": "an event"})  # type: ignore[arg-type]
     finally:
         log.close()
+
+
+def test_async_append_fails_closed_and_recovers(key: bytes) -> None:
+    store = CountingStore()
+    log = AuditLog(store, key, retry_after=0.05)
+
+    async def main() -> None:
+        await log.append_async(event(0))
+        store.down = True
+        results = await asyncio.gather(
+            *(log.append_async(event(i)) for i in range(1, 10)), return_exceptions=True
+        )
+        assert all(isinstance(r, ServiceUnavailableError) for r in results)
+        with pytest.raises(ServiceUnavailableError):  # at once, while the store is failing
+            await log.append_async(event(10))
+        store.down = False
+        await asyncio.sleep(0.1)
+        record = await log.append_async(event(11))
+        assert record.seq == 2
+
+    asyncio.run(main())
+    log.close()
+    assert verify(store, key).ok
+
+
+def test_async_cancelled_request_is_still_written(key: bytes) -> None:
+    store = CountingStore()
+    log = AuditLog(store, key)
+
+    async def main() -> None:
+        store.gate.clear()
+        task = asyncio.ensure_future(log.append_async(event(0)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.gate.set()
+        await log.append_async(event(1))
+
+    asyncio.run(main())
+    log.close()
+    assert [r.output_summary for r in store.iter_records(kind="event")] == ["0", "1"]
+
+
+def test_a_writer_bug_fails_closed_instead_of_hanging(key: bytes) -> None:
+    class Broken(CountingStore):
+        def append_batch(self, *args: Any) -> None:
+            raise SystemExit("not an outage: a bug")
+
+    log = AuditLog(Broken(), key)
+    with pytest.raises(ServiceUnavailableError):
+        log.append(event(0)).result(timeout=10)
+    log._thread.join(5)
+    with pytest.raises(ServiceUnavailableError):
+        log.append(event(1))

@@ -237,3 +237,11 @@ def test_missing_or_bad_key_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at least 16 bytes"):
         parse_audit_key(Secret("abcd"))
     assert parse_audit_key(Secret(" " + KEY.hex() + "\n")) == KEY
+
+
+def test_input_digest_cannot_forge_a_record_hash() -> None:
+    """A client who sends ``prev || canonical(forged)`` as its body gets no valid record hash."""
+    canonical = canonical_record(**FIELDS)  # type: ignore[arg-type]
+    prev = "00" * 32
+    body = bytes.fromhex(prev) + canonical
+    assert input_digest(KEY, body) != record_hash(KEY, prev, canonical)

@@ -46,7 +46,8 @@ def test_fit_returns_self_and_sets_only_learned_state(make, reference) -> None:
     before = dict(vars(detector))
     assert detector.fit(*reference) is detector
     learned = set(vars(detector)) - set(before)
-    assert learned and all(name.endswith("_") for name in learned)
+    assert learned
+    assert all(name.endswith("_") for name in learned)
     # __init__ stored parameters only: re-fitting a clone gives the same parameters
     assert {k: v for k, v in vars(detector).items() if k in before} == before
 
@@ -63,7 +64,8 @@ def test_observation_is_frozen_and_counts_queries(make, reference, held_out) -> 
     first = detector.observe("alice", x[:10], p[:10], 0.0)
     second = detector.observe("alice", x[10:], p[10:], 1.0)
     assert isinstance(first, Observation)
-    assert first.detector == detector.name and first.client == "alice"
+    assert first.detector == detector.name
+    assert first.client == "alice"
     assert (first.queries_seen, second.queries_seen) == (10, 30)
     assert second.flagged == (second.ready and second.score >= second.threshold)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -96,7 +98,8 @@ def test_state_of_unknown_client_is_empty_and_forget_drops(make, reference, held
     detector.observe("c", x, p, 0.0)
     assert detector.state_bytes("c") > 0
     detector.forget("c")
-    assert detector.state_bytes("c") == 0 and detector.peek("c").queries_seen == 0
+    assert detector.state_bytes("c") == 0
+    assert detector.peek("c").queries_seen == 0
 
 
 def test_memory_is_bounded(make, reference) -> None:

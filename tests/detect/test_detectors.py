@@ -20,7 +20,8 @@ def test_ood_scores_noise_far_above_held_out_data(reference, held_out) -> None:
     honest = detector.observe("honest", x[:200], p[:200], 0.0)
     noise = np.random.default_rng(0).uniform(0, 1, (64, 64)).astype(np.float32)
     attack = detector.observe("noise", noise, p[:64], 0.0)
-    assert honest.ready and attack.ready
+    assert honest.ready
+    assert attack.ready
     assert attack.score > 5 * max(honest.score, 0.5)
     stats = detector.query_statistics(x)
     assert np.abs(np.median(stats, axis=0)).max() < 0.5  # held-out rows are centred
@@ -31,7 +32,8 @@ def test_ood_needs_min_distinct_queries_and_ignores_resends(reference, held_out)
     x, p = held_out
     resent = np.repeat(x[:5], 40, axis=0)
     obs = detector.observe("c", resent, np.repeat(p[:5], 40, axis=0), 0.0)
-    assert obs.queries_seen == 200 and not obs.ready
+    assert obs.queries_seen == 200
+    assert not obs.ready
     assert dict(obs.details)["distinct_queries"] == 5
 
 
@@ -42,7 +44,8 @@ def test_boundary_counts_low_margins(reference, held_out) -> None:
     unsure = np.tile(np.array([0.4, 0.35] + [0.25 / 8] * 8, np.float32), (64, 1))
     assert detector.observe("a", x[:64], confident, 0.0).score == 0.0
     obs = detector.observe("b", x[:64], unsure, 0.0)
-    assert obs.score == 1.0 and obs.flagged
+    assert obs.score == 1.0
+    assert obs.flagged
 
 
 def test_boundary_with_labels_only_counts_label_flips(reference, held_out) -> None:
@@ -55,14 +58,17 @@ def test_boundary_with_labels_only_counts_label_flips(reference, held_out) -> No
     flipped[1::2] = (flipped[1::2] + 1) % 10  # ...whose second member changes label
     assert detector.observe("same", base, same, 0.0).score == 0.0
     obs = detector.observe("flip", base, flipped, 0.0)
-    assert obs.flagged and obs.score == pytest.approx(40 / 80, abs=0.2)
+    assert obs.flagged
+    assert obs.score == pytest.approx(40 / 80, abs=0.2)
 
 
 def test_coverage_ratio_and_merge(reference, held_out) -> None:
     detector = CoverageDetector(max_leaves=64, min_queries=10).fit(*reference)
     x, p = held_out
     e = [detector.expected_coverage(n) for n in (1, 10, 100, 10_000)]
-    assert e == sorted(e) and e[0] == pytest.approx(1.0) and e[-1] <= detector.n_leaves_
+    assert e == sorted(e)
+    assert e[0] == pytest.approx(1.0)
+    assert e[-1] <= detector.n_leaves_
     one_class = p.argmax(1) == 0
     narrow = detector.observe("narrow", x[one_class], p[one_class], 0.0)
     wide = detector.observe("wide", x[:200], p[:200], 0.0)
@@ -85,12 +91,15 @@ def test_volume_window_slides_and_tiers_have_norms(reference, held_out) -> None:
     x, p = held_out
     for t in range(0, 50, 10):
         obs = detector.observe("c", x[:30], p[:30], float(t))
-    assert obs.score == pytest.approx(150 / 100) and obs.flagged
+    assert obs.score == pytest.approx(150 / 100)
+    assert obs.flagged
     later = detector.observe("c", x[:10], p[:10], 200.0)  # everything before slid out
-    assert later.score == pytest.approx(0.1) and not later.flagged
+    assert later.score == pytest.approx(0.1)
+    assert not later.flagged
     detector.set_tier("g", "gold")
     gold = detector.observe("g", x[:150], p[:150], 0.0)
-    assert gold.score == pytest.approx(0.15) and not gold.flagged
+    assert gold.score == pytest.approx(0.15)
+    assert not gold.flagged
 
 
 def test_volume_reports_near_duplicates(reference, held_out) -> None:

@@ -33,7 +33,9 @@ def kinds(actions: tuple[Action, ...]) -> list[str]:
 def test_no_flag_no_action() -> None:
     policy = ResponsePolicy.default()
     for tier in ("free", "standard", "trusted"):
-        assert policy.decide(client="alice", tier=tier, observations=[obs("ood", False)], now=0) == ()
+        assert (
+            policy.decide(client="alice", tier=tier, observations=[obs("ood", False)], now=0) == ()
+        )
 
 
 def test_free_tier_alert_degrade_then_block() -> None:
@@ -70,13 +72,16 @@ def test_trusted_tier_only_alerts_on_one_flag() -> None:
 def test_evidence_is_recorded_and_actions_are_frozen() -> None:
     policy = ResponsePolicy.default()
     (alert, *_rest) = policy.decide(client="alice", tier="free", observations=TWO, now=42.0)
-    assert alert.at == 42.0 and alert.client == "alice" and alert.tier == "free"
+    assert alert.at == 42.0
+    assert alert.client == "alice"
+    assert alert.tier == "free"
     assert [(e.detector, e.score, e.threshold, e.queries_seen) for e in alert.evidence] == [
         ("ood", 2.0, 1.0, 150),
         ("boundary", 3.0, 1.0, 150),
     ]
     record = alert.to_dict()
-    assert record["evidence"][1]["detector"] == "boundary" and record["kind"] == "alert"
+    assert record["evidence"][1]["detector"] == "boundary"
+    assert record["kind"] == "alert"
     with pytest.raises(dataclasses.FrozenInstanceError):
         alert.kind = "block"  # type: ignore[misc]
 

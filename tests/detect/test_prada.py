@@ -54,16 +54,20 @@ def test_line_search_pushes_w_down(reference, held_out) -> None:
         rows += [a + (b - a) * (0.5 + 0.5**k) for k in range(1, 11)]
     q = np.asarray(rows, np.float32)
     probe = detector.observe("probe", q, np.tile(p[:1], (q.shape[0], 1)), 0.0)
-    assert probe.ready and honest.ready
+    assert probe.ready
+    assert honest.ready
     assert probe.score > honest.score
-    assert probe.flagged and not honest.flagged
+    assert probe.flagged
+    assert not honest.flagged
 
 
 def test_not_ready_before_min_distances(reference, held_out) -> None:
     x, p = held_out
     detector = PradaDetector().fit(*reference)
     obs = detector.observe("c", x[:50], p[:50], 0.0)
-    assert not obs.ready and not obs.flagged and obs.score == 0.0
+    assert not obs.ready
+    assert not obs.flagged
+    assert obs.score == 0.0
 
 
 def test_identical_queries_are_not_evidence(reference, held_out) -> None:
@@ -71,14 +75,16 @@ def test_identical_queries_are_not_evidence(reference, held_out) -> None:
     detector = PradaDetector(test_every=1).fit(*reference)
     q = np.repeat(x[:1], 200, axis=0)
     obs = detector.observe("c", q, np.repeat(p[:1], 200, axis=0), 0.0)
-    assert obs.ready and obs.score == 0.0
+    assert obs.ready
+    assert obs.score == 0.0
 
 
 def test_projection_for_wide_inputs_and_bad_parameters() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 300)).astype(np.float32)
     detector = PradaDetector(projection_dim=32).fit(x)
-    assert detector.dim_ == 32 and detector.n_classes_ == detector.max_classes
+    assert detector.dim_ == 32
+    assert detector.n_classes_ == detector.max_classes
     with pytest.raises(DetectorError):
         PradaDetector(max_distances=6000).fit(x)
     with pytest.raises(DetectorError):

@@ -24,7 +24,11 @@ def test_observe_returns_one_observation_per_detector(fitted, held_out) -> None:
     x, p = held_out
     result = fitted.observe("alice", x[:30], p[:30], 0.0, tier="free")
     assert [o.detector for o in result.observations] == [
-        "prada", "ood", "boundary", "coverage", "volume"
+        "prada",
+        "ood",
+        "boundary",
+        "coverage",
+        "volume",
     ]
     assert result.group_observations == ()
     assert result.flagged == bool(result.flagged_detectors)
@@ -46,7 +50,7 @@ def test_group_view_aggregates_several_clients(fitted, held_out) -> None:
 
 
 def test_group_view_flags_a_split_noise_attack(reference, held_out) -> None:
-    x, p = held_out
+    _x, p = held_out
     suite = DetectorSuite([OutOfDistributionDetector(threshold=1.0, min_queries=20)]).fit(
         *reference
     )

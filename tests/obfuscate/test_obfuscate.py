@@ -104,6 +104,15 @@ def test_rename_io_renames_the_interface_too(models: dict[str, bytes]) -> None:
     assert model.graph.output[0].name != "logits"
 
 
+def test_level3_stays_within_the_compute_budget(models: dict[str, bytes]) -> None:
+    roomy = obfuscate(models["demo_mlp"], level=3, seed=1, max_cost_ratio=4.0).report
+    tight = obfuscate(models["demo_mlp"], level=3, seed=1, max_cost_ratio=1.0).report
+    assert "pad with an identity layer" in {c.step for c in roomy.changes}
+    assert 1.0 < roomy.cost_ratio <= 4.0
+    assert "pad with an identity layer" not in {c.step for c in tight.changes}
+    assert tight.cost_ratio <= 1.0
+
+
 def test_seed_makes_the_output_reproducible(models: dict[str, bytes]) -> None:
     a = obfuscate(models["mixed"], level=2, seed=5).model_bytes
     b = obfuscate(models["mixed"], level=2, seed=5).model_bytes
@@ -181,6 +190,17 @@ def test_custom_domain_is_refused() -> None:
     data = _graph_model([node], [], domains=(("", 17), ("com.example", 1)))
     with pytest.raises(UnsupportedModelError, match=r"domain 'com\.example'"):
         obfuscate(data, level=1)
+
+
+def test_external_weights_are_refused() -> None:
+    weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "weights.bin"
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    with pytest.raises(UnsupportedModelError, match="external weight files"):
+        obfuscate(_graph_model([node], [weight]), level=1)
 
 
 def test_integer_input_is_refused() -> None:

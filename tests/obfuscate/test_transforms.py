@@ -65,6 +65,10 @@ LINK_TRANSFORMS: dict[str, Transform] = {
     "rescale": lambda m, rng: _transforms.rescale_units(m, 0, rng),
     "cancelling_units": lambda m, rng: _transforms.add_cancelling_units(m, 0, rng, 0.5),
     "split": lambda m, rng: _transforms.split_layer(m, 0, rng, 1.0),
+    "split_low_rank": lambda m, rng: _transforms.split_layer(m, 0, rng, 1.0, rank_fraction=0.25),
+    "split_last_low_rank": lambda m, rng: _transforms.split_layer(
+        m, len(_transforms.linear_nodes(m)) - 1, rng, 1.0, rank_fraction=0.5
+    ),
     "pad_first": lambda m, rng: _transforms.pad_identity_layer(m, 0, rng),
     "pad_last": lambda m, rng: _transforms.pad_identity_layer(
         m, len(_transforms.linear_nodes(m)) - 1, rng

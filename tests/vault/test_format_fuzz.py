@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -84,7 +83,8 @@ def test_mutated_files_never_open_differently(
         except IntegrityError:
             assert changed
             return
-        assert got == expected and not changed
+        assert got == expected
+        assert not changed
     finally:
         path.unlink()
 

@@ -77,7 +77,8 @@ def test_key_ids_are_short_digests_that_differ_by_algorithm() -> None:
     identity, signer = vault.generate_identity(), vault.generate_signing_key()
     assert len({identity.key_id, signer.key_id}) == 2
     assert all(len(k) == 16 and int(k, 16) >= 0 for k in (identity.key_id, signer.key_id))
-    assert "PRIVATE" not in repr(identity) and identity.key_id in repr(identity)
+    assert "PRIVATE" not in repr(identity)
+    assert identity.key_id in repr(identity)
 
 
 def test_local_key_provider_file(tmp_path: Path) -> None:

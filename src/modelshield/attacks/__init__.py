@@ -21,15 +21,15 @@ attack                     paper
 
 from __future__ import annotations
 
-from modelshield.attacks._active import ActiveThief
+from modelshield.attacks._active import ActiveThief, Strategy
 from modelshield.attacks._base import Attack
-from modelshield.attacks._equation import EquationSolving, LinearModel
+from modelshield.attacks._equation import EquationSolving, LinearModel, ModelFamily
 from modelshield.attacks._jacobian import JacobianAugmentation
-from modelshield.attacks._knockoff import Copycat, KnockoffNets
+from modelshield.attacks._knockoff import Copycat, KnockoffNets, LabelKind, PoolKind
 from modelshield.attacks._mlp import NumpyMLP
 from modelshield.attacks._pathfinding import LeafBoxes, PathFinding
 from modelshield.attacks._probes import LineSearch, UniformNoise
-from modelshield.attacks._registry import ATTACKS, make_attack
+from modelshield.attacks._registry import ATTACKS, make_attack, run
 from modelshield.attacks._result import AttackResult, CopyModel, Evaluation, Outcome
 from modelshield.attacks._target import (
     Answer,
@@ -58,23 +58,28 @@ __all__ = [
     "Evaluation",
     "JacobianAugmentation",
     "KnockoffNets",
+    "LabelKind",
     "LeafBoxes",
     "LineSearch",
     "LinearModel",
     "MLPThief",
+    "ModelFamily",
     "NumpyMLP",
     "ObservedTarget",
     "Observer",
     "Outcome",
     "OutputTransform",
     "PathFinding",
+    "PoolKind",
     "PredictorTarget",
     "SklearnThief",
     "StopEvent",
+    "Strategy",
     "Target",
     "Thief",
     "TorchThief",
     "UniformNoise",
     "as_thief",
     "make_attack",
+    "run",
 ]

@@ -205,6 +205,6 @@ class _Explorer:
     def result(self) -> LeafBoxes:
         """The explored boxes, plus the points seen in unexplored leaves as single-point boxes
         (nearest-neighbour answers where the budget did not reach)."""
-        seen = [(point, point, key, scores) for point, key, scores in self.queue]
+        seen = [(p, p, key, scores) for p, key, scores in self.queue if not self.known(p, key)]
         lows, highs, _, scores = zip(*self.boxes, *seen, strict=True)
         return LeafBoxes(np.vstack(lows), np.vstack(highs), np.vstack(scores), len(self.boxes))

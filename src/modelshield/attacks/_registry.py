@@ -11,6 +11,8 @@ from modelshield.attacks._jacobian import JacobianAugmentation
 from modelshield.attacks._knockoff import Copycat, KnockoffNets, LabelKind, PoolKind
 from modelshield.attacks._pathfinding import PathFinding
 from modelshield.attacks._probes import LineSearch, UniformNoise
+from modelshield.attacks._result import AttackResult, Evaluation
+from modelshield.attacks._target import Target
 from modelshield.errors import ConfigError
 
 ATTACKS: tuple[str, ...] = (
@@ -91,3 +93,18 @@ def make_attack(
         labels=labels or "soft",
         random_state=random_state,
     )
+
+
+def run(
+    target: Target,
+    *,
+    attack: str,
+    budget: int,
+    pool: npt.ArrayLike | None = None,
+    labels: LabelKind | None = None,
+    evaluation: Evaluation | None = None,
+    random_state: RandomState = None,
+) -> AttackResult:
+    """Run the attack called ``attack`` against ``target``: ``make_attack(...).run(...)``."""
+    chosen = make_attack(attack, budget=budget, pool=pool, labels=labels, random_state=random_state)
+    return chosen.run(target, evaluation=evaluation)

@@ -100,6 +100,15 @@ class TorchThief:
     def fit(self, inputs: FloatArray, targets: FloatArray) -> TorchThief:
         import torch
 
+        threads = torch.get_num_threads()
+        # a thief is a small model: one thread is fastest and does not thrash a shared machine
+        torch.set_num_threads(1)
+        try:
+            return self._fit(torch, inputs, targets)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, torch: Any, inputs: FloatArray, targets: FloatArray) -> TorchThief:
         rng = as_generator(self.random_state)
         torch.manual_seed(int(rng.integers(2**31)))
         net = copy.deepcopy(self.module).train()
@@ -114,7 +123,7 @@ class TorchThief:
                 opt.zero_grad()
                 logp = torch.log_softmax(net(x[idx]), dim=1)
                 loss = -(t[idx] * logp).sum(dim=1).mean()
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 opt.step()
         self.module_ = net.eval()
         return self

@@ -41,6 +41,11 @@ def write_audit_key(path: str | os.PathLike[str], key: bytes, *, overwrite: bool
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -122,6 +122,7 @@ class AuditLog:
         self._retry_after = retry_after
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
+        self._inflight: list[_Pending] = []
         self._closing = False
         self._close_error: ShieldError | None = None
         self._fail_until = 0.0
@@ -200,6 +201,17 @@ class AuditLog:
     # -- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug, not an outage: fail everything closed, loudly
+            _log.critical("audit writer stopped: %s", type(exc).__name__, exc_info=exc)
+            with self._cond:
+                self._closing = True
+                pending = [*self._inflight, *self._queue]
+                self._queue.clear()
+            _settle(pending, None, ServiceUnavailableError("audit log writer stopped"))
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -209,7 +221,9 @@ class AuditLog:
                 del self._queue[: self._max_batch]
                 closing = self._closing and not self._queue
             if batch:
+                self._inflight = batch
                 self._commit(batch, close=False)
+                self._inflight = []
             if closing:
                 self._finish()
                 return

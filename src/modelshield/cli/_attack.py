@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,6 +11,9 @@ from rich.table import Table
 
 from modelshield.cli._app import console
 from modelshield.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelshield.attacks import LabelKind
 
 attack_app = typer.Typer(
     name="attack",
@@ -45,7 +48,9 @@ def run(
     target: Annotated[
         str, typer.Option("--target", help="Model file to attack (ONNX, skops or torch.export).")
     ],
-    attack: Annotated[str, typer.Option("--attack", help="Attack name (see: modelshield attack list).")] = "knockoff",
+    attack: Annotated[
+        str, typer.Option("--attack", help="Attack name (see: modelshield attack list).")
+    ] = "knockoff",
     budget: Annotated[int, typer.Option("--budget", min=1, help="Query budget in rows.")] = 1000,
     data: Annotated[
         Path | None,
@@ -94,7 +99,7 @@ def run(
         if x_test is None
         else Evaluation.from_predictor(predictor, inputs=x_test, true_labels=y_test)
     )
-    kind = None if labels is None else ("soft" if labels == "soft" else "hard")
+    kind: LabelKind | None = None if labels is None else ("soft" if labels == "soft" else "hard")
     chosen = make_attack(attack, budget=budget, pool=pool, labels=kind, random_state=seed)
     inner = PredictorTarget(predictor, return_probabilities=not labels_only)
     with Progress(

@@ -1,28 +1,33 @@
-"""Where each command group joins the root command. One module per group; add yours here."""
+"""Where each command group joins the root command. One module per group; add its name here."""
 
 from __future__ import annotations
+
+import importlib
 
 import typer
 
 _registered: list[typer.Typer] = []
+
+# the order of --help: deployment first, then artifacts, then proof and the red team
+COMMAND_MODULES = (
+    "_demo",
+    "_init",
+    "_serve",
+    "_clients",
+    "_admin",
+    "_audit",
+    "_vault",
+    "_backup",
+    "_obfuscate",
+    "_certify",
+    "_attack",
+)
 
 
 def register_all(app: typer.Typer) -> None:
     """Attach every command group to ``app`` (idempotent)."""
     if app in _registered:
         return
-    from modelshield.cli import (
-        _admin,
-        _attack,
-        _audit,
-        _clients,
-        _demo,
-        _init,
-        _obfuscate,
-        _serve,
-        _vault,
-    )
-
-    for module in (_audit, _demo, _clients, _admin, _obfuscate, _serve, _vault, _init, _attack):
-        module.register(app)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"modelshield.cli.{name}").register(app)
     _registered.append(app)

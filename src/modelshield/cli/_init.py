@@ -33,7 +33,8 @@ def init(
         f"  model [bold]{report.model_name}[/bold] sealed and signed: {report.sealed_model}"
     )
     console.print(
-        f"  server identity {report.server_key} (0600), owner signing key {report.owner_signing_key}"
+        f"  server identity {report.server_key} (0600), "
+        f"owner signing key {report.owner_signing_key}"
     )
     console.print(f"  configuration {cfg}")
     console.print("\nnext steps:")

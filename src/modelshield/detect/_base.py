@@ -65,10 +65,12 @@ class Detector(Protocol):
     ``fit`` learns from reference (training-like) data and returns ``self``; ``observe`` updates
     the state of one client with one batch and returns an :class:`Observation`. Per-client state
     is bounded (:meth:`max_state_bytes`) and serialisable (:meth:`state_dict` /
-    :meth:`load_state_dict`) so that it can live in any state store.
+    :meth:`load_state_dict`) so that it can live in any state store. ``threshold`` is the
+    score at which it flags (calibrate it on honest traffic: :func:`calibrate_threshold`).
     """
 
     name: str
+    threshold: float
 
     def fit(self, reference_inputs: FloatArray, reference_outputs: Any = None) -> Detector: ...
 

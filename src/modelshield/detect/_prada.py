@@ -110,6 +110,15 @@ class PradaDetector(StatefulDetector[_PradaState]):
         self.max_classes = max_classes
         self.random_state = random_state
 
+    @property
+    def threshold(self) -> float:
+        """The flagging threshold on the score ``1 - W``: ``1 - delta`` (setting it sets delta)."""
+        return 1.0 - self.delta
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.delta = 1.0 - value
+
     def fit(self, reference_inputs: FloatArray, reference_outputs: Any = None) -> PradaDetector:
         """Learn the input width (and the projection); PRADA needs no reference data otherwise."""
         if not 3 <= self.min_distances <= self.max_distances <= 5000:
@@ -210,7 +219,7 @@ class PradaDetector(StatefulDetector[_PradaState]):
     def _observation(self, client: str, state: _PradaState) -> Observation:
         ready = state.tested
         score = 1.0 - state.w if ready else 0.0
-        threshold = 1.0 - self.delta
+        threshold = self.threshold
         return Observation(
             detector=self.name,
             client=client,

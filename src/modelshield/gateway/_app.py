@@ -347,7 +347,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(HttpError(500, "internal", "internal error"))
 
 
-def build_app(gateway: Gateway) -> Starlette:
+def build_app(gateway: Gateway) -> Any:
     """The ASGI application serving ``gateway``."""
     routes = [
         Route("/v1/models/{name}/predict", gateway.predict, methods=["POST"]),
@@ -371,4 +371,39 @@ def build_app(gateway: Gateway) -> Starlette:
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    return app
+    return _FastPredict(app, gateway)
+
+
+class _FastPredict:
+    """Serve ``POST /v1/models/{name}/predict`` without Starlette's router and middleware stack
+    (about a fifth of the per-request cost on a 1-row request); everything else goes to ``app``.
+    An unexpected exception still becomes a JSON 500, never a traceback."""
+
+    def __init__(self, app: Starlette, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.state = app.state
+        self.routes = app.routes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and path.startswith("/v1/models/")
+            and path.endswith("/predict")
+        ):
+            name = path[len("/v1/models/") : -len("/predict")]
+            if name and "/" not in name:
+                request = Request(scope, receive)
+                request.scope["path_params"] = {"name": name}
+                try:
+                    response = await self.gateway.predict(request)
+                except (
+                    Exception
+                ) as exc:  # the same last resort as Starlette's ServerErrorMiddleware
+                    _log.exception("unexpected error", exc_info=exc)
+                    response = error_response(HttpError(500, "internal", "internal error"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

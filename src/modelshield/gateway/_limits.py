@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelshield.errors import ServiceUnavailableError
@@ -64,11 +64,11 @@ def consume(
     rate = rule.rate * (THROTTLE_FACTOR if flag == "throttle" else 1.0)
     window = budget_window(rule, now)
     if state is None:
-        state = BucketState(tokens=float(rule.burst), updated=now, window=window, rows_used=0)
-    if state.window != window:
-        state = replace(state, window=window, rows_used=0)
-    tokens = min(float(rule.burst), state.tokens + max(0.0, now - state.updated) * rate)
-    state = replace(state, tokens=tokens, updated=now)
+        tokens, used = float(rule.burst), 0
+    else:
+        tokens = min(float(rule.burst), state.tokens + max(0.0, now - state.updated) * rate)
+        used = state.rows_used if state.window == window else 0
+    state = BucketState(tokens=tokens, updated=now, window=window, rows_used=used)
     if flag == "block":
         return state, LimitDecision(False, "blocked", None, state.rows_used, flag)
     if tokens < 1.0:
@@ -79,7 +79,7 @@ def consume(
         if rule.budget_seconds is not None:
             retry = (window + 1) * rule.budget_seconds - now
         return state, LimitDecision(False, "budget", retry, state.rows_used, flag)
-    state = replace(state, tokens=tokens - 1.0, rows_used=state.rows_used + rows)
+    state = BucketState(tokens=tokens - 1.0, updated=now, window=window, rows_used=used + rows)
     return state, LimitDecision(True, "", None, state.rows_used, flag)
 
 

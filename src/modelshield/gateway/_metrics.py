@@ -7,6 +7,7 @@ client ids as labels would make the metric cardinality unbounded.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -43,6 +44,7 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+        self._children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self.refusals = Counter(
             "modelshield_refusals",
             "Refused requests by reason.",
@@ -53,8 +55,16 @@ class GatewayMetrics:
     def observe(
         self, *, model: str, status: int, decision: str, reason: str, seconds: float
     ) -> None:
-        self.requests.labels(model, str(status), decision).inc()
-        self.latency.labels(model).observe(seconds)
+        key = (model, status, decision)
+        children = self._children.get(key)
+        if children is None:  # labels() costs a lock and a dict lookup: do it once per key
+            children = (
+                self.requests.labels(model, str(status), decision),
+                self.latency.labels(model),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if status >= 400:
             self.refusals.labels(reason.split(":", 1)[0] or "error").inc()
 

@@ -107,7 +107,9 @@ def answer(
     marker: Marker | None = None,
 ) -> Answer:
     """Predict, harden and (optionally) watermark one validated batch."""
-    scores = predictor.predict_proba(batch)
+    # the batch was validated by :func:`validate`; adapters skip validating it twice
+    checked = getattr(predictor, "predict_proba_validated", None)
+    scores = checked(batch) if checked is not None else predictor.predict_proba(batch)
     classes = np.asarray(predictor.classes)
     top = np.argmax(scores, axis=1)
     marked = np.empty(0, dtype=np.intp)

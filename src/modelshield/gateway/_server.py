@@ -74,6 +74,20 @@ class AuditLogSink:
         self._audit = audit
 
     async def record(self, entry: AuditEntry) -> None:
+        try:
+            event, marks = self._event(entry)
+        except (ValueError, TypeError) as exc:  # an oversized or odd ``extra``: keep the facts
+            _log.error("audit event rejected (%s); recording it without extra", exc)
+            event, marks = self._event(AuditEntry(**{**entry.__dict__, "extra": {"dropped": True}}))
+        try:
+            await self._log.append_async(event, marks)
+        except ShieldError:
+            raise
+        except Exception as exc:  # anything else from the store is an outage too: fail closed
+            _log.error("audit append failed: %r", exc)
+            raise ServiceUnavailableError("audit log unavailable") from None
+
+    def _event(self, entry: AuditEntry) -> tuple[Any, list[Any]]:
         audit = self._audit
         event = audit.AuditEvent(
             time=entry.time,
@@ -98,13 +112,7 @@ class AuditLogSink:
             )
             for row, label in entry.marks
         ]
-        try:
-            await self._log.append_async(event, marks)
-        except ShieldError:
-            raise
-        except Exception as exc:  # anything else from the store is an outage too: fail closed
-            _log.error("audit append failed: %r", exc)
-            raise ServiceUnavailableError("audit log unavailable") from None
+        return event, marks
 
 
 def _npy(row: Any) -> bytes:
@@ -183,7 +191,7 @@ def open_gateway(
     return gateway
 
 
-def create_app() -> Starlette:
+def create_app() -> Any:
     """uvicorn factory: the app for the configuration named by ``MODELSHIELD_CONFIG``."""
     path = os.environ.get(CONFIG_ENV, "shield.toml")
     config = load_config(path)

@@ -121,11 +121,13 @@ def validate_inputs(
     if max_rows is not None and arr.shape[0] > max_rows:
         raise InvalidInputError(f"too many rows: {arr.shape[0]} > limit {max_rows}")
     out = np.ascontiguousarray(arr, dtype=spec.dtype)
-    if not np.isfinite(out).all():
+    # min and max propagate NaN and reach any infinity, so two reductions check finiteness too
+    lo, hi = float(out.min()), float(out.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InvalidInputError("inputs contain NaN or infinite values")
-    if spec.min_value is not None and float(out.min()) < spec.min_value:
+    if spec.min_value is not None and lo < spec.min_value:
         raise InvalidInputError(f"inputs below the allowed minimum {spec.min_value}")
-    if spec.max_value is not None and float(out.max()) > spec.max_value:
+    if spec.max_value is not None and hi > spec.max_value:
         raise InvalidInputError(f"inputs above the allowed maximum {spec.max_value}")
     return out
 
@@ -140,7 +142,12 @@ def softmax(logits: FloatArray) -> FloatArray:
 
 def looks_like_probabilities(scores: FloatArray, atol: float = 1e-3) -> bool:
     """True when every row is non-negative and sums to one (within ``atol``)."""
-    return bool((scores >= -atol).all() and np.allclose(scores.sum(axis=1), 1.0, atol=atol))
+    sums = scores.sum(axis=1)
+    return bool(
+        float(scores.min()) >= -atol
+        and float(sums.min()) >= 1.0 - atol
+        and float(sums.max()) <= 1.0 + atol
+    )
 
 
 class BasePredictor:
@@ -162,7 +169,10 @@ class BasePredictor:
         return self._classes
 
     def predict_proba(self, inputs: npt.ArrayLike) -> FloatArray:
-        batch = validate_inputs(inputs, self._input_spec)
+        return self.predict_proba_validated(validate_inputs(inputs, self._input_spec))
+
+    def predict_proba_validated(self, batch: FloatArray) -> FloatArray:
+        """:meth:`predict_proba` for a batch that :func:`validate_inputs` already returned."""
         scores = self._scores(batch)
         if scores.ndim != 2 or scores.shape != (batch.shape[0], len(self._classes)):
             raise UnsupportedModelError(

@@ -76,6 +76,9 @@ class OnnxPredictor(BasePredictor):
         self._session = session
         self._input_name = model_input.name
         self._input_dtype = dtype
+        # skl2onnx and most exporters name a softmax output like this: no need to check each call
+        if scores == "auto" and self._output in ("probabilities", "output_probability"):
+            scores = "probabilities"
         self._score_kind = scores
 
     @staticmethod

@@ -100,8 +100,8 @@ def check_supported(model: onnx.ModelProto) -> None:
     """Refuse graphs the transforms cannot rewrite safely, naming the reason.
 
     Refused: control flow (operators with subgraphs), model-local functions, sparse initializers,
-    operators outside the standard ONNX and ONNX-ML domains, and anything other than exactly one
-    float32/float64 tensor input.
+    weights in external files, operators outside the standard ONNX and ONNX-ML domains, and
+    anything other than exactly one float32/float64 tensor input.
     """
     graph = model.graph
     if len(graph.node) == 0:
@@ -110,6 +110,8 @@ def check_supported(model: onnx.ModelProto) -> None:
         raise UnsupportedModelError("ONNX models with local functions are not supported")
     if len(graph.sparse_initializer) > 0:
         raise UnsupportedModelError("ONNX models with sparse initializers are not supported")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        raise UnsupportedModelError("ONNX models with external weight files are not supported")
     for node in graph.node:
         if node.domain not in SUPPORTED_DOMAINS:
             raise UnsupportedModelError(

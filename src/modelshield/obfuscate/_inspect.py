@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ class ModelView:
     n_parameters: int
     producer: str
     metadata_keys: tuple[str, ...]
-    named_tensors: tuple[str, ...]
+    named_tensors: tuple[str, ...] = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +103,7 @@ def weight_matrices(model: bytes | onnx.ModelProto, *, undo_splits: bool = False
     g = Graph(proto)
     layers = find_linears(g)
     by_output = {layer.node.output[0]: layer for layer in layers}
+    by_output |= {layer.output: layer for layer in layers}
     merged: set[str] = set()
     matrices: list[Array] = []
 
@@ -113,15 +114,16 @@ def weight_matrices(model: bytes | onnx.ModelProto, *, undo_splits: bool = False
             return None
         w = get_weight(g, layer)
         inner = by_output.get(layer.node.input[0])
+        own = layer.node.output[0]
         if inner is None or g.n_uses(inner.node.output[0]) != 1:
-            return layer.node.input[0], w, [name]
+            return layer.node.input[0], w, [own]
         wu = get_weight(g, inner)
         if w.shape[1] != wu.shape[0] or int(np.prod(w.shape[2:])) != 1:
-            return layer.node.input[0], w, [name]
+            return layer.node.input[0], w, [own]
         product = (w.reshape(w.shape[0], -1) @ wu.reshape(wu.shape[0], -1)).reshape(
             w.shape[0], *wu.shape[1:]
         )
-        return inner.node.input[0], product, [name, inner.node.output[0]]
+        return inner.node.input[0], product, [own, inner.node.output[0]]
 
     if undo_splits:
         for node in g.graph.node:

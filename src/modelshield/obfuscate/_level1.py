@@ -129,22 +129,37 @@ def _known_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _reorder_topologically(model: onnx.ModelProto, rng: np.random.Generator | None = None) -> None:
-    """Sort the nodes topologically; with ``rng``, pick a random order among the valid ones."""
+    """Sort the nodes topologically (Kahn); with ``rng``, a random order among the valid ones."""
     graph = model.graph
+    nodes = list(graph.node)
     available = {vi.name for vi in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        ready = [i for i, n in enumerate(pending) if all(x in available for x in n.input)]
-        if not ready:  # a cycle or a dangling input: leave the order as it was
-            return
-        pick = ready[int(rng.integers(len(ready)))] if rng is not None else ready[0]
-        node = pending.pop(pick)
-        ordered.append(node)
-        available.update(node.output)
-    copies = [onnx.NodeProto() for _ in ordered]
-    for copy, node in zip(copies, ordered, strict=True):
-        copy.CopyFrom(node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    waiting = [0] * len(nodes)
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in set(node.input):
+            if name in available:
+                continue
+            if name not in producer:  # a dangling input: leave the order as it was
+                return
+            waiting[i] += 1
+            readers.setdefault(producer[name], []).append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    order: list[int] = []
+    while ready:
+        pick = int(rng.integers(len(ready))) if rng is not None else 0
+        ready[pick], ready[-1] = ready[-1], ready[pick]
+        current = ready.pop()
+        order.append(current)
+        for reader in readers.get(current, []):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if len(order) != len(nodes):  # a cycle: leave the order as it was
+        return
+    copies = [onnx.NodeProto() for _ in order]
+    for copy, index in zip(copies, order, strict=True):
+        copy.CopyFrom(nodes[index])
     del graph.node[:]
     graph.node.extend(copies)
 

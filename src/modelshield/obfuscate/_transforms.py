@@ -242,7 +242,7 @@ def split_layer(
     nodes: list[onnx.NodeProto] = []
     rank = n_in if rank_fraction is None else math.ceil(rank_fraction * min(n_out, n_in))
     if rank >= min(n_out, n_in):
-        share = rng.normal(0.0, share_scale * std, size=w.shape)
+        share: Array = np.asarray(rng.normal(0.0, share_scale * std, size=w.shape))
         twin = onnx.NodeProto()
         twin.CopyFrom(layer.node)
         twin.name = ""
@@ -278,10 +278,40 @@ def split_layer(
                 onnx.helper.make_node("MatMul", [hidden, v_name], [right]),
             ]
         what = f"a share and a rank-{rank} share"
+    if layer.kind == "dense":
+        return _split_dense(g, layer, w - share, nodes, right, what)
     set_weight(g, layer, w - share)
     layer.node.output[0] = left
     nodes.append(onnx.helper.make_node("Add", [left, right], [out]))
     g.insert_after(layer.node, nodes)
+    return f"split the weights of a {layer.node.op_type} into {what}"
+
+
+def _split_dense(
+    g: Graph, layer: Linear, rest: Array, branch: list[onnx.NodeProto], branch_out: str, what: str
+) -> str:
+    """Lay a split dense layer out as ``MatMul(x, W - A) + (share branch + bias)``.
+
+    Written with MatMul and Add only (whatever the original node was), and with the bias on the
+    share branch, so that ONNX Runtime fuses each MatMul with the Add after it into one Gemm.
+    """
+    dtype = g.array(layer.weight).dtype
+    source = layer.node.input[0]
+    main_w, left = g.fresh("w"), g.fresh("part")
+    g.set_array(main_w, rest.T.astype(dtype))
+    nodes = [onnx.helper.make_node("MatMul", [source, main_w], [left]), *branch]
+    right = branch_out
+    if layer.bias is not None:
+        bias_name, right = g.fresh("b"), g.fresh("part")
+        g.set_array(bias_name, get_bias(g, layer).astype(dtype))
+        nodes.append(onnx.helper.make_node("Add", [branch_out, bias_name], [right]))
+    nodes.append(onnx.helper.make_node("Add", [left, right], [layer.output]))
+    index = g.index_of(layer.node)
+    g.remove_nodes([n for n in (layer.node, layer.add) if n is not None])
+    existing = list(g.graph.node)
+    del g.graph.node[:]
+    g.graph.node.extend([*existing[:index], *nodes, *existing[index:]])
+    g.drop_unused_initializers()
     return f"split the weights of a {layer.node.op_type} into {what}"
 
 

@@ -8,17 +8,22 @@ process), SQLite (one machine), PostgreSQL and Redis (several gateway replicas).
 from modelshield.stores._audit_memory import MemoryAuditStore
 from modelshield.stores._audit_postgres import PostgresAuditStore
 from modelshield.stores._audit_sqlite import SQLiteAuditStore, open_audit_store, sqlite_backup
+from modelshield.stores._backup_folder import FolderBackupStore, open_backup_store
+from modelshield.stores._backup_s3 import S3BackupStore
 from modelshield.stores._registry_memory import MemoryRegistryStore
 from modelshield.stores._registry_postgres import PostgresRegistryStore
 from modelshield.stores._registry_sqlite import SQLiteRegistryStore
 
 __all__: list[str] = [
+    "FolderBackupStore",
     "MemoryAuditStore",
     "MemoryRegistryStore",
     "PostgresAuditStore",
     "PostgresRegistryStore",
+    "S3BackupStore",
     "SQLiteAuditStore",
     "SQLiteRegistryStore",
     "open_audit_store",
+    "open_backup_store",
     "sqlite_backup",
 ]

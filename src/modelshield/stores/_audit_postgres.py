@@ -138,8 +138,15 @@ class PostgresAuditStore:
 
     def _open(self) -> Any:
         try:
+            # keepalives: a peer that vanished without a reset is noticed within ~15 s
             return self._psycopg.connect(
-                self._dsn, connect_timeout=max(1, int(self._timeout)), autocommit=False
+                self._dsn,
+                connect_timeout=max(1, int(self._timeout)),
+                autocommit=False,
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=5,
             )
         except self._psycopg.Error as exc:
             raise _unavailable(exc) from None
@@ -153,6 +160,8 @@ class PostgresAuditStore:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._schema,))
                     conn.execute(_SCHEMA.format(schema=f'"{self._schema}"'))
+                    # a stuck server fails the batch closed instead of holding requests forever
+                    conn.execute("SET statement_timeout = '10s'")
             except self._psycopg.Error as exc:
                 conn.close()
                 raise _unavailable(exc) from None

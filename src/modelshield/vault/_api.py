@@ -263,15 +263,25 @@ def unseal(
     """Decrypt the sealed artifact ``src`` into the new file ``dst`` (refuses to overwrite).
 
     ``identity`` is an :class:`Identity`, a :class:`Passphrase` or a :class:`KeyProvider` (or a
-    sequence of them, tried in order). ``require_signer`` (a :class:`VerifyingKey` or a sequence)
-    refuses unsigned or untrusted artifacts. Every failure of a key, a check or a signature raises
-    :class:`~modelshield.errors.IntegrityError`, and no ``dst`` is left behind.
+    sequence of them, tried in order). Every segment is authenticated under the data key. With
+    ``require_signer`` (a :class:`VerifyingKey` or a sequence) unsigned or untrusted artifacts are
+    refused, and the payload's digest, computed in the same pass, must be the signed one: only
+    that shows the content is the signer's and not another key holder's. Every failure of a key,
+    a check or a signature raises :class:`~modelshield.errors.IntegrityError`, and no ``dst`` is
+    left behind.
     """
     refuse_existing(Path(dst))
     with open(src, "rb") as handle:
         header, file_size, key = _open(handle, identity, require_signer)
         with atomic_output(dst, overwrite=False) as out:
-            decrypt_payload(handle, header.manifest, key, sink=out, progress=progress)
+            decrypt_payload(
+                handle,
+                header.manifest,
+                key,
+                sink=out,
+                check_digest=require_signer is not None,
+                progress=progress,
+            )
     return _info(header, file_size)
 
 
@@ -283,12 +293,15 @@ def unseal_bytes(
 ) -> bytes:
     """The plaintext of the sealed artifact ``src``, decrypted in memory only (see :func:`unseal`).
 
-    Nothing is returned before every segment and the payload digest have been checked.
+    Nothing is returned before every segment (and, with ``require_signer``, the signed payload
+    digest) has been checked.
     """
     with open(src, "rb") as handle:
         header, _, key = _open(handle, identity, require_signer)
         plain = bytearray(header.manifest.plaintext_size)
-        decrypt_payload(handle, header.manifest, key, into=plain)
+        decrypt_payload(
+            handle, header.manifest, key, into=plain, check_digest=require_signer is not None
+        )
     return bytes(plain)
 
 
@@ -384,7 +397,7 @@ def verify(
             copy_payload(handle, None, header.manifest)
         else:
             key = _unlock(header, _items(identity))
-            decrypt_payload(handle, header.manifest, key)
+            decrypt_payload(handle, header.manifest, key, check_digest=True)
     m = header.manifest
     return Verification(
         signer=signer.key_id,

@@ -22,26 +22,35 @@ Progress = Callable[[int], None]
 
 _BUFFERS = 4
 _CHUNK = 1 << 20
+_INLINE = 2 << 20
 
 
 class _Hasher:
-    """SHA-256 over buffers handed in order, on a worker thread; buffers come back for reuse."""
+    """SHA-256 over buffers handed in order; buffers come back for reuse.
 
-    def __init__(self, buffer_size: int) -> None:
+    The first :data:`_INLINE` bytes are hashed on the caller's thread (a thread costs more than
+    hashing a small model); after that a worker thread hashes while the caller goes on. With
+    ``enabled=False`` nothing is hashed and buffers are simply recycled.
+    """
+
+    def __init__(self, buffer_size: int, *, enabled: bool = True) -> None:
         self._hash = hashlib.sha256()
+        self._enabled = enabled
         self._size = buffer_size
         self._made = 0
+        self._inline = 0
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._todo: queue.SimpleQueue[tuple[bytes | bytearray, int] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="modelshield-digest", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
         while (item := self._todo.get()) is not None:
-            data, size = item
-            self._hash.update(memoryview(data)[:size])
-            if isinstance(data, bytearray):
-                self._free.put(data)
+            self._update(*item)
+
+    def _update(self, data: bytes | bytearray, size: int) -> None:
+        self._hash.update(memoryview(data)[:size])
+        if isinstance(data, bytearray):
+            self._free.put(data)
 
     def buffer(self) -> bytearray:
         """A free buffer (at most a few exist); it must be handed back through :meth:`submit`."""
@@ -52,14 +61,26 @@ class _Hasher:
 
     def submit(self, data: bytes | bytearray, size: int) -> None:
         """Hash ``data[:size]`` after everything submitted before (a bytearray is then reused)."""
-        self._todo.put((data, size))
+        if not self._enabled:
+            if isinstance(data, bytearray):
+                self._free.put(data)
+        elif self._thread is None and self._inline + size <= _INLINE:
+            self._inline += size
+            self._update(data, size)
+        else:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="modelshield-digest", daemon=True
+                )
+                self._thread.start()
+            self._todo.put((data, size))
 
     def digest(self) -> bytes:
         self.close()
         return self._hash.digest()
 
     def close(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._todo.put(None)
             self._thread.join()
 
@@ -125,17 +146,21 @@ def decrypt_payload(
     *,
     sink: BinaryIO | None = None,
     into: bytearray | None = None,
+    check_digest: bool,
     progress: Progress | None = None,
 ) -> None:
-    """Decrypt the payload that ``src`` is positioned at, checking every segment and the digest.
+    """Decrypt the payload that ``src`` is positioned at, checking every segment.
 
     Plaintext goes to ``sink`` (a file), ``into`` (a bytearray of ``plaintext_size`` bytes) or
-    nowhere (verification only). Raises :class:`IntegrityError` on a bad segment, a short or long
-    payload or a digest mismatch; the caller discards what was written.
+    nowhere (verification only). With ``check_digest`` the SHA-256 of the ciphertext is computed
+    in the same pass and compared with the manifest's: that matters only when a signature vouches
+    for the manifest, since whoever holds the data key can make segments, digest and header MAC
+    agree. Raises :class:`IntegrityError` on a bad segment, a short or long payload or a digest
+    mismatch; the caller discards what was written.
     """
     streaming = AesGcmHkdfStreaming(data_key, manifest.segment_size)
     layout = streaming.layout
-    hasher = _Hasher(min(manifest.segment_size, manifest.payload_size))
+    hasher = _Hasher(min(manifest.segment_size, manifest.payload_size), enabled=check_digest)
     try:
         header = src.read(streaming.HEADER_SIZE)
         if len(header) != streaming.HEADER_SIZE:
@@ -144,7 +169,9 @@ def decrypt_payload(
         decrypter = streaming.new_decrypter(header, PAYLOAD_AD)
         count = manifest.segment_count
         scratch = bytearray(
-            0 if into is not None else min(layout.plaintext_segment_size(1), manifest.plaintext_size)
+            0
+            if into is not None
+            else min(layout.plaintext_segment_size(1), manifest.plaintext_size)
         )
         done = 0
         for index in range(count):
@@ -164,7 +191,7 @@ def decrypt_payload(
                 progress(done)
         if src.read(1):
             fail("bytes after the last segment")
-        if not hmac.compare_digest(hasher.digest(), manifest.payload_digest):
+        if check_digest and not hmac.compare_digest(hasher.digest(), manifest.payload_digest):
             fail("payload digest does not match the manifest")
     finally:
         hasher.close()

@@ -157,5 +157,6 @@ def embed_weights(
             optimizer.step()
     model.eval()
     if bit_error_rate(extract_bits(model, watermark), watermark.bits) > 0:
+        print("BER", bit_error_rate(extract_bits(model, watermark), watermark.bits))
         raise UnsupportedModelError(f"the bits did not embed within {epochs} epochs")
     return model

@@ -1,0 +1,54 @@
+"""Proof of ownership: signed, timestamped certificates (stable: format version 1).
+
+:func:`create_certificate` binds an owner to a model's digests, commitments to its watermark
+secrets, the licence and a trade-secret notice, signed with Ed25519 and optionally countersigned by
+an RFC 3161 time-stamp authority; :func:`verify_certificate` checks all of it.
+"""
+
+from modelshield.evidence._certificate import (
+    DEFAULT_NOTICE,
+    FORMAT,
+    VERSION,
+    CertificateCheck,
+    Opening,
+    canonical,
+    commit,
+    commitment,
+    create_certificate,
+    dump_certificate,
+    dump_openings,
+    load_certificate,
+    load_openings,
+    open_commitment,
+    verify_certificate,
+)
+from modelshield.evidence._tsa import (
+    TimestampToken,
+    build_request,
+    request_timestamp,
+    tsa_timestamper,
+    verify_token,
+)
+
+__all__ = [
+    "DEFAULT_NOTICE",
+    "FORMAT",
+    "VERSION",
+    "CertificateCheck",
+    "Opening",
+    "TimestampToken",
+    "build_request",
+    "canonical",
+    "commit",
+    "commitment",
+    "create_certificate",
+    "dump_certificate",
+    "dump_openings",
+    "load_certificate",
+    "load_openings",
+    "open_commitment",
+    "request_timestamp",
+    "tsa_timestamper",
+    "verify_certificate",
+    "verify_token",
+]

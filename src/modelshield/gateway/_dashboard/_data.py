@@ -1,0 +1,287 @@
+"""What the dashboard shows, read from the audit log incrementally and from the gateway's metrics.
+
+The audit log is the one source shared by every gateway replica, so the dashboard reads it rather
+than this process's memory. Reading is incremental and bounded: each refresh reads only records
+newer than the last one seen (less a small overlap for writers that commit late, deduplicated by
+``(segment, seq)``), at most once per ``min_interval`` whatever the number of open dashboards,
+and folds them into fixed time buckets that cover the last ``window`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelshield.audit import AuditRecord, AuditStore
+
+ADMIN_PREFIX = "admin:"
+_ACTION_KINDS = ("flag", "suspend", "resume", "revoke")
+MAX_SCORES = 600  # detector observations kept per client and detector
+MAX_ACTIONS = 200  # actions and flags kept per client
+
+
+@dataclass(frozen=True)
+class Score:
+    """One detector's score for one client at one time, with its threshold when known."""
+
+    time: float
+    detector: str
+    score: float
+    threshold: float | None
+
+
+@dataclass(frozen=True)
+class Action:
+    """A flag raised by detection or an admin action on a client."""
+
+    time: float
+    who: str
+    action: str
+    status: int
+
+
+@dataclass
+class ClientView:
+    """One client's traffic in the window, its detector scores and the actions taken on it."""
+
+    requests: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    rows: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    refused: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    last_seen: float | None = None
+    scores: dict[str, deque[Score]] = field(default_factory=dict)
+    actions: deque[Action] = field(default_factory=lambda: deque(maxlen=MAX_ACTIONS))
+
+    def latest_scores(self) -> dict[str, Score]:
+        return {name: obs[-1] for name, obs in self.scores.items() if obs}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def detector_scores(extra: Mapping[str, Any], when: float) -> list[Score]:
+    """Detector scores found in an audit record's ``extra`` (``{"flag", "evidence"}``).
+
+    Accepts the shapes detection writes: an observation or evidence dict (``detector``, ``score``,
+    ``threshold``), a list of them, a dict of them under any key, or ``{detector: score}``.
+    """
+    found: list[Score] = []
+
+    def walk(node: Any, name: str | None, depth: int) -> None:
+        if depth > 4:
+            return
+        if isinstance(node, Mapping):
+            score = _number(node.get("score"))
+            label = node.get("detector", name)
+            if score is not None and isinstance(label, str):
+                found.append(Score(when, label, score, _number(node.get("threshold"))))
+                return
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    continue
+                number = _number(value)
+                if number is not None and depth >= 1 and key not in ("threshold", "queries_seen"):
+                    found.append(Score(when, key, number, None))
+                else:
+                    walk(value, key, depth + 1)
+        elif isinstance(node, list):
+            for item in node[:32]:
+                walk(item, name, depth + 1)
+
+    evidence = extra.get("evidence")
+    if evidence is not None:
+        walk(evidence, None, 0)
+    scores = extra.get("scores")
+    if scores is not None:
+        walk(scores, None, 1)
+    return found
+
+
+def parse_action(reason: str) -> tuple[str, str] | None:
+    """``(client, action)`` from an admin record's reason (``flag:NAME:FLAG``, ``suspend:NAME``)."""
+    kind, _, rest = reason.partition(":")
+    if kind not in _ACTION_KINDS or not rest:
+        return None
+    if kind == "flag":
+        name, _, flag = rest.rpartition(":")
+        return (name, f"flag {flag}") if name else None
+    return rest, kind
+
+
+class TrafficView:
+    """Requests, rows, refusals, detector scores and actions in the last ``window`` seconds."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        window: float = 900.0,
+        bucket: float = 5.0,
+        lag: float = 2.0,
+        min_interval: float = 1.0,
+    ) -> None:
+        if bucket <= 0 or window < bucket:
+            raise ValueError("need 0 < bucket <= window")
+        self.store = store
+        self.window = window
+        self.bucket = bucket
+        self.lag = lag
+        self.min_interval = min_interval
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._last_refresh = -math.inf
+        self._seen: dict[tuple[str, int], float] = {}
+        self.model_requests: dict[str, dict[int, int]] = {}
+        self.model_rows: dict[str, dict[int, int]] = {}
+        self.refusals: dict[str, dict[int, int]] = {}
+        self.clients: dict[str, ClientView] = {}
+        self.records_read = 0
+
+    def index(self, t: float) -> int:
+        return int(t // self.bucket)
+
+    def refresh(self, now: float) -> None:
+        """Fold in records committed since the last refresh (skipped if one ran lately)."""
+        if not self._lock.acquire(blocking=False):
+            return  # another refresh is running: its result is as fresh as ours would be
+        try:
+            if now - self._last_refresh < self.min_interval:
+                return
+            self._last_refresh = now
+            since = now - self.window if self._since is None else self._since
+            newest = since
+            for record in self.store.iter_records(since=since, by_time=True):
+                key = (record.segment, record.seq)
+                if key in self._seen:
+                    continue
+                self._seen[key] = record.time
+                newest = max(newest, record.time)
+                self.records_read += 1
+                if record.kind == "event":
+                    self._fold(record)
+            self._since = max(since, min(newest, now) - self.lag)
+            self._prune(now)
+        finally:
+            self._lock.release()
+
+    def _fold(self, r: AuditRecord) -> None:
+        b = self.index(r.time)
+        client = r.client or ""
+        if client.startswith(ADMIN_PREFIX):
+            parsed = parse_action(r.reason)
+            if parsed is not None:
+                name, action = parsed
+                who = client[len(ADMIN_PREFIX) :]
+                self._client(name).actions.append(Action(r.time, who, action, r.status))
+            return
+        if r.model is not None:
+            self.model_requests.setdefault(r.model, defaultdict(int))[b] += 1
+            if r.status < 400:
+                self.model_rows.setdefault(r.model, defaultdict(int))[b] += r.rows
+        if r.status >= 400:
+            reason = r.reason.split(":", 1)[0] or "error"
+            self.refusals.setdefault(reason, defaultdict(int))[b] += 1
+        if not client:
+            return
+        view = self._client(client)
+        view.requests[b] += 1
+        if r.status < 400:
+            view.rows[b] += r.rows
+        else:
+            view.refused[b] += 1
+        view.last_seen = r.time if view.last_seen is None else max(view.last_seen, r.time)
+        if r.extra:
+            for score in detector_scores(r.extra, r.time):
+                view.scores.setdefault(score.detector, deque(maxlen=MAX_SCORES)).append(score)
+            flag = r.extra.get("flag")
+            if isinstance(flag, str):
+                view.actions.append(Action(r.time, "detection", f"flag {flag}", r.status))
+
+    def _client(self, name: str) -> ClientView:
+        view = self.clients.get(name)
+        if view is None:
+            view = self.clients[name] = ClientView()
+        return view
+
+    def _prune(self, now: float) -> None:
+        oldest = self.index(now - self.window)
+        keep_after = (self._since or now) - self.lag
+        self._seen = {k: t for k, t in self._seen.items() if t >= keep_after}
+        maps: list[dict[int, int]] = [
+            *self.model_requests.values(),
+            *self.model_rows.values(),
+            *self.refusals.values(),
+        ]
+        for view in self.clients.values():
+            maps.extend((view.requests, view.rows, view.refused))
+            for name, scores in view.scores.items():
+                while scores and scores[0].time < now - self.window:
+                    scores.popleft()
+                view.scores[name] = scores
+        for counts in maps:
+            for stale in [i for i in counts if i < oldest]:
+                del counts[stale]
+
+    def series(self, counts: Mapping[int, int], now: float) -> list[tuple[float, float]]:
+        """``(bucket start, count)`` for every bucket of the window, zeros included."""
+        first, last = self.index(now - self.window), self.index(now)
+        return [(i * self.bucket, float(counts.get(i, 0))) for i in range(first, last + 1)]
+
+    def total(self, counts: Mapping[int, int]) -> int:
+        return sum(counts.values())
+
+
+def search(
+    records: Iterable[AuditRecord],
+    *,
+    model: str | None,
+    decision: str | None,
+    until: float | None,
+    limit: int,
+) -> list[AuditRecord]:
+    """The newest ``limit`` records that match, newest first (``records`` oldest first)."""
+    kept: deque[AuditRecord] = deque(maxlen=limit)
+    for record in records:
+        if until is not None and record.time > until:
+            break
+        if model and record.model != model:
+            continue
+        if decision and record.decision != decision:
+            continue
+        kept.append(record)
+    return list(reversed(kept))
+
+
+def histogram_quantiles(
+    buckets: Iterator[tuple[float, float]], quantiles: tuple[float, ...]
+) -> dict[float, float | None]:
+    """Quantiles from cumulative ``(upper bound, count)`` histogram buckets (linear inside a
+    bucket, as Prometheus's ``histogram_quantile``); ``None`` when there is no observation."""
+    pairs = sorted(buckets)
+    total = pairs[-1][1] if pairs else 0.0
+    out: dict[float, float | None] = {}
+    for q in quantiles:
+        if total <= 0:
+            out[q] = None
+            continue
+        rank = q * total
+        lower_bound, lower_count = 0.0, 0.0
+        value = None
+        for bound, count in pairs:
+            if count >= rank:
+                if math.isinf(bound):
+                    value = lower_bound
+                else:
+                    width = count - lower_count
+                    share = (rank - lower_count) / width if width > 0 else 1.0
+                    value = lower_bound + (bound - lower_bound) * share
+                break
+            lower_bound, lower_count = bound, count
+        out[q] = value
+    return out

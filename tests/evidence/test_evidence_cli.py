@@ -1,0 +1,68 @@
+"""`modelshield certify` and `certify --verify` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from modelshield.demo import DemoModel
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelshield", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_certify_and_verify(tmp_path: Path, demo_model: DemoModel) -> None:
+    (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
+    (tmp_path / "wm.key").write_bytes(b"w" * 32)
+    (tmp_path / "LICENCE.txt").write_text("Evaluation only.\n")
+    assert run("keygen", "--signing", "-o", "owner", cwd=tmp_path).returncode == 0
+    assert run("keygen", "-o", "vaultkey", cwd=tmp_path).returncode == 0
+    r = run(
+        "certify", "digits.onnx", "--owner", "Example Labs", "--signing-key", "owner.signing.key",
+        "--licence", "LICENCE.txt", "--commit", "trigger-set=wm.key", "-r", "vaultkey.pub",
+        "-o", "cert.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cert.json.openings.sealed").exists()
+    assert b"w" * 32 not in (tmp_path / "cert.json").read_bytes()
+    r = run(
+        "certify",
+        "--verify",
+        "cert.json",
+        "--trust",
+        "owner.signing.pub",
+        "digits.onnx",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "certificate verifies" in r.stdout
+    # any change: exit 3 with one line
+    cert = json.loads((tmp_path / "cert.json").read_text())
+    cert["body"]["owner"] = "Mallory"
+    (tmp_path / "forged.json").write_text(json.dumps(cert))
+    r = run("certify", "--verify", "forged.json", "--trust", "owner.signing.pub", cwd=tmp_path)
+    assert r.returncode == 3
+    assert r.stderr.strip() == "error: certificate does not verify"
+    # refuses to overwrite
+    r = run(
+        "certify", "digits.onnx", "--owner", "X", "--signing-key", "owner.signing.key",
+        "-o", "cert.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert "refusing to overwrite" in r.stderr
+
+
+def test_certify_usage_errors_exit_2(tmp_path: Path) -> None:
+    r = run("certify", "--verify", "x.json", cwd=tmp_path)
+    assert r.returncode == 2
+    r = run("certify", "model.onnx", cwd=tmp_path)
+    assert r.returncode == 2
