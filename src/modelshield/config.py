@@ -27,6 +27,8 @@ from modelshield.errors import ConfigError
 __all__ = [
     "AuditConfig",
     "Config",
+    "DetectionConfig",
+    "EvidenceConfig",
     "GatewayConfig",
     "LoggingConfig",
     "ModelConfig",
@@ -35,6 +37,7 @@ __all__ = [
     "ServerConfig",
     "StateConfig",
     "TierConfig",
+    "WatermarkConfig",
     "load_config",
     "parse_duration",
     "sqlite_path",
@@ -244,6 +247,39 @@ class GatewayConfig(_Section):
     dashboard: bool = False
 
 
+class DetectionConfig(_Section):
+    """``[detection]``: extraction detectors in the gateway and what happens to a flagged client.
+
+    ``action`` is the response for every tier unless ``actions`` names one for a tier: ``alert``
+    (log and webhook only), ``throttle`` (a tenth of the request rate), ``degrade`` (labels only)
+    or ``block`` (suspend the key). ``reference`` is a ``.npy`` file of honest inputs that the
+    detectors are fitted on (the gateway falls back to the model's declared input range).
+    """
+
+    enabled: bool = False
+    action: Literal["alert", "throttle", "degrade", "block"] = "block"
+    actions: dict[str, Literal["alert", "throttle", "degrade", "block"]] = Field(
+        default_factory=dict
+    )
+    reference: Path | None = None
+    webhook: str | None = None
+
+
+class WatermarkConfig(_Section):
+    """``[watermark]``: per-client response watermark (DAWN-style) in the gateway."""
+
+    enabled: bool = False
+    share: float = Field(default=0.01, gt=0, le=0.1)
+    key: Secret | None = None
+
+
+class EvidenceConfig(_Section):
+    """``[evidence]``: where the ownership certificate and red-team reports live."""
+
+    certificate: Path | None = None
+    reports: Path | None = None
+
+
 class LoggingConfig(_Section):
     """``[logging]``: the level of the gateway's log."""
 
@@ -260,6 +296,9 @@ class Config(_Section):
     state: StateConfig = StateConfig()
     gateway: GatewayConfig = GatewayConfig()
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
+    detection: DetectionConfig = DetectionConfig()
+    watermark: WatermarkConfig = WatermarkConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     logging: LoggingConfig = LoggingConfig()
     source: Path | None = None
 
@@ -312,8 +351,21 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         )
         for name, model in config.models.items()
     }
+
+    def rel(path: Path | None) -> Path | None:
+        return None if path is None else base / path
+
     return config.model_copy(
         update={
+            "detection": config.detection.model_copy(
+                update={"reference": rel(config.detection.reference)}
+            ),
+            "evidence": config.evidence.model_copy(
+                update={
+                    "certificate": rel(config.evidence.certificate),
+                    "reports": rel(config.evidence.reports),
+                }
+            ),
             "models": models,
             "registry": config.registry.model_copy(
                 update={"url": _resolve_sqlite(config.registry.url, base)}

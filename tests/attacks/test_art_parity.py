@@ -1,4 +1,4 @@
-"""Parity with ART (test-only dependency): our Copycat within 2 points of ART's CopycatCNN."""
+"""Parity with ART (test-only dependency): our Copycat and Knockoff within 2 points of ART's."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelshield.attacks import Copycat, PredictorTarget
+from modelshield.attacks import Copycat, KnockoffNets, PredictorTarget
 
 
-def test_copycat_fidelity_matches_art(digits: Any, demo_data: Any) -> None:
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_fidelity_matches_art(digits: Any, demo_data: Any, labels: str) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("art")
     from art.attacks.extraction import CopycatCNN
+    from art.attacks.extraction import KnockoffNets as ArtKnockoff
     from art.estimators.classification import PyTorchClassifier, SklearnClassifier
 
     budget = 400
@@ -30,15 +32,20 @@ def test_copycat_fidelity_matches_art(digits: Any, demo_data: Any) -> None:
         clip_values=(0.0, 1.0),
     )
     victim = SklearnClassifier(model=digits.estimator, clip_values=(0.0, 1.0))
-    attack = CopycatCNN(
-        classifier=victim,
-        batch_size_fit=64,
-        batch_size_query=100,
-        nb_epochs=50,
-        nb_stolen=budget,
-        use_probability=False,
-    )
-    pool = demo_data.x_train[np.random.default_rng(0).choice(len(demo_data.x_train), budget)]
+    common: dict[str, Any] = {
+        "classifier": victim,
+        "batch_size_fit": 64,
+        "batch_size_query": 100,
+        "nb_epochs": 50,
+        "nb_stolen": budget,
+        "use_probability": labels == "soft",
+    }
+    if labels == "soft":
+        attack: Any = ArtKnockoff(**common, sampling_strategy="random")
+        pool = demo_data.x_train  # Knockoff's random strategy samples the budget itself
+    else:
+        attack = CopycatCNN(**common)
+        pool = demo_data.x_train[np.random.default_rng(0).choice(len(demo_data.x_train), budget)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: more threads only thrash on a shared machine
     try:
@@ -54,7 +61,8 @@ def test_copycat_fidelity_matches_art(digits: Any, demo_data: Any) -> None:
             np.argmax(stolen.predict(demo_data.x_test), axis=1) == digits.evaluation.victim_labels
         )
     )
-    ours = Copycat(budget=budget, pool=digits.pool, random_state=0).run(
+    cls = KnockoffNets if labels == "soft" else Copycat
+    ours = cls(budget=budget, pool=digits.pool, random_state=0).run(
         PredictorTarget(digits.predictor), evaluation=digits.evaluation
     )
     assert ours.rows == budget

@@ -152,3 +152,39 @@ def test_line_search_sends_halving_chains(iris_softmax: Any) -> None:
     np.testing.assert_allclose(sent[1][0], (seeds[differ] + seeds[half + differ]) / 2.0)
     assert result.fidelity is not None
     assert result.fidelity >= 0.9
+
+
+def test_thief_must_be_trainable() -> None:
+    from modelshield.attacks import MLPThief, as_thief
+
+    assert isinstance(as_thief(None, random_state=0), MLPThief)
+    with pytest.raises(TypeError, match="cannot use"):
+        as_thief(object())
+
+
+def test_knockoff_on_moved_natural_data(digits: Any) -> None:
+    from modelshield.attacks import shift_images
+
+    moved = shift_images(digits.pool, image_shape=(8, 8), max_shift=1, random_state=0)
+    assert moved.shape == digits.pool.shape
+    assert moved.min() >= 0.0
+    assert moved.max() <= 1.0
+    changed = np.any(moved != digits.pool, axis=1).mean()
+    assert changed > 0.7  # 8 of 9 shifts move the image
+    # every output is the input translated by (dy, dx) in {-1, 0, 1}^2 with zero fill
+    grid = np.arange(1.0, 65.0).reshape(8, 8)
+    allowed = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            t = np.zeros((10, 10))
+            t[1 + dy : 9 + dy, 1 + dx : 9 + dx] = grid
+            allowed.append(t[1:9, 1:9].ravel())
+    outs = shift_images(np.tile(grid.ravel(), (30, 1)), image_shape=(8, 8), random_state=1)
+    for row in outs:
+        assert any(np.array_equal(row, a) for a in allowed)
+    assert len({row.tobytes() for row in outs}) > 3
+    result = KnockoffNets(budget=300, pool=moved, random_state=0).run(
+        PredictorTarget(digits.predictor), evaluation=digits.evaluation
+    )
+    assert result.fidelity is not None
+    assert result.fidelity >= 0.85

@@ -126,3 +126,10 @@ def test_labels_are_per_row_not_the_art_class_labels_bug() -> None:
     result = answer(Fixed(), np.zeros((4, 2)), tier, RNG, client="c")  # type: ignore[arg-type]
     assert result.labels == [0, 1, 2, 3]
     assert result.probabilities is None
+
+
+def test_top_k_with_ties_keeps_exactly_k() -> None:
+    p = np.array([[0.25, 0.25, 0.25, 0.25], [0.4, 0.2, 0.2, 0.2]])
+    out = TopK(2).apply(p, RNG)
+    assert ((out > 0).sum(axis=1) == 2).all()
+    assert out[1, 0] == 0.4

@@ -25,7 +25,13 @@ from modelshield.attacks._active import ActiveThief, Strategy
 from modelshield.attacks._base import Attack
 from modelshield.attacks._equation import EquationSolving, LinearModel, ModelFamily
 from modelshield.attacks._jacobian import JacobianAugmentation
-from modelshield.attacks._knockoff import Copycat, KnockoffNets, LabelKind, PoolKind
+from modelshield.attacks._knockoff import (
+    Copycat,
+    KnockoffNets,
+    LabelKind,
+    PoolKind,
+    shift_images,
+)
 from modelshield.attacks._mlp import NumpyMLP
 from modelshield.attacks._pathfinding import LeafBoxes, PathFinding
 from modelshield.attacks._probes import LineSearch, UniformNoise
@@ -82,4 +88,5 @@ __all__ = [
     "as_thief",
     "make_attack",
     "run",
+    "shift_images",
 ]

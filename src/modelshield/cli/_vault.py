@@ -7,6 +7,7 @@ from a hidden prompt.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,12 @@ if TYPE_CHECKING:
 PASSPHRASE_ENV = "MODELSHIELD_PASSPHRASE"  # noqa: S105 - the variable name, not a secret
 _PROGRESS_FROM = 64 << 20  # show a progress bar for files of 64 MiB and more
 
-InputFile = Annotated[Path, typer.Argument(help="The input file.", show_default=False)]
+InputFile = Annotated[
+    Path,
+    typer.Argument(
+        help="The input file.", show_default=False, exists=True, dir_okay=False, readable=True
+    ),
+]
 OutputFile = Annotated[
     Path, typer.Option("-o", "--output", help="The output file.", show_default=False)
 ]
@@ -57,6 +63,17 @@ def _identities(
     if passphrase:
         found.append(_passphrase(confirm=False))
     return found
+
+
+@contextlib.contextmanager
+def _os_errors() -> Iterator[None]:
+    """A file the system refuses (no such folder, no permission) is one line and exit 1."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"error: {where}{exc.strerror or exc}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
 
 
 @contextlib.contextmanager
@@ -211,6 +228,15 @@ def verify(
     )
 
 
+def _guarded(command: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        with _os_errors():
+            command(*args, **kwargs)
+
+    return run
+
+
 def register(app: typer.Typer) -> None:
     for command in (keygen, seal, unseal, inspect, rewrap, verify):
-        app.command(command.__name__)(command)
+        app.command(command.__name__)(_guarded(command))

@@ -33,10 +33,11 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
     data and labels and tracks which regions (leaves) a user's queries have covered; an
     extraction attack explores the space much faster than a user with a task. Here the tree
     has at most ``max_leaves`` leaves; each client keeps one bit per leaf. The score is
-    ``covered / expected``, where ``expected = sum_l 1 - (1 - p_l)^n`` is the number of leaves
-    an honest client drawing ``n`` queries i.i.d. from the reference distribution covers on
-    average (``p_l`` is the share of reference rows in leaf ``l``). Honest clients with a
-    narrow task or a small pool stay at or below 1; attackers that pick queries for diversity
+    ``(covered - expected) / sd``, where ``expected = sum_l q_l``, ``q_l = 1 - (1 - p_l)^n``,
+    is the number of leaves an honest client drawing ``n`` queries i.i.d. from the reference
+    distribution covers on average (``p_l`` is the share of reference rows in leaf ``l``) and
+    ``sd = sqrt(sum_l q_l (1 - q_l))``. Honest clients with a narrow task or a small pool stay
+    at or below 0; attackers that pick queries for diversity
     (coverage-driven active learning, k-center selection) or spread evenly over the space rise
     above it. Because the state is a bitset, states of several clients merge with a logical
     OR: :class:`DetectorSuite` observes a tenant's keys also under the tenant (colluding
@@ -48,7 +49,7 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
     def __init__(
         self,
         *,
-        threshold: float = 1.5,
+        threshold: float = 4.0,
         max_leaves: int = 256,
         min_queries: int = 50,
         random_state: int = 0,
@@ -105,6 +106,11 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
         self._require_fitted()
         return float(np.sum(-np.expm1(n * np.log1p(-self.leaf_p_))))
 
+    def _expected_and_sd(self, n: int) -> tuple[float, float]:
+        q = -np.expm1(n * np.log1p(-self.leaf_p_))  # P(leaf l covered after n queries)
+        # leaf indicators are negatively correlated: sum q(1 - q) bounds the variance above
+        return float(q.sum()), float(np.sqrt(max(float(np.sum(q * (1.0 - q))), 1e-12)))
+
     def _new_state(self) -> _CoverageState:
         return _CoverageState(np.zeros(self.n_leaves_, np.bool_))
 
@@ -128,8 +134,8 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
     def _observation(self, client: str, state: _CoverageState) -> Observation:
         ready = state.n_queries >= self.min_queries
         covered = int(state.visited.sum())
-        expected = self.expected_coverage(state.n_queries) if state.n_queries else 0.0
-        score = covered / expected if expected > 0 else 0.0
+        expected, sd = self._expected_and_sd(state.n_queries) if state.n_queries else (0.0, 1.0)
+        score = (covered - expected) / sd if state.n_queries else 0.0
         return Observation(
             detector=self.name,
             client=client,
@@ -138,7 +144,11 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
             flagged=ready and score >= self.threshold,
             queries_seen=state.n_queries,
             ready=ready,
-            details=(("leaves_covered", float(covered)), ("leaves_expected", expected)),
+            details=(
+                ("leaves_covered", float(covered)),
+                ("leaves_expected", expected),
+                ("coverage_ratio", covered / expected if expected > 0 else 0.0),
+            ),
         )
 
     def _pack(self, state: _CoverageState) -> tuple[dict[str, npt.NDArray[Any]], Any]:

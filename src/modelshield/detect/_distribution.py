@@ -112,8 +112,8 @@ class OutOfDistributionDetector(_WindowDetector):
     residual off the PCA space (the subspace Q-statistic, Jackson & Mudholkar, Technometrics
     1979); ``log norm``, its own L2 norm. Each is standardised by its median and MAD on the
     reference rows held out of the basis and of the neighbour set. The client's score is the
-    largest absolute mean of the three over its last ``window`` distinct queries, in units of
-    one query's spread: noise
+    largest absolute mean of the three over its last ``window`` (``n``) distinct queries times
+    ``sqrt(n)``, a z-statistic under honest traffic: noise
     and synthetic perturbations raise the residual, shifted natural data the neighbour
     distance, rescaled data moves the norm, and a window of honest queries averages near 0.
     Out-of-distribution queries as an extraction signal: Kariyappa & Qureshi, "Defending
@@ -126,7 +126,7 @@ class OutOfDistributionDetector(_WindowDetector):
     def __init__(
         self,
         *,
-        threshold: float = 1.0,
+        threshold: float = 5.0,
         n_components: int = 32,
         max_reference: int = 2000,
         window: int = 64,
@@ -225,7 +225,9 @@ class OutOfDistributionDetector(_WindowDetector):
             state.n_counted += fresh.shape[0]
 
     def _score(self, state: _WindowState) -> float:
-        return max(abs(w.mean()) for w in state.windows)
+        # a z-statistic: a window of few distinct queries (a small re-sent pool) weighs less
+        n = state.windows[0].count
+        return max(abs(w.mean()) for w in state.windows) * float(np.sqrt(n))
 
     def _details(self, state: _WindowState) -> tuple[tuple[str, float], ...]:
         names = ("mean_log_nn", "mean_log_residual", "mean_log_norm")
@@ -243,11 +245,12 @@ class BoundaryDetector(_WindowDetector):
     2016; Jacobian-based augmentation, Papernot et al., AsiaCCS 2017; uncertainty sampling in
     active-learning extraction, Pal et al., "ActiveThief", AAAI 2020) send many queries the
     model is unsure about; natural traffic mostly gets confident answers. Each distinct query
-    counts 1 when its margin is below ``low_margin``, else 0; the score is the mean over the
-    last ``window`` distinct queries. It should be given the model's probabilities (the
-    gateway passes them before output hardening); given labels only, a query counts 1 when it
-    nearly duplicates a recent query that got a *different* label (a step across the
-    boundary).
+    counts 1 when its margin is below ``low_margin``, else 0; with ``k`` ones among the last
+    ``n <= window`` distinct queries the score is ``-log10 P(X >= k)`` for ``X ~ Bin(n, r)``,
+    where ``r`` is the share of low margins on the reference data (at least ``base_rate``).
+    It should be given the model's probabilities (the gateway passes them before output
+    hardening); given labels only, a query counts 1 when it nearly duplicates a recent query
+    that got a *different* label (a step across the boundary).
     """
 
     name = "boundary"
@@ -255,8 +258,9 @@ class BoundaryDetector(_WindowDetector):
     def __init__(
         self,
         *,
-        threshold: float = 0.3,
+        threshold: float = 4.0,
         low_margin: float = 0.5,
+        base_rate: float = 0.05,
         window: int = 64,
         min_queries: int = 20,
         recent: int = 128,
@@ -265,6 +269,7 @@ class BoundaryDetector(_WindowDetector):
     ) -> None:
         self.threshold = threshold
         self.low_margin = low_margin
+        self.base_rate = base_rate
         self.window = window
         self.min_queries = min_queries
         self.recent = recent
@@ -272,12 +277,37 @@ class BoundaryDetector(_WindowDetector):
         self.random_state = random_state
 
     def fit(self, reference_inputs: FloatArray, reference_outputs: Any = None) -> BoundaryDetector:
-        """Learn the input width and the near-duplicate radius."""
-        if not 0.0 < self.low_margin <= 1.0:
-            raise DetectorError("low_margin must be in (0, 1]")
-        self._fit_common(as_batch(reference_inputs))
+        """Learn the input width, the near-duplicate radius and the honest low-margin rate."""
+        if not 0.0 < self.low_margin <= 1.0 or not 0.0 < self.base_rate < 1.0:
+            raise DetectorError("low_margin must be in (0, 1] and base_rate in (0, 1)")
+        x = as_batch(reference_inputs)
+        self._fit_common(x)
+        rate = 0.0
+        if reference_outputs is not None:
+            _, margins = as_labels_and_margins(reference_outputs, x.shape[0])
+            rate = 0.0 if margins is None else float(np.mean(margins < self.low_margin))
+        # training data gets more confident answers than new data: never below base_rate
+        self.rate_ = min(max(rate, self.base_rate), 0.5)
         self._fitted()
         return self
+
+    def _score(self, state: _WindowState) -> float:
+        from scipy.special import bdtrc
+
+        window = state.windows[0]
+        n = window.count
+        k = round(window.total)
+        if n == 0 or k == 0:
+            return 0.0
+        # -log10 P(at least k low-margin queries among n | honest rate): small windows count less
+        tail = float(bdtrc(k - 1, n, self.rate_))
+        return float(-np.log10(max(tail, 1e-300)))
+
+    def _details(self, state: _WindowState) -> tuple[tuple[str, float], ...]:
+        return (
+            ("distinct_queries", float(state.n_counted)),
+            ("low_margin_share", state.windows[0].mean()),
+        )
 
     def _update(self, state: _WindowState, inputs: FloatArray, outputs: Any, now: float) -> None:
         x = as_batch(inputs, self.n_features_in_)

@@ -149,15 +149,15 @@ class DetectorSuite:
 
 
 def calibrate_threshold(
-    honest_scores: Iterable[float], *, quantile: float = 1.0, margin: float = 0.05
+    honest_scores: Iterable[float], *, quantile: float = 1.0, margin: float = 0.5
 ) -> float:
-    """A threshold above honest traffic: the ``quantile`` of honest clients' peak scores, plus
-    ``margin`` of its magnitude (plus ``margin`` absolute when it is 0).
+    """A threshold above honest traffic: ``top + margin * spread``.
 
     Run every honest calibration client through the detector, take each client's peak score
-    over its stream (its maximum ready score), and pass them here. ``quantile=1.0`` (the
-    maximum) targets zero false positives on the calibration half; report the false-positive
-    rate on the other half.
+    over its stream (its maximum ready score) and pass them here. ``top`` is their
+    ``quantile`` (1.0: the maximum, targeting no false positive on the calibration clients);
+    ``spread`` is ``top - median`` (at least 5% of ``|top|``), so that heavy-tailed honest
+    scores get a wider margin. Report the false-positive rate on other honest clients.
     """
     scores = np.asarray(list(honest_scores), dtype=np.float64)
     if scores.size == 0 or not np.all(np.isfinite(scores)):
@@ -165,4 +165,5 @@ def calibrate_threshold(
     if not 0.0 < quantile <= 1.0 or margin < 0:
         raise DetectorError("quantile must be in (0, 1] and margin non-negative")
     top = float(np.quantile(scores, quantile))
-    return top + margin * (abs(top) if top != 0 else 1.0)
+    spread = max(top - float(np.median(scores)), 0.05 * abs(top), 1e-6)
+    return top + margin * spread

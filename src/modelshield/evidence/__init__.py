@@ -22,6 +22,13 @@ from modelshield.evidence._certificate import (
     open_commitment,
     verify_certificate,
 )
+from modelshield.evidence._report import (
+    EvidenceReport,
+    EvidenceTest,
+    gather_evidence,
+    plain_summary,
+    render_evidence_html,
+)
 from modelshield.evidence._tsa import (
     TimestampToken,
     build_request,
@@ -35,6 +42,8 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "CertificateCheck",
+    "EvidenceReport",
+    "EvidenceTest",
     "Opening",
     "TimestampToken",
     "build_request",
@@ -44,9 +53,12 @@ __all__ = [
     "create_certificate",
     "dump_certificate",
     "dump_openings",
+    "gather_evidence",
     "load_certificate",
     "load_openings",
     "open_commitment",
+    "plain_summary",
+    "render_evidence_html",
     "request_timestamp",
     "tsa_timestamper",
     "verify_certificate",

@@ -66,6 +66,11 @@ class TopK:
     def apply(self, scores: FloatArray, rng: np.random.Generator) -> FloatArray:
         if self.k >= scores.shape[1]:
             return scores
+        # fast path: keep what reaches each row's k-th largest value; exact unless there are ties
+        kth = np.partition(scores, -self.k, axis=1)[:, -self.k : scores.shape[1] - self.k + 1]
+        mask = scores >= kth
+        if int(mask.sum()) == self.k * scores.shape[0]:
+            return np.where(mask, scores, 0.0)
         keep = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
         out = np.zeros_like(scores)
         rows = np.arange(scores.shape[0])[:, None]

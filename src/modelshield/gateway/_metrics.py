@@ -45,6 +45,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._rows_children: dict[str, Any] = {}
         self.refusals = Counter(
             "modelshield_refusals",
             "Refused requests by reason.",
@@ -69,7 +70,10 @@ class GatewayMetrics:
             self.refusals.labels(reason.split(":", 1)[0] or "error").inc()
 
     def rows_served(self, model: str, rows: int) -> None:
-        self.rows.labels(model).inc(rows)
+        child = self._rows_children.get(model)
+        if child is None:
+            child = self._rows_children[model] = self.rows.labels(model)
+        child.inc(rows)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text (all worker processes' numbers in multiprocess mode)."""

@@ -168,7 +168,7 @@ def obfuscate(
     row_shape = tuple(int(d) for d in rows.shape[1:])
     run = _Run(clone(model), Verifier(original, rows, tolerance))
 
-    run.step("clean-up", _clean)
+    run.step("clean-up", partial(_clean, rows=rows))
     if level >= 2:
         _weights_and_layers(run, level, rng, row_shape, max_cost_ratio)
     run.step("strip and rename", lambda m: _strip(m, rng, rename_io))
@@ -192,11 +192,15 @@ def obfuscate(
     return ObfuscationResult(model_bytes=data, report=report)
 
 
-def _clean(model: onnx.ModelProto) -> str:
+def _clean(model: onnx.ModelProto, rows: npt.NDArray[Any] | None = None) -> str:
     counts = {
         "constant_nodes": _level1.constants_to_initializers(model),
         "folded": _level1.fold_constants(model),
         "no-ops_removed": _level1.remove_noops(model),
+        "batch_reshapes_frozen": (
+            0 if rows is None else _level1.freeze_batch_reshapes(model, rows)
+        ),
+        "dead_nodes_removed": _level1.remove_dead_nodes(model),
     }
     del model.graph.value_info[:]  # stale once shapes change; ONNX Runtime infers them again
     _transforms.normalize_gemm(model)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from modelshield.models._base import METADATA_KEY
 from modelshield.obfuscate._graph import Graph, attribute, graph_inputs
@@ -24,16 +25,92 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     for node in g.graph.node:
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
             continue
-        value = attribute(node, "value")
-        if not isinstance(value, onnx.TensorProto):
+        tensor = _constant_value(node)
+        if tensor is None or node.output[0] in g.outputs:
             continue
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(value)
         tensor.name = node.output[0]
         g.graph.initializer.append(tensor)
         doomed.append(node)
     g.remove_nodes(doomed)
     return len(doomed)
+
+
+_LIST_ATTRIBUTES = {
+    "value_float": np.float32,
+    "value_floats": np.float32,
+    "value_int": np.int64,
+    "value_ints": np.int64,
+}
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a ``Constant`` node holds, in whichever attribute (not sparse or strings)."""
+    value = attribute(node, "value")
+    if isinstance(value, onnx.TensorProto):
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        return tensor
+    for name, dtype in _LIST_ATTRIBUTES.items():
+        raw = attribute(node, name)
+        if raw is not None:
+            return numpy_helper.from_array(np.asarray(raw, dtype=dtype))
+    return None
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> int:
+    """Remove nodes none of whose outputs is read (ONNX operators have no side effects)."""
+    removed = 0
+    while True:
+        g = Graph(model)
+        dead = [n for n in g.graph.node if not any(o and g.n_uses(o) for o in n.output)]
+        if not dead:
+            g.drop_unused_initializers()
+            return removed
+        g.remove_nodes(dead)
+        removed += len(dead)
+
+
+def freeze_batch_reshapes(model: onnx.ModelProto, rows: np.ndarray[Any, Any]) -> int:
+    """Replace shape tensors computed from the batch size (``x.view(x.size(0), -1)``) by constants.
+
+    Exporters compute the target shape of such a ``Reshape`` from ``Shape(input)`` at run time.
+    The shape tensors are read by running the model on batches of two sizes; when the first
+    element is the batch size and the rest does not change, the shape becomes the constant
+    ``[-1, *rest]``. The equivalence check that follows confirms it.
+    """
+    from modelshield.obfuscate._verify import run_extra_outputs
+
+    g = Graph(model)
+    targets = [
+        n
+        for n in g.graph.node
+        if n.op_type == "Reshape" and len(n.input) > 1 and not g.is_const(n.input[1])
+    ]
+    if not targets or len(rows) < 3:
+        return 0
+    names = sorted({n.input[1] for n in targets})
+    try:
+        small = run_extra_outputs(model, rows[:2], names)
+        large = run_extra_outputs(model, rows[:3], names)
+    except Exception as exc:  # cannot read them: leave the graph as it is
+        _log.debug("cannot evaluate reshape targets: %r", exc)
+        return 0
+    frozen = 0
+    for name in names:
+        a, b = small[name].reshape(-1), large[name].reshape(-1)
+        if a.shape != b.shape or len(a) < 2 or a[0] != 2 or b[0] != 3:
+            continue
+        if not np.array_equal(a[1:], b[1:]) or np.any(a[1:] < 0):
+            continue
+        const = g.fresh("shape")
+        g.set_array(const, np.concatenate([[-1], a[1:]]).astype(np.int64))
+        for node in targets:
+            if node.input[1] == name:
+                node.input[1] = const
+        frozen += 1
+    if frozen:
+        remove_dead_nodes(model)
+    return frozen
 
 
 def fold_constants(model: onnx.ModelProto) -> int:

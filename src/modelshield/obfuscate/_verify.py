@@ -122,6 +122,18 @@ def run(model: onnx.ModelProto, rows: Array) -> list[Array]:
     return [np.asarray(o) for o in sess.run(None, {name: rows})]
 
 
+def run_extra_outputs(model: onnx.ModelProto, rows: Array, names: list[str]) -> dict[str, Array]:
+    """The values of the intermediate tensors ``names`` when ``model`` runs on ``rows``."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    for name in names:
+        probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = session(probe)
+    values = sess.run(names, {graph_inputs(model)[0].name: rows})
+    return {name: np.asarray(v) for name, v in zip(names, values, strict=True)}
+
+
 def compare(reference: list[Array], candidate: list[Array]) -> Comparison:
     """Largest absolute difference over float outputs; exact match of the others; top-1 agreement.
 

@@ -129,12 +129,15 @@ def open_backup_store(
     """The backup store ``url`` names: ``s3://bucket/prefix`` or a folder path (``file://`` too).
 
     ``create`` makes the folder or bucket if missing (``backup create``); otherwise a missing
-    folder is an error, so that a typo in ``--to`` does not read as an empty backup.
+    folder is an error, so that a typo in ``--to`` does not read as an empty backup. Without
+    ``endpoint``, ``$MODELSHIELD_S3_ENDPOINT`` (then boto3's own ``$AWS_ENDPOINT_URL``) names
+    an S3-compatible server.
     """
     text = os.fspath(url)
     if text.startswith("s3://"):
         from modelshield.stores._backup_s3 import S3BackupStore
 
+        endpoint = endpoint or os.environ.get("MODELSHIELD_S3_ENDPOINT") or None
         return S3BackupStore(text, endpoint=endpoint, region=region, create=create)
     if "://" in text and not text.startswith("file://"):
         raise InvalidInputError(f"unsupported backup store URL {text!r} (a folder or s3://...)")

@@ -49,7 +49,10 @@ def atomic_output(
     if not overwrite:
         refuse_existing(dst)
     folder = dst.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=folder)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(dst)) from None
     tmp = Path(tmp_name)
     try:
         if mode != 0o600:

@@ -49,7 +49,7 @@ class WeightWatermark:
 
     @classmethod
     def from_key(
-        cls, key: bytes, *, layer: str, n_inputs: int, n_bits: int = 64
+        cls, key: bytes, *, layer: str, n_inputs: int, n_bits: int = 32
     ) -> WeightWatermark:
         """Derive the bits and the projection for ``layer`` (with ``n_inputs`` averaged weights)."""
         check_key(key)
@@ -157,6 +157,5 @@ def embed_weights(
             optimizer.step()
     model.eval()
     if bit_error_rate(extract_bits(model, watermark), watermark.bits) > 0:
-        print("BER", bit_error_rate(extract_bits(model, watermark), watermark.bits))
         raise UnsupportedModelError(f"the bits did not embed within {epochs} epochs")
     return model

@@ -143,6 +143,10 @@ class TrafficView:
         self.clients: dict[str, ClientView] = {}
         self.records_read = 0
 
+    def expire(self) -> None:
+        """Make the next :meth:`refresh` read the log whatever ``min_interval`` says."""
+        self._last_refresh = -math.inf
+
     def index(self, t: float) -> int:
         return int(t // self.bucket)
 

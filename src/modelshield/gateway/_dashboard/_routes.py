@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -250,11 +249,24 @@ class Dashboard:
             response.delete_cookie(self.cookie, path="/")
         return response
 
-    async def form(self, request: Request) -> FormData | None:
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+    async def form(self, request: Request) -> dict[str, str] | None:
+        """A small ``application/x-www-form-urlencoded`` body as a dict (``None`` if not one)."""
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/x-www-form-urlencoded":
             return None
-        return await request.form()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_FORM_BYTES:
+                return None
+            chunks.append(chunk)
+        try:
+            text = b"".join(chunks).decode("ascii")
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=16)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return dict(pairs)
 
     def same_origin(self, request: Request) -> bool:
         """A state-changing request must come from this origin when the browser says where from."""
@@ -266,7 +278,7 @@ class Dashboard:
 
     async def checked_post(
         self, request: Request, action: str
-    ) -> tuple[Session, FormData] | Response:
+    ) -> tuple[Session, dict[str, str]] | Response:
         """The session and form of a state-changing POST, or the refusal to send."""
         session = self.session(request)
         if session is None:
@@ -902,6 +914,7 @@ class Dashboard:
             return HTMLResponse("<!doctype html><p>State store unavailable.</p>", 503)
         if not await self.audit(session, action, f"flag:{name}:{flag or 'clear'}", 200):
             return HTMLResponse("<!doctype html><p>Audit log unavailable.</p>", 503)
+        self.view.expire()  # the page shown next includes this action
         return RedirectResponse(
             f"/dashboard/clients/{name}?{urlencode({'done': action})}", status_code=303
         )
@@ -1006,8 +1019,8 @@ def routes(dashboard: Dashboard) -> list[Route]:
               methods=["GET"]),
         Route("/dashboard/clients", g(d.page_route("clients", "Clients", d.clients_page)),
               methods=["GET"]),
-        Route("/dashboard/clients/{client}", g(d.page_route("clients", "Client {client}", d.client_page)),
-              methods=["GET"]),
+        Route("/dashboard/clients/{client}",
+              g(d.page_route("clients", "Client {client}", d.client_page)), methods=["GET"]),
         Route("/dashboard/clients/{client}/action", g(d.client_action), methods=["POST"]),
         Route("/dashboard/audit", g(d.page_route("audit", "Audit", d.audit_page)),
               methods=["GET"]),

@@ -1,0 +1,129 @@
+"""`protect` on an ONNX, a scikit-learn and a torch model: a servable, certified, sealed result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelshield import vault, watermark
+from modelshield.config import load_config
+from modelshield.demo import DEMO_INPUT_SPEC, DemoData, DemoModel
+from modelshield.evidence import (
+    load_certificate,
+    load_openings,
+    open_commitment,
+    verify_certificate,
+)
+from modelshield.evidence._protect import protect_model
+from modelshield.models import dump_torch, load_model
+
+
+def _torch_model(demo_model: DemoModel) -> bytes:
+    torch = pytest.importorskip("torch")
+    mlp = demo_model.estimator
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        for layer, w, b in zip((net[0], net[2]), mlp.coefs_, mlp.intercepts_, strict=True):
+            layer.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
+            layer.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+    return dump_torch(net, input_spec=DEMO_INPUT_SPEC, classes=tuple(range(10)))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "skops", "torch"])
+def test_protect_each_model_kind(
+    tmp_path: Path, demo_model: DemoModel, demo_data: DemoData, kind: str
+) -> None:
+    data = {
+        "onnx": demo_model.onnx_bytes,
+        "skops": demo_model.skops_bytes,
+        "torch": _torch_model(demo_model) if kind == "torch" else b"",
+    }[kind]
+    source = tmp_path / f"digits.{kind}"
+    source.write_bytes(data)
+    server, owner = vault.generate_identity(), vault.generate_identity()
+    signing = vault.generate_signing_key()
+    report = protect_model(
+        source,
+        owner="Example Labs",
+        recipients=[server.recipient],
+        signing_key=signing,
+        owner_recipient=owner.recipient,
+        directory=tmp_path / "out",
+        data=(demo_data.x_train, demo_data.y_train),
+    )
+    protected = vault.open_model(report.sealed_model, server, require_signer=signing.verifying_key)
+    original = load_model(data)
+    agreement = np.mean(protected.predict(demo_data.x_test) == original.predict(demo_data.x_test))
+    if kind == "skops":
+        assert report.watermarked
+        assert agreement >= 0.97  # continued training moves a few answers
+    else:
+        assert not report.watermarked
+        assert agreement == 1.0  # obfuscation preserves the function
+    assert report.obfuscated
+    certificate = load_certificate(report.certificate)
+    check = verify_certificate(certificate, signing.verifying_key)
+    assert check.owner == "Example Labs"
+    openings = load_openings(vault.unseal_bytes(report.secrets, owner))
+    assert all(open_commitment(certificate, o) for o in openings)
+    with pytest.raises(Exception):  # noqa: B017,PT011 - the server key does not open the owner's secrets
+        vault.unseal_bytes(report.secrets, server)
+    config = load_config(report.config)
+    assert config.watermark.enabled and config.detection.enabled
+    if kind == "skops":
+        opening = next(o for o in openings if o.name == "trigger-set")
+        trigger = watermark.make_trigger_set(opening.secret, shape=(64,), classes=tuple(range(10)))
+        assert watermark.verify_trigger_set(protected.predict, trigger).verified
+        assert not watermark.verify_trigger_set(original.predict, trigger).verified
+
+
+def test_protect_cli(tmp_path: Path, demo_model: DemoModel) -> None:
+    (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelshield", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+        )
+
+    assert run("keygen", "-o", "server").returncode == 0
+    assert run("keygen", "--signing", "-o", "owner").returncode == 0
+    r = run(
+        "protect",
+        "digits.onnx",
+        "--owner",
+        "Example",
+        "-r",
+        "server.pub",
+        "--signing-key",
+        "owner.signing.key",
+        "-o",
+        "out",
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "keys" / "owner.key").exists()
+    assert (
+        json.loads((tmp_path / "out" / "certificate.json").read_text())["body"]["owner"]
+        == "Example"
+    )
+    r = run(
+        "protect",
+        "digits.onnx",
+        "--owner",
+        "Example",
+        "-r",
+        "server.pub",
+        "--signing-key",
+        "owner.signing.key",
+        "-o",
+        "out",
+    )
+    assert r.returncode == 2  # not an empty folder
