@@ -75,6 +75,7 @@ class Task:
     n_classes: int
     noise_scale: float  # a small perturbation for near-duplicates (input units)
     image: tuple[int, int] | None = None
+    model_bytes: bytes | None = None  # for the attack library's in-process target
 
 
 def digits_task() -> Task:
@@ -97,6 +98,7 @@ def digits_task() -> Task:
         n_classes=10,
         noise_scale=0.02,
         image=(8, 8),
+        model_bytes=model.skops_bytes,
     )
 
 
@@ -351,6 +353,47 @@ ATTACKS: dict[str, Callable[[Task, np.random.Generator, int], np.ndarray]] = {
 }
 
 
+def library_attacks(task: Task, budget: int, seed: int) -> dict[str, np.ndarray]:
+    """Query streams of the red-team library's own attacks (``modelshield.attacks``), recorded
+    through an observed in-process target: a cross-check that the detectors are not tuned to
+    the generators above. Empty when the library or the model bytes are not available."""
+    if task.model_bytes is None:
+        return {}
+    try:
+        from modelshield import load_model
+        from modelshield.attacks import ObservedTarget, PredictorTarget, make_attack, moved_pool
+    except ImportError:
+        return {}
+    predictor = load_model(task.model_bytes)
+    moved = moved_pool(task.x_attacker, image_shape=task.image, random_state=seed)
+    plans = {
+        "lib:uniform-noise": ("uniform-noise", None),
+        "lib:jacobian": ("jacobian", task.x_attacker),
+        "lib:line-search": ("line-search", task.x_attacker),
+        "lib:knockoff-moved": ("knockoff", moved),
+        "lib:active-uncertainty-moved": ("active-uncertainty", moved),
+        "lib:knockoff-natural": ("knockoff", task.x_attacker),
+    }
+    streams: dict[str, np.ndarray] = {}
+    for label, (name, pool) in plans.items():
+        seen: list[np.ndarray] = []
+
+        def observe(inputs: Any, answer: Any, seen: list[np.ndarray] = seen) -> None:
+            seen.append(np.asarray(inputs, np.float32).reshape(len(inputs), -1))
+
+        try:
+            attack = make_attack(name, budget=budget, pool=pool, random_state=seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                attack.run(ObservedTarget(PredictorTarget(predictor), observer=observe))
+        except Exception as exc:  # a benchmark cross-check: report and go on
+            print(f"  library attack {name} failed: {exc!r}", file=sys.stderr)
+            continue
+        if seen:
+            streams[label] = np.vstack(seen)
+    return streams
+
+
 # --------------------------------------------------------------------------------------------
 # replay through the suite
 
@@ -527,6 +570,19 @@ def evaluate_task(
             "fidelity_at_budget": fidelity(task, x),
         }
         log(f"  {task.name}: attack {name}: detected at {detected_at} ({first})")
+    for name, x in library_attacks(task, budget, seed).items():
+        traces, _ = replay(suite, task, {"attacker": attack_stream(x)})
+        trace = traces["attacker"]
+        first = {d: trace.first_crossing(d, thresholds[d]) for d in DETECTORS}
+        hits = [q for q in first.values() if q is not None]
+        attacks[name] = {
+            "queries": int(x.shape[0]),
+            "first": first,
+            "detected_at": min(hits) if hits else None,
+            "fidelity_at_detection": fidelity(task, x[: min(hits)]) if hits else None,
+            "fidelity_at_budget": fidelity(task, x),
+        }
+        log(f"  {task.name}: {name}: detected at {attacks[name]['detected_at']} ({first})")
     # colluding clients: JbDA split over ten keys of one tenant
     x = attack_jbda(task, np.random.default_rng(seed + 2), budget)
     stream = attack_stream(x)
@@ -684,6 +740,15 @@ def main(argv: list[str] | None = None) -> int:
         "sybil_group_detected_at": {
             r.task: r.attacks["jbda_sybil_10_keys"]["detected_at"] for r in results
         },
+        "library_attacks_detected_within_200": sum(
+            a["detected_at"] is not None and a["detected_at"] <= WITHIN
+            for r in results
+            for n, a in r.attacks.items()
+            if n.startswith("lib:") and "natural" not in n
+        ),
+        "library_attacks_total": sum(
+            n.startswith("lib:") and "natural" not in n for r in results for n in r.attacks
+        ),
         "honest_clients": sum(sum(r.n_report.values()) * 2 for r in results),
         "seconds": round(time.perf_counter() - start, 1),
     }

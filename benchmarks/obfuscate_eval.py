@@ -187,6 +187,7 @@ def _evaluate(case: Case, level: int, reps: int) -> dict[str, Any]:
         "metadata_keys_after": list(after.metadata_keys),
         "max_weight_cosine_before": weight_similarity(ref_model, ref_model).max_cosine,
         "max_weight_cosine_after": naive.max_cosine,
+        "comparable_layer_pairs": naive.comparable_pairs,
         "weight_cosine_after_undoing_splits": analyst.max_cosine,
         "weight_cosine_unrelated_model": unrelated_match.max_cosine,
         "recognised_naive": naive.recognised,
@@ -218,7 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     data = load_demo_data()
-    reps = 300 if args.quick else 2000  # alternating calls per batch size
+    reps = 200 if args.quick else 2000  # alternating calls per batch size
     builders: list[Callable[[], Case | None]] = [
         lambda: _sklearn_case("digits_mlp_demo", (64,), data, 1000),
         lambda: _sklearn_case("digits_mlp_128_64", (128, 64), data, 100 if args.quick else 1000),
@@ -240,6 +241,7 @@ def main() -> None:
                 f"top1 {row['top1_equal']} layers {row['layers_before']}->{row['layers_after']} "
                 f"widths {row['widths_before']}->{row['widths_after']} "
                 f"cos {row['max_weight_cosine_after']:.3f} "
+                f"({row['comparable_layer_pairs']} comparable layer pairs) "
                 f"(undo splits {row['weight_cosine_after_undoing_splits']:.3f}, "
                 f"unrelated {row['weight_cosine_unrelated_model']:.3f}) "
                 f"latency x{row['latency_ratio']:.2f} size x{row['size_ratio']:.2f}",

@@ -25,11 +25,14 @@ EXPECTED_TOP_LEVEL = {
     "RateLimitedError",
     "Secret",
     "ServiceUnavailableError",
+    "Shield",
     "ShieldError",
     "UnsupportedModelError",
     "__version__",
     "load_config",
     "load_model",
+    "open_model",
+    "seal",
 }
 
 

@@ -18,7 +18,9 @@ from modelshield.errors import (
     ShieldError,
     UnsupportedModelError,
 )
+from modelshield.gateway import Shield
 from modelshield.models import InputSpec, Predictor, load_model
+from modelshield.vault import open_model, seal
 
 __all__ = [
     "AuthenticationError",
@@ -33,9 +35,12 @@ __all__ = [
     "RateLimitedError",
     "Secret",
     "ServiceUnavailableError",
+    "Shield",
     "ShieldError",
     "UnsupportedModelError",
     "__version__",
     "load_config",
     "load_model",
+    "open_model",
+    "seal",
 ]

@@ -132,6 +132,7 @@ class ModelConfig(_Section):
     identity: Path | None = None
     require_signer: Path | None = None
     passphrase: Secret | None = None
+    image_shape: tuple[int, int] | None = None  # read a row as an image (response watermark)
 
     @field_validator("path")
     @classmethod

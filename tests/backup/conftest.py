@@ -165,7 +165,8 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         exe, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}",
         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-s3",
         f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-s3.config={folder / 's3.json'}", "-master.volumeSizeLimitMB=64", "-volume.max=20",
+        f"-s3.config={folder / 's3.json'}", "-master.volumeSizeLimitMB=64", "-volume.max=100",
+        "-volume.preStopSeconds=0",
     ]  # fmt: skip
     log = (folder / "weed.log").open("wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
@@ -177,9 +178,12 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
             time.sleep(0.2)
         yield SeaweedS3(f"http://127.0.0.1:{s3}")
     finally:
-        # a throwaway server with a throwaway folder: no need to wait for a graceful stop
-        proc.kill()
-        proc.wait(timeout=15)
+        proc.terminate()  # a graceful stop removes its unix sockets from /tmp
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
         log.close()
 
 

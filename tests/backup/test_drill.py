@@ -43,7 +43,7 @@ def test_disaster_drill(
 ) -> None:
     if where == "s3":
         request.getfixturevalue("s3_env")
-        dest = f"s3://drill-{secrets.token_hex(4)}/deployments/prod"
+        dest = f"s3://modelshield-tests/drill-{secrets.token_hex(4)}/prod"
     else:
         dest = str(tmp_path / "offsite-backups")
     rows = demo_data.x_test[:2].tolist()

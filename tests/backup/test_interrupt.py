@@ -59,7 +59,11 @@ def test_sigkill_mid_create(deployment: Deployment, tmp_path: Path, when: str) -
     assert list(store.list("snapshots/")) == []
     assert verify_store(store, trusted, read_data=True).ok
 
+    state = deployment.root / "state"
+    assert list(state.glob(".backup-tmp-*")), "the killed run's work folder is still there"
     report = create_snapshot(deployment.config, store)
+    assert list(state.glob(".backup-tmp-*")) == []  # cleaned up by the next run
+    assert not any(".backup-tmp" in e.path for e in report.snapshot.manifest.entries)
     [item] = list_snapshots(store, trusted)
     assert (item.id, item.status) == (report.snapshot.id, "ok")
     assert verify_store(store, trusted, read_data=True).ok

@@ -25,7 +25,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackupStor
     else:
         seaweed: SeaweedS3 = request.getfixturevalue("s3_env")
         made = open_backup_store(
-            f"s3://conformance-{secrets.token_hex(4)}/some/prefix",
+            f"s3://modelshield-tests/conformance-{secrets.token_hex(4)}/some/prefix",
             endpoint=seaweed.endpoint,
             create=True,
         )

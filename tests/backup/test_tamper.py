@@ -206,3 +206,30 @@ def test_prune_refuses_a_store_with_a_forged_snapshot(
     with pytest.raises(IntegrityError):
         prune(FolderBackupStore(root), trusted, RetentionPolicy(keep_last=1))
     assert any((root / "objects").rglob("*"))
+
+
+def test_tamper_on_s3(deployment: Deployment, s3_env: object) -> None:
+    import secrets
+
+    from modelshield.stores import open_backup_store
+
+    store = open_backup_store(f"s3://modelshield-tests/tamper-{secrets.token_hex(4)}", create=True)
+    try:
+        report = create_snapshot(deployment.config, store)
+        _, trusted = load_keys(deployment)
+        assert verify_store(store, trusted, read_data=True).ok
+        model = next(e for e in report.snapshot.manifest.entries if e.role == "model")
+        config = next(e for e in report.snapshot.manifest.entries if e.role == "config")
+        name = f"objects/{model.digest[:2]}/{model.digest}"
+        data = bytearray(store.get(name) or b"")
+        data[100] ^= 0x04
+        store.put(name, bytes(data))
+        store.delete(f"objects/{config.digest[:2]}/{config.digest}")
+        result = verify_store(store, trusted, read_data=True)
+        reasons = {p.path: p.reason for p in result.problems}
+        assert reasons == {
+            "models/digits.sealed": "content does not match its digest (changed or damaged)",
+            "shield.toml": "missing",
+        }
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ import pytest
 from modelshield import access, audit, vault
 from modelshield.config import Config, load_config
 from modelshield.demo import DemoData, DemoModel
-from modelshield.detect import OutOfDistributionDetector
+from modelshield.detect import Action, Evidence, OutOfDistributionDetector
 from modelshield.gateway import ServerThread, build_app, open_gateway
 from modelshield.gateway._app import Gateway
 from modelshield.gateway._dashboard import dashboard_routes
@@ -41,22 +41,30 @@ class MovableClock:
 
 
 class OutOfDistributionObserver:
-    """Wires the real out-of-distribution detector into the gateway's Observer seam.
+    """The real out-of-distribution detector behind the gateway's Observer seam.
 
-    Detection is not wired into ``open_gateway`` yet; this adapter does what it will do: observe
-    each batch, and when the detector flags the client, throttle it and log the evidence.
+    Like the gateway's detection plug-in, it answers a flagged client with ``throttle`` and the
+    evidence of a :class:`~modelshield.detect.Action` (detector, score, threshold).
     """
 
     def __init__(self, detector: OutOfDistributionDetector) -> None:
         self.detector = detector
 
     def observe(
-        self, client: str, inputs: Any, scores: Any, now: float
+        self, client: str, inputs: Any, scores: Any, now: float, tier: str = ""
     ) -> tuple[str | None, dict[str, Any]]:
-        observation = self.detector.observe(client, inputs, scores, now)
-        if not observation.flagged:
+        o = self.detector.observe(client, inputs, scores, now)
+        if not o.flagged:
             return None, {}
-        return "throttle", {"observations": [observation.to_dict()]}
+        action = Action(
+            kind="throttle",
+            client=client,
+            tier=tier or "standard",
+            at=now,
+            evidence=(Evidence(o.detector, client, o.score, o.threshold, o.queries_seen),),
+            parameters=(("throttle_factor", 0.1),),
+        )
+        return "throttle", action.to_dict()
 
 
 @dataclass
@@ -147,7 +155,7 @@ def deployment(
         models={"digits": load_model(demo_model.onnx_bytes)},
         clock=clock,
         random_state=0,
-        observer=OutOfDistributionObserver(copy.deepcopy(fitted_ood)),
+        observers={"digits": OutOfDistributionObserver(copy.deepcopy(fitted_ood))},
     )
     registry = access.open_registry(config.registry.url)
     gateway.on_close.append(registry.close)

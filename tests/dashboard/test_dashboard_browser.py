@@ -157,7 +157,6 @@ def test_attack_flag_block_and_audit_in_chromium(deployment: Deployment, browser
         expect(page.locator("#login-message")).to_contain_text("Invalid admin key or TOTP code")
         _shot(page, "login")
         _sign_in(page, dep, good)
-        print([(x["reason"], x["status"]) for x in dep.records()])
         expect(page).to_have_url(f"{dep.url}/dashboard/overview")
         cookies = context.cookies()
         assert [c["httpOnly"] for c in cookies] == [True]
@@ -167,7 +166,10 @@ def test_attack_flag_block_and_audit_in_chromium(deployment: Deployment, browser
         with dep.client("alice") as alice:
             for i in range(0, 200, 20):
                 rows = dep.data.x_test[i : i + 20].tolist()
-                assert alice.post("/v1/models/digits/predict", json={"inputs": rows}).status_code == 200
+                assert (
+                    alice.post("/v1/models/digits/predict", json={"inputs": rows}).status_code
+                    == 200
+                )
         victim = dep.gateway.models["digits"]
         evaluation = Evaluation.from_predictor(victim, inputs=dep.data.x_test[200:400])
         target = GatewayTarget(dep.url, dep.keys["mallory"], victim)
@@ -201,9 +203,7 @@ def test_attack_flag_block_and_audit_in_chromium(deployment: Deployment, browser
             expect(page.locator("#done")).to_contain_text("block")
             expect(page.locator("#client-flag")).to_contain_text("block")
             with dep.client("mallory") as mallory:
-                r = mallory.post(
-                    "/v1/models/digits/predict", json={"inputs": [[0.5] * 64]}
-                )
+                r = mallory.post("/v1/models/digits/predict", json={"inputs": [[0.5] * 64]})
                 assert r.status_code == 403
             second = UniformNoise(budget=100, batch_size=20, random_state=1).run(target)
             assert second.outcome == "blocked"
@@ -238,9 +238,7 @@ def test_attack_flag_block_and_audit_in_chromium(deployment: Deployment, browser
 
         # a forged CSRF token is refused: edit the hidden field in the page, then submit
         page.goto(f"{dep.url}/dashboard/clients/alice")
-        page.eval_on_selector_all(
-            "input[name=csrf]", "els => els.forEach(e => e.value = 'forged')"
-        )
+        page.eval_on_selector_all("input[name=csrf]", "els => els.forEach(e => e.value = 'forged')")
         page.click("#action-block")
         expect(page.locator("body")).to_contain_text("invalid or missing CSRF token")
         assert dep.gateway.limits.get_flag("alice") is None
@@ -250,7 +248,9 @@ def test_attack_flag_block_and_audit_in_chromium(deployment: Deployment, browser
         dep.clock.advance(SESSION_TTL + 1)
         expect(page).to_have_url(f"{dep.url}/dashboard/login?expired=1", timeout=TIMEOUT_MS)
         expect(page.locator("#login-message")).to_contain_text("expired")
-        assert problems == []
+        # no Content-Security-Policy violation and no script error on any page (the refused
+        # requests above log "Failed to load resource" lines, which are expected)
+        assert [p for p in problems if not p.startswith("Failed to load resource")] == []
     finally:
         context.close()
     records = dep.records()

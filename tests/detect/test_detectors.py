@@ -38,18 +38,21 @@ def test_ood_needs_min_distinct_queries_and_ignores_resends(reference, held_out)
 
 
 def test_boundary_counts_low_margins(reference, held_out) -> None:
-    detector = BoundaryDetector(low_margin=0.5, threshold=0.3).fit(reference[0])
+    detector = BoundaryDetector(low_margin=0.5, threshold=4.0).fit(reference[0])
     x, _ = held_out
     confident = np.tile(np.eye(10, dtype=np.float32)[0], (64, 1))
     unsure = np.tile(np.array([0.4, 0.35] + [0.25 / 8] * 8, np.float32), (64, 1))
     assert detector.observe("a", x[:64], confident, 0.0).score == 0.0
     obs = detector.observe("b", x[:64], unsure, 0.0)
-    assert obs.score == 1.0
+    assert dict(obs.details)["low_margin_share"] == 1.0
+    assert obs.score == pytest.approx(-64 * np.log10(detector.rate_))  # P(all 64 low)
     assert obs.flagged
+    few = detector.observe("c", x[:64], np.vstack([unsure[:3], confident[:61]]), 0.0)
+    assert 0 < few.score < 4.0  # 3 of 64 is honest-looking
 
 
 def test_boundary_with_labels_only_counts_label_flips(reference, held_out) -> None:
-    detector = BoundaryDetector(threshold=0.3).fit(reference[0])
+    detector = BoundaryDetector(threshold=4.0).fit(reference[0])
     x, _ = held_out
     base = np.repeat(x[:40], 2, axis=0)
     base[1::2] += 1e-3  # near-duplicate pairs...
@@ -59,7 +62,7 @@ def test_boundary_with_labels_only_counts_label_flips(reference, held_out) -> No
     assert detector.observe("same", base, same, 0.0).score == 0.0
     obs = detector.observe("flip", base, flipped, 0.0)
     assert obs.flagged
-    assert obs.score == pytest.approx(40 / 80, abs=0.2)
+    assert dict(obs.details)["low_margin_share"] == pytest.approx(0.5)  # pairs: 0 then 1
 
 
 def test_coverage_ratio_and_merge(reference, held_out) -> None:
@@ -73,6 +76,7 @@ def test_coverage_ratio_and_merge(reference, held_out) -> None:
     narrow = detector.observe("narrow", x[one_class], p[one_class], 0.0)
     wide = detector.observe("wide", x[:200], p[:200], 0.0)
     assert narrow.score < wide.score
+    assert dict(narrow.details)["coverage_ratio"] < dict(wide.details)["coverage_ratio"]
     merged = detector.merge("group:t", ("narrow", "wide"))
     assert merged.queries_seen == narrow.queries_seen + wide.queries_seen
     covered = dict(merged.details)["leaves_covered"]
@@ -107,6 +111,6 @@ def test_volume_reports_near_duplicates(reference, held_out) -> None:
     x, p = held_out
     detector.observe("c", x[:20], p[:20], 0.0)
     obs = detector.observe("c", x[:20] + 1e-3, p[:20], 1.0)
-    assert dict(obs.details)["near_duplicate_share"] == 1.0
+    assert dict(obs.details)["near_duplicate_share"] == pytest.approx(20 / 40)
     fresh = detector.observe("d", x[:40], p[:40], 0.0)
     assert dict(fresh.details)["near_duplicate_share"] < 0.2

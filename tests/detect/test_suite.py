@@ -87,8 +87,9 @@ def test_unfitted_and_duplicate_names_are_refused(reference, held_out) -> None:
 
 
 def test_calibrate_threshold() -> None:
-    assert calibrate_threshold([0.1, 0.3, 0.2], margin=0.1) == pytest.approx(0.33)
-    assert calibrate_threshold([0.0], margin=0.05) == pytest.approx(0.05)
+    # top 0.3, median 0.2: spread 0.1
+    assert calibrate_threshold([0.1, 0.3, 0.2], margin=0.5) == pytest.approx(0.35)
+    assert calibrate_threshold([2.0, 2.0], margin=1.0) == pytest.approx(2.1)  # 5% of |top|
     assert calibrate_threshold(list(range(101)), quantile=0.5, margin=0.0) == 50
     for bad in ([], [float("nan")]):
         with pytest.raises(DetectorError):

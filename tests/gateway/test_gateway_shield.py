@@ -61,7 +61,7 @@ class BlockAfter:
         self.n, self.flag, self.seen = n, flag, 0
 
     def observe(
-        self, client: str, inputs: np.ndarray, scores: np.ndarray, now: float
+        self, client: str, inputs: np.ndarray, scores: np.ndarray, now: float, tier: str
     ) -> tuple[str | None, dict[str, object]]:
         self.seen += len(inputs)
         return (self.flag if self.seen >= self.n else None), {"rows": self.seen}

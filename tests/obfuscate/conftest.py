@@ -23,13 +23,18 @@ def _finish(
     *,
     out_name: str = "logits",
     spec: InputSpec | None = None,
+    int_inits: dict[str, np.ndarray] | None = None,
 ) -> bytes:
+    tensors = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
+    tensors += [
+        numpy_helper.from_array(v.astype(np.int64), k) for k, v in (int_inits or {}).items()
+    ]
     graph = helper.make_graph(
         nodes,
         "test_model",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *in_shape])],
         [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", out_width])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+        tensors,
         doc_string="a secret architecture description",
     )
     model = helper.make_model(
@@ -51,8 +56,12 @@ def _finish(
     return data
 
 
-def build_cnn(seed: int = 0) -> bytes:
-    """Conv -> ReLU -> MaxPool -> Conv -> ReLU -> Flatten -> Gemm on 1x8x8 images."""
+def build_cnn(seed: int = 0, *, dynamic_reshape: bool = False) -> bytes:
+    """Conv -> ReLU -> MaxPool -> Conv -> ReLU -> Flatten -> Gemm on 1x8x8 images.
+
+    With ``dynamic_reshape`` the flattening is ``Reshape(x, Concat(Shape(x)[0:1], [96]))``, the
+    way torch's exporter writes ``x.view(x.size(0), -1)``.
+    """
     rng = np.random.default_rng(seed)
     inits = {
         "conv1.weight": rng.normal(0, 0.5, (4, 1, 3, 3)),
@@ -72,6 +81,15 @@ def build_cnn(seed: int = 0) -> bytes:
         helper.make_node("Flatten", ["r2"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], transB=1),
     ]
+    if dynamic_reshape:
+        nodes[5:6] = [
+            helper.make_node("Shape", ["r2"], ["s"]),
+            helper.make_node("Slice", ["s", "zero", "one"], ["batch"]),
+            helper.make_node("Concat", ["batch", "features"], ["target"], axis=0),
+            helper.make_node("Reshape", ["r2", "target"], ["f"]),
+        ]
+        extra = {"zero": np.asarray([0]), "one": np.asarray([1]), "features": np.asarray([96])}
+        return _finish(nodes, inits, (1, 8, 8), 10, int_inits=extra)
     return _finish(nodes, inits, (1, 8, 8), 10)
 
 
@@ -158,6 +176,7 @@ def models(demo_model: object) -> dict[str, bytes]:
     """Every test model by name, the demo MLP (skl2onnx) included."""
     built = {name: build() for name, build in MODEL_BUILDERS.items()}
     built["demo_mlp"] = demo_model.onnx_bytes  # type: ignore[attr-defined]
+    built["cnn_dynamic_reshape"] = build_cnn(dynamic_reshape=True)
     return built
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -22,7 +24,7 @@ from modelshield.obfuscate import (
 )
 from modelshield.obfuscate._verify import Verifier, compare
 
-MODELS = ("demo_mlp", "cnn", "batchnorm", "mixed")
+MODELS = ("demo_mlp", "cnn", "batchnorm", "mixed", "cnn_dynamic_reshape")
 
 
 def test_public_names() -> None:
@@ -43,6 +45,25 @@ def test_public_names() -> None:
     for name in modelshield.obfuscate.__all__:
         assert hasattr(modelshield.obfuscate, name)
     assert issubclass(EquivalenceError, UnsupportedModelError)
+
+
+def test_import_writes_nothing_and_configures_no_logging() -> None:
+    probe = (
+        "import logging, sys\n"
+        "events = []\n"
+        "def hook(event, args):\n"
+        "    if event != 'open' or args[1] is None:\n"
+        "        return\n"
+        "    if any(c in str(args[1]) for c in 'wax+'):\n"
+        "        events.append(str(args[0]))\n"
+        "sys.addaudithook(hook)\n"
+        "import modelshield.obfuscate, modelshield.cli._obfuscate\n"
+        "print(len(events), len(logging.getLogger().handlers))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-B", "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["0", "0"]
 
 
 def _random_rows(spec: InputSpec, n: int = 300, seed: int = 7) -> np.ndarray:
@@ -102,6 +123,19 @@ def test_rename_io_renames_the_interface_too(models: dict[str, bytes]) -> None:
     model = onnx.load_model_from_string(result.model_bytes)
     assert model.graph.input[0].name != "input"
     assert model.graph.output[0].name != "logits"
+
+
+def test_a_reshape_computed_from_the_batch_size_is_frozen(models: dict[str, bytes]) -> None:
+    """Torch's exporter flattens with a shape computed at run time; the link must survive it."""
+    result = obfuscate(models["cnn_dynamic_reshape"], level=2, seed=0)
+    clean_up = result.report.changes[0]
+    assert "batch reshapes frozen: 1" in clean_up.detail
+    assert "dead nodes removed: 3" in clean_up.detail
+    widened = [c.detail for c in result.report.changes if c.step == "add cancelling units"]
+    assert len(widened) == 2  # conv1 -> conv2 and conv2 -> (reshape) -> fc
+    ops = dict(result.report.after.ops)
+    assert "Shape" not in ops
+    assert "Concat" not in ops
 
 
 def test_level3_stays_within_the_compute_budget(models: dict[str, bytes]) -> None:
@@ -257,6 +291,25 @@ def test_a_broken_transform_is_caught(
         obfuscate(models["demo_mlp"], level=2, seed=0)
     assert info.value.max_abs_diff > 1e-5
     assert isinstance(info.value, ShieldError)
+
+
+def test_a_broken_randomized_transform_is_dropped_not_kept(
+    models: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_split = _transforms.split_layer
+
+    def split_badly(model: onnx.ModelProto, **kwargs: object) -> str | None:
+        detail = real_split(model, **kwargs)  # type: ignore[arg-type]
+        w = model.graph.initializer[-1]
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.5, w.name))
+        return detail
+
+    monkeypatch.setattr(_transforms, "split_layer", split_badly)
+    result = obfuscate(models["demo_mlp"], level=2, seed=0)
+    assert "split layer" not in {c.step for c in result.report.changes}
+    assert [c.step for c in result.report.dropped] == ["split layer"] * 3  # three share sizes
+    assert all(c.max_abs_diff > 1e-5 for c in result.report.dropped)
+    assert result.report.max_abs_diff <= 1e-5
 
 
 def test_a_tiny_error_above_tolerance_is_caught(models: dict[str, bytes]) -> None:

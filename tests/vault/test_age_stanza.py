@@ -90,3 +90,9 @@ def test_we_open_pyrages_stanza() -> None:
     assert ChaCha20Poly1305(key).decrypt(bytes(11) + b"\x01", chunk, None) == plain
     other = X25519PrivateKey.generate()
     assert x25519_unwrap(share, body, other) is None
+
+
+def test_a_low_order_ephemeral_share_is_refused() -> None:
+    """An all-zero shared secret (here from the zero point) never yields a key, as in age."""
+    ours = X25519PrivateKey.generate()
+    assert x25519_unwrap(bytes(32), os.urandom(48), ours) is None

@@ -103,3 +103,18 @@ def test_encrypt_payload_streams_from_any_reader() -> None:
     from modelshield.vault._format import PAYLOAD_AD
 
     assert AesGcmHkdfStreaming(b"k" * 32, 64).decrypt(out.getvalue(), PAYLOAD_AD) == plain
+
+
+def test_a_file_system_without_hard_links_still_refuses_to_clobber(
+    tmp_path: Path, identity: vault.Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    vault.seal_bytes(b"secret", tmp_path / "m", identity.recipient)
+    monkeypatch.setattr(os, "link", no_links)
+    vault.unseal(tmp_path / "m", tmp_path / "out", identity)
+    assert (tmp_path / "out").read_bytes() == b"secret"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out"]

@@ -157,6 +157,15 @@ def test_bad_input_exits_3_with_one_line(work: Path, tmp_path: Path, damage: str
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
 
 
+def test_an_unwritable_destination_is_one_line(work: Path, tmp_path: Path) -> None:
+    result = run(
+        "seal", "model.bin", "-o", str(tmp_path / "no" / "m.sealed"), "-r", "srv.pub", cwd=work
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("m.sealed: No such file or directory")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_wrong_identity_and_missing_key(work: Path, tmp_path: Path) -> None:
     integrity_failure(
         run("unseal", "m.sealed", "-o", str(tmp_path / "o"), "-i", "new.key", cwd=work)

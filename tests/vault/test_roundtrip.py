@@ -173,3 +173,18 @@ class TestSealedReader:
 
 
 PLAIN = os.urandom(FIRST + 9 * FULL + 5)
+
+
+def test_a_damaged_provider_blob_does_not_open(tmp_path: Path, identity: vault.Identity) -> None:
+    provider = vault.LocalKeyProvider.generate(tmp_path / "kek")
+    vault.seal_bytes(b"model", tmp_path / "m", [provider, identity.recipient])
+    data = bytearray((tmp_path / "m").read_bytes())
+    # the provider stanza comes first: manifest, count, kind, length, name, key id, then the blob
+    blob_start = 88 + 1 + 3 + 1 + len("local") + 1 + len(provider.key_id)
+    data[blob_start + 20] ^= 1
+    (tmp_path / "m").write_bytes(bytes(data))
+    assert vault.inspect(tmp_path / "m").recipients[0].key_id == f"local:{provider.key_id}"
+    with pytest.raises(IntegrityError):
+        vault.unseal_bytes(tmp_path / "m", provider)
+    with pytest.raises(IntegrityError):  # the header MAC covers every stanza
+        vault.unseal_bytes(tmp_path / "m", identity)

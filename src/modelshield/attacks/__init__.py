@@ -24,6 +24,7 @@ from __future__ import annotations
 from modelshield.attacks._active import ActiveThief, Strategy
 from modelshield.attacks._base import Attack
 from modelshield.attacks._equation import EquationSolving, LinearModel, ModelFamily
+from modelshield.attacks._http import HttpTarget, RemoteVictim
 from modelshield.attacks._jacobian import JacobianAugmentation
 from modelshield.attacks._knockoff import (
     Copycat,
@@ -32,10 +33,22 @@ from modelshield.attacks._knockoff import (
     PoolKind,
     shift_images,
 )
+from modelshield.attacks._matrix import (
+    BenignCost,
+    Defence,
+    MatrixResult,
+    MatrixRun,
+    ShieldTarget,
+    moved_pool,
+    run_matrix,
+    standard_defences,
+)
 from modelshield.attacks._mlp import NumpyMLP
 from modelshield.attacks._pathfinding import LeafBoxes, PathFinding
 from modelshield.attacks._probes import LineSearch, UniformNoise
+from modelshield.attacks._redteam import RedteamConfig, load_redteam_config, run_redteam
 from modelshield.attacks._registry import ATTACKS, make_attack, run
+from modelshield.attacks._report import render_matrix_html
 from modelshield.attacks._result import AttackResult, CopyModel, Evaluation, Outcome
 from modelshield.attacks._target import (
     Answer,
@@ -57,11 +70,14 @@ __all__ = [
     "Attack",
     "AttackResult",
     "AttackStopped",
+    "BenignCost",
     "BudgetedTarget",
     "CopyModel",
     "Copycat",
+    "Defence",
     "EquationSolving",
     "Evaluation",
+    "HttpTarget",
     "JacobianAugmentation",
     "KnockoffNets",
     "LabelKind",
@@ -69,6 +85,8 @@ __all__ = [
     "LineSearch",
     "LinearModel",
     "MLPThief",
+    "MatrixResult",
+    "MatrixRun",
     "ModelFamily",
     "NumpyMLP",
     "ObservedTarget",
@@ -78,6 +96,9 @@ __all__ = [
     "PathFinding",
     "PoolKind",
     "PredictorTarget",
+    "RedteamConfig",
+    "RemoteVictim",
+    "ShieldTarget",
     "SklearnThief",
     "StopEvent",
     "Strategy",
@@ -86,7 +107,13 @@ __all__ = [
     "TorchThief",
     "UniformNoise",
     "as_thief",
+    "load_redteam_config",
     "make_attack",
+    "moved_pool",
+    "render_matrix_html",
     "run",
+    "run_matrix",
+    "run_redteam",
     "shift_images",
+    "standard_defences",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 from modelshield.attacks._target import Answer, FloatArray
 from modelshield.errors import (
@@ -21,6 +22,7 @@ from modelshield.errors import (
     InvalidInputError,
     RateLimitedError,
     ServiceUnavailableError,
+    UnsupportedModelError,
 )
 from modelshield.models import InputSpec, Label
 
@@ -35,7 +37,8 @@ def _error(response: httpx.Response) -> str:
 class HttpTarget:
     """``POST {url}/v1/models/{model}/predict`` with ``Authorization: Bearer {api_key}``.
 
-    The model's input specification and classes are read from ``GET /v1/models``. A ``429`` whose
+    The model's input specification and classes are read from ``GET /v1/models`` (``model``
+    may be left out when the key may use one model only). A ``429`` whose
     ``Retry-After`` is at most ``max_wait`` seconds is waited out and retried (at most
     ``max_retries`` times); a longer one raises :class:`RateLimitedError`. ``401`` raises
     :class:`AuthenticationError`, ``403`` :class:`AuthorizationError`, ``5xx``
@@ -47,14 +50,13 @@ class HttpTarget:
         url: str,
         *,
         api_key: str,
-        model: str,
+        model: str | None = None,
         timeout: float = 10.0,
         max_wait: float = 2.0,
         max_retries: int = 3,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url.rstrip("/")
-        self.model = model
         self.max_wait = max_wait
         self.max_retries = max_retries
         self._sleep = sleep
@@ -73,11 +75,21 @@ class HttpTarget:
             raise ServiceUnavailableError(
                 f"cannot reach {self.url}: {type(exc).__name__}"
             ) from None
-        self._raise_for(listing)
-        entry = next((m for m in listing.json()["models"] if m["name"] == model), None)
+        try:
+            self._raise_for(listing)
+        except BaseException:
+            self._client.close()
+            raise
+        models = listing.json()["models"]
+        if model is None and len(models) == 1:
+            model = str(models[0]["name"])
+        entry = next((m for m in models if m["name"] == model), None)
         if entry is None:
             self._client.close()
+            if model is None:
+                raise InvalidInputError("this key may use several models: name one")
             raise AuthorizationError(f"this key may not use a model named {model!r}")
+        self.model: str = str(model)
         self._spec = InputSpec.from_dict(entry["input"])
         self._classes: tuple[Label, ...] = tuple(entry["classes"])
 
@@ -148,3 +160,37 @@ class HttpTarget:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RemoteVictim:
+    """The deployment's own answers on an evaluation set, fetched once through ``target``.
+
+    For measuring fidelity when only the API is at hand: ``predict`` answers the evaluation rows
+    from the fetched labels (other rows are asked from the target). It costs ``len(inputs)`` rows
+    of the deployment's budget, outside the attack's own budget.
+    """
+
+    def __init__(self, target: HttpTarget, inputs: npt.ArrayLike) -> None:
+        self.target = target
+        self._inputs = np.asarray(inputs, dtype=np.float64)
+        labels = [
+            target.query(self._inputs[i : i + 100]).labels for i in range(0, len(self._inputs), 100)
+        ]
+        self._labels = np.concatenate(labels)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.target.input_spec
+
+    @property
+    def classes(self) -> tuple[Label, ...]:
+        return self.target.classes
+
+    def predict(self, inputs: npt.ArrayLike) -> npt.NDArray[Any]:
+        x = np.asarray(inputs, dtype=np.float64)
+        if x.shape == self._inputs.shape and np.array_equal(x, self._inputs):
+            return self._labels
+        return self.target.query(x).labels
+
+    def predict_proba(self, inputs: npt.ArrayLike) -> FloatArray:
+        raise UnsupportedModelError("a remote victim answers labels only")

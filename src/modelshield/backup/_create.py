@@ -215,6 +215,25 @@ class _Run:
         return digest, size
 
 
+TMP_PREFIX = ".backup-tmp-"
+
+
+def _private_tmp(root: Path) -> Path:
+    """A 0700 work folder beside the live databases (never /tmp: it briefly holds a database
+    copy in clear); folders left by a killed run (their process is gone) are removed first."""
+    parent = root / "state" if (root / "state").is_dir() else root
+    for old in parent.glob(f"{TMP_PREFIX}*"):
+        pid = old.name[len(TMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(old, ignore_errors=True)
+            except PermissionError:
+                pass
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=parent))
+
+
 def _inside(path: Path, root: Path) -> str | None:
     try:
         return path.resolve().relative_to(root).as_posix()
@@ -226,7 +245,11 @@ def _walk(root: Path, skip: set[Path], patterns: Sequence[str]) -> Iterator[tupl
     for dirpath, dirnames, filenames in os.walk(root):
         folder = Path(dirpath)
         dirnames[:] = sorted(
-            d for d in dirnames if (folder / d) not in skip and not (folder / d).is_symlink()
+            d
+            for d in dirnames
+            if (folder / d) not in skip
+            and not (folder / d).is_symlink()
+            and not d.startswith(TMP_PREFIX)
         )
         for name in sorted(filenames):
             path = folder / name
@@ -321,7 +344,7 @@ def create_snapshot(
     models = {m.path.resolve() for m in config.models.values()}
     config_rel = config_file.relative_to(root).as_posix()
     entries: list[Entry] = []
-    tmp = Path(tempfile.mkdtemp(prefix="modelshield-backup-"))
+    tmp = _private_tmp(root)
     run = _Run(store, keys.recipients, keys.signer, tmp, _Cache(settings.cache), progress)
     try:
         files: list[tuple[Path, str]] = list(_walk(root, skip, settings.exclude))

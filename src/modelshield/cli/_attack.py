@@ -43,6 +43,23 @@ def _load_data(path: Path | None) -> tuple[Any, Any, Any]:
     return arrays.get("pool"), arrays.get("x_test"), arrays.get("y_test")
 
 
+def _open_model(path: Path, identity: Path | None) -> Any:
+    from modelshield.models import load_model
+
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the model file ({exc.strerror})") from None
+    if head == b"\x89MSEAL\r\n":
+        from modelshield import vault
+
+        if identity is None:
+            raise ConfigError(f"{path} is sealed: give -i IDENTITY.key to open it")
+        return vault.open_model(path, vault.load_identity(identity))
+    return load_model(path.read_bytes())
+
+
 @attack_app.command("run")
 def run(
     target: Annotated[
@@ -69,8 +86,25 @@ def run(
         Path | None, typer.Option("--json", help="Write the result as JSON here.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the attack.")] = 0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", envvar="MODELSHIELD_API_KEY", help="Client key for a URL target."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model name at a URL target (default: the only one)."),
+    ] = None,
+    victim: Annotated[
+        Path | None,
+        typer.Option("--victim", help="The model file behind a URL target, to measure fidelity."),
+    ] = None,
+    identity: Annotated[
+        Path | None, typer.Option("-i", "--identity", help="Opens a sealed --target or --victim.")
+    ] = None,
 ) -> None:
-    """Run one extraction attack against a model file and report the copy's fidelity."""
+    """Run one extraction attack against a model file, a sealed model or a live gateway (URL)."""
     import orjson
 
     from modelshield.attacks import (
@@ -80,20 +114,30 @@ def run(
         PredictorTarget,
         make_attack,
     )
-    from modelshield.models import load_model
 
-    if target.startswith(("http://", "https://")):
-        raise ConfigError("HTTP targets are not supported yet: pass a model file")
+    remote = target.startswith(("http://", "https://"))
+    if remote and api_key is None:
+        raise ConfigError("a URL target needs --api-key (or MODELSHIELD_API_KEY)")
     if labels not in (None, "soft", "hard"):
         raise ConfigError(f"--labels must be 'soft' or 'hard', not {labels!r}")
     if attack not in ATTACKS:
         raise ConfigError(f"unknown attack {attack!r}; choose one of: {', '.join(ATTACKS)}")
-    try:
-        model_bytes = Path(target).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{target}: cannot read the model file ({exc.strerror})") from None
-    predictor = load_model(model_bytes)
+    http_target = None
+    if remote:
+        from modelshield.attacks import HttpTarget
+
+        http_target = HttpTarget(target, api_key=str(api_key), model=model)
+    local = victim if remote else Path(target)
+    predictor = None if local is None else _open_model(local, identity)
     pool, x_test, y_test = _load_data(data)
+    if predictor is None:
+        assert http_target is not None
+        if x_test is None:
+            raise ConfigError("a URL target without --victim needs --data with x_test")
+        from modelshield.attacks import RemoteVictim
+
+        # the deployment's own labels on x_test, fetched once before the attack (costs rows)
+        predictor = RemoteVictim(http_target, x_test)
     evaluation = (
         Evaluation.uniform(predictor, random_state=seed)
         if x_test is None
@@ -101,7 +145,11 @@ def run(
     )
     kind: LabelKind | None = None if labels is None else ("soft" if labels == "soft" else "hard")
     chosen = make_attack(attack, budget=budget, pool=pool, labels=kind, random_state=seed)
-    inner = PredictorTarget(predictor, return_probabilities=not labels_only)
+    inner = (
+        http_target
+        if http_target is not None
+        else PredictorTarget(predictor, return_probabilities=not labels_only)
+    )
     with Progress(
         TextColumn(f"[bold]{attack}[/bold] rows"),
         BarColumn(),
@@ -114,11 +162,15 @@ def run(
         observed = ObservedTarget(
             inner, observer=lambda x, answer: progress.advance(task, answer.n_rows)
         )
-        result = chosen.run(observed, evaluation=evaluation)
+        try:
+            result = chosen.run(observed, evaluation=evaluation)
+        finally:
+            if http_target is not None:
+                http_target.close()
     summary = result.to_dict()
     summary["target"] = target
     summary["evaluated_on"] = "uniform random rows" if x_test is None else "x_test"
-    table = Table(title=f"{attack} against {Path(target).name}")
+    table = Table(title=f"{attack} against {target if remote else Path(target).name}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key in ("outcome", "rows", "queries", "fidelity", "accuracy", "stopped_at_query"):

@@ -34,7 +34,7 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="The deployment's shield.toml (its [backup] keys; default ./shield.toml if present).",
+        help="The deployment's shield.toml (its \\[backup] keys; default: ./shield.toml).",
         dir_okay=False,
     ),
 ]
@@ -42,7 +42,7 @@ TrustOption = Annotated[
     list[Path] | None,
     typer.Option(
         "--trust",
-        help="A backup signing public key to trust (repeatable; default from [backup]).",
+        help="A backup signing public key to trust (repeatable; default from \\[backup]).",
         dir_okay=False,
     ),
 ]
@@ -50,7 +50,7 @@ EndpointOption = Annotated[
     str | None,
     typer.Option(
         "--endpoint",
-        help=f"S3-compatible server URL (or ${ENDPOINT_ENV}, or [backup] endpoint).",
+        help=f"S3-compatible server URL (or ${ENDPOINT_ENV}, or \\[backup] endpoint).",
     ),
 ]
 
@@ -110,7 +110,7 @@ def create_command(
     ] = Path("shield.toml"),
     to: Annotated[
         str | None,
-        typer.Option("--to", help="The backup store (default: [backup] to)."),
+        typer.Option("--to", help="The backup store (default: \\[backup] to)."),
     ] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="A label for this snapshot (repeatable).")
@@ -248,7 +248,7 @@ def restore_command(
         Path | None,
         typer.Option(
             "--identity",
-            help=f"The backup private key (or ${IDENTITY_ENV}; default from [backup]).",
+            help=f"The backup private key (or ${IDENTITY_ENV}; default from \\[backup]).",
             dir_okay=False,
         ),
     ] = None,
@@ -339,7 +339,7 @@ def schedule_command(
         Path, typer.Option("--config", help="The deployment's shield.toml.", dir_okay=False)
     ] = Path("shield.toml"),
     to: Annotated[
-        str | None, typer.Option("--to", help="The backup store (default: [backup] to).")
+        str | None, typer.Option("--to", help="The backup store (default: \\[backup] to).")
     ] = None,
     once: Annotated[
         bool,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
@@ -144,7 +145,7 @@ def decode_state(detector: str, data: bytes) -> tuple[dict[str, npt.NDArray[Any]
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             header = json.loads(bytes(npz["__header__"]).decode())
             arrays = {k[2:]: npz[k] for k in npz.files if k.startswith("a_")}
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DetectorError(f"cannot read {detector} state: {exc}") from None
     if not isinstance(header, dict) or header.get("detector") != detector:
         raise DetectorError(f"state does not belong to detector {detector!r}")

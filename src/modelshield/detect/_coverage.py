@@ -116,6 +116,7 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
 
     def _update(self, state: _CoverageState, inputs: FloatArray, outputs: Any, now: float) -> None:
         x = as_batch(inputs, self.n_features_in_)
+        as_labels_and_margins(outputs, x.shape[0])  # the same checks as every detector
         state.visited[self._leaves(x)] = True
         state.n_queries += x.shape[0]
 

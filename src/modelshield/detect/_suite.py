@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,7 @@ class DetectorSuite:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 blobs = {name: bytes(npz[name]) for name in npz.files}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise DetectorError(f"cannot read suite state: {exc}") from None
         for detector in self.detectors:
             if detector.name not in blobs:

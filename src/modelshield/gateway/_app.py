@@ -42,6 +42,7 @@ _log = logging.getLogger(__name__)
 JSON = "application/json"
 NPY = "application/x-npy"
 _THREADPOOL_ROWS = 64  # larger batches are predicted off the event loop
+_SEVERITY = {"throttle": 1, "degrade": 2, "block": 3}
 
 
 class ClientIdentity(Protocol):
@@ -170,8 +171,8 @@ class Gateway:
     limits: LimitStore
     audit: AuditSink
     admins: AdminVerifier | None = None
-    marker: Marker | None = None
-    observer: Observer | None = None
+    markers: dict[str, Marker] = field(default_factory=dict)  # per model
+    observers: dict[str, Observer] = field(default_factory=dict)  # per model
     max_body_bytes: int = 1_048_576
     clock: Clock = time.time
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
@@ -235,19 +236,24 @@ class Gateway:
         entry["rows"] = int(batch.shape[0])
         decision = admit(self.limits, client.name, tier, batch.shape[0], now)
         degraded = decision.flag == "degrade"
+        marker = self.markers.get(model_name)
         if batch.shape[0] > _THREADPOOL_ROWS:
             result = await asyncio.to_thread(
                 answer, predictor, batch, tier, self.rng,
-                client=client.name, degraded=degraded, marker=self.marker,
+                client=client.name, degraded=degraded, marker=marker,
             )  # fmt: skip
         else:
             result = answer(
                 predictor, batch, tier, self.rng,
-                client=client.name, degraded=degraded, marker=self.marker,
+                client=client.name, degraded=degraded, marker=marker,
             )  # fmt: skip
-        if self.observer is not None:
-            flag, evidence = self.observer.observe(client.name, batch, result.scores, now)
-            if flag is not None:
+        observer = self.observers.get(model_name)
+        if observer is not None:
+            flag, evidence = observer.observe(
+                client.name, batch, result.scores, now, client.tier
+            )
+            # escalate only: a flag is cleared by an admin, never by quieter traffic
+            if flag is not None and _SEVERITY[flag] > _SEVERITY.get(decision.flag or "", 0):
                 self.limits.set_flag(client.name, flag)
                 entry["extra"] = {"flag": flag, "evidence": evidence}
         entry["decision"] = "degrade" if degraded else "allow"

@@ -37,7 +37,7 @@ class Observer(Protocol):
     """Extraction detection seen from the pipeline: observe a batch, maybe return a flag."""
 
     def observe(
-        self, client: str, inputs: FloatArray, scores: FloatArray, now: float
+        self, client: str, inputs: FloatArray, scores: FloatArray, now: float, tier: str
     ) -> tuple[str | None, dict[str, Any]]:
         """The flag to set for this client (``None`` for none) and the evidence."""
         ...

@@ -126,14 +126,15 @@ def open_gateway(
     *,
     clock: Clock = time.time,
     random_state: int | None = None,
-    marker: Marker | None = None,
-    observer: Observer | None = None,
+    markers: dict[str, Marker] | None = None,
+    observers: dict[str, Observer] | None = None,
     models: dict[str, Predictor] | None = None,
 ) -> Gateway:
     """A :class:`Gateway` with everything the configuration names opened.
 
-    ``models`` replaces the configured models (tests and embedding); ``marker`` and ``observer``
-    plug in the response watermark and extraction detection.
+    ``models`` replaces the configured models (tests and embedding); ``markers`` and
+    ``observers`` (per model name) replace the response watermark and extraction detection that
+    the configuration would build.
     """
     from modelshield import access, audit
     from modelshield.stores import open_audit_store
@@ -160,6 +161,10 @@ def open_gateway(
         for close in reversed(closers):
             close()
         raise
+    if markers is None:
+        markers = _configured_markers(config, served)
+    if observers is None:
+        observers = _configured_observers(config, served)
     gateway = Gateway(
         models=served,
         tiers={name: Tier.from_config(name, t) for name, t in config.tiers.items()},
@@ -167,8 +172,8 @@ def open_gateway(
         limits=limits,
         audit=AuditLogSink(log, audit_key),
         admins=admins,
-        marker=marker,
-        observer=observer,
+        markers=markers if markers is not None else {},
+        observers=observers if observers is not None else {},
         max_body_bytes=config.gateway.max_body_bytes,
         clock=clock,
         rng=np.random.default_rng(random_state),
@@ -189,6 +194,47 @@ def open_gateway(
     gateway.admin_routes = admin_routes(gateway, registry, verify_audit)
     gateway.on_close.extend(closers)
     return gateway
+
+
+def _configured_markers(config: Config, served: dict[str, Predictor]) -> dict[str, Marker]:
+    """The response watermark of every served model, when ``[watermark] enabled``."""
+    if not config.watermark.enabled:
+        return {}
+    from modelshield.gateway._plugins import WatermarkMarker
+    from modelshield.watermark import ResponseWatermark
+
+    if config.watermark.key is None:
+        raise ConfigError(
+            f"{config.source or 'configuration'}: watermark.key: the response watermark needs a key"
+            ' (key = { file = "keys/response-watermark.key" })'
+        )
+    try:
+        key = bytes.fromhex(config.watermark.key.reveal().strip())
+    except ValueError:
+        raise ConfigError(
+            f"{config.source or 'configuration'}: watermark.key: not a hex key"
+        ) from None
+    out: dict[str, Marker] = {}
+    for name, predictor in served.items():
+        model = config.models.get(name)
+        out[name] = WatermarkMarker(
+            ResponseWatermark(
+                key,
+                classes=predictor.classes,
+                share=config.watermark.share,
+                image_shape=None if model is None else model.image_shape,
+            )
+        )
+    return out
+
+
+def _configured_observers(config: Config, served: dict[str, Predictor]) -> dict[str, Observer]:
+    """Extraction detection for every served model, when ``[detection] enabled``."""
+    if not config.detection.enabled:
+        return {}
+    from modelshield.gateway._detection import build_observer
+
+    return {name: build_observer(config, predictor) for name, predictor in served.items()}
 
 
 def create_app() -> Any:

@@ -76,7 +76,9 @@ class Shield:
             marker=self.marker,
         )
         if self.observer is not None:
-            flag, _evidence = self.observer.observe(client, batch, result.scores, now)
-            if flag is not None:
+            flag, _evidence = self.observer.observe(
+                client, batch, result.scores, now, self.tier.name
+            )
+            if flag is not None and flag != decision.flag:
                 self.limits.set_flag(client, flag)
         return ShieldAnswer(labels=result.labels, probabilities=result.probabilities)

@@ -149,6 +149,8 @@ def load_onnx(
     """Create an in-memory ONNX Runtime session from model bytes (no file is written)."""
     import onnxruntime as ort
 
+    # no usage telemetry from a security tool (on Windows ONNX Runtime would otherwise send it)
+    ort.disable_telemetry_events()
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1

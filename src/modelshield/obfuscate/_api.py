@@ -48,6 +48,7 @@ class ObfuscationReport:
     ``n_verification_rows`` rows (random ones plus the caller's real ones); ``before`` and ``after``
     are what a reader of each file sees; ``weights`` is how well the obfuscated weights match the
     original ones; ``cost_ratio`` is the ratio of multiply-accumulates per row (after / before).
+    ``dropped`` lists randomized candidates whose rounding failed the check and were discarded.
     """
 
     level: int
@@ -57,6 +58,7 @@ class ObfuscationReport:
     tolerance: float
     n_verification_rows: int
     changes: tuple[Change, ...]
+    dropped: tuple[Change, ...]
     before: ModelView
     after: ModelView
     weights: WeightMatch
@@ -74,11 +76,16 @@ class ObfuscationReport:
                 {"step": c.step, "detail": c.detail, "max_abs_diff": c.max_abs_diff}
                 for c in self.changes
             ],
+            "dropped": [
+                {"step": c.step, "detail": c.detail, "max_abs_diff": c.max_abs_diff}
+                for c in self.dropped
+            ],
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
             "max_weight_cosine": self.weights.max_cosine,
             "matrix_cosine": self.weights.matrix_cosine,
             "row_cosine": self.weights.row_cosine,
+            "comparable_layer_pairs": self.weights.comparable_pairs,
             "cost_ratio": self.cost_ratio,
         }
 
@@ -98,6 +105,7 @@ class _Run:
         self.model = model
         self.verifier = verifier
         self.changes: list[Change] = []
+        self.dropped: list[Change] = []
 
     def step(self, name: str, transform: Callable[[onnx.ModelProto], str | None]) -> bool:
         """Apply ``transform`` to a copy, check it, and keep it; False when it did not apply."""
@@ -114,13 +122,15 @@ class _Run:
     def attempt(self, name: str, transform: Callable[[onnx.ModelProto], str | None]) -> bool:
         """Like :meth:`step`, but a candidate that fails the check is dropped instead of raising.
 
-        Only for transforms whose float rounding depends on the data (random additive shares);
-        the dropped candidate is never returned.
+        Only for the transforms that add random values (additive shares, padding layers, cancelling
+        units), whose float rounding depends on the data; the dropped candidate is never returned
+        and is listed in the report.
         """
         try:
             return self.step(name, transform)
         except EquivalenceError as exc:
             _log.debug("dropped %s: %s", name, exc)
+            self.dropped.append(Change(name, "failed the equivalence check", exc.max_abs_diff))
             return False
 
     def repeat(self, name: str, transform: Callable[[onnx.ModelProto], str | None]) -> None:
@@ -184,6 +194,7 @@ def obfuscate(
         tolerance=tolerance,
         n_verification_rows=int(rows.shape[0]),
         changes=tuple(run.changes),
+        dropped=tuple(run.dropped),
         before=inspect_model(original),
         after=inspect_model(run.model),
         weights=weight_similarity(original, run.model),
@@ -247,14 +258,14 @@ def _weights_and_layers(
         padded: list[int] = []
         for original_index in [0, *others[: max(1, n_layers // 2)]]:
             index = original_index + sum(1 for p in padded if p <= original_index)
-            if run.step(
+            if run.attempt(
                 "pad with an identity layer",
                 within_budget(partial(_transforms.pad_identity_layer, layer_index=index, rng=rng)),
             ):
                 padded.append(original_index)
     for index in range(_transforms.count_links(run.model)):
         for fraction in _WIDEN[level]:  # the widest that fits the budget
-            if run.step(
+            if run.attempt(
                 "add cancelling units",
                 within_budget(
                     partial(

@@ -9,7 +9,6 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -280,10 +279,3 @@ def set_attribute(node: onnx.NodeProto, name: str, value: Any) -> None:
             del node.attribute[i]
             break
     node.attribute.append(onnx.helper.make_attribute(name, value))
-
-
-def iter_weight_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
-    """Every floating-point initializer with at least two dimensions (weight matrices, kernels)."""
-    for tensor in model.graph.initializer:
-        if tensor.data_type in _FLOAT_TYPES and len(tensor.dims) >= 2:
-            yield tensor.name, numpy_helper.to_array(tensor)

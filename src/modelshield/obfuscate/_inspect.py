@@ -52,11 +52,14 @@ class WeightMatch:
     the original's units of the best match among the other model's units; invariant to permuting
     and positively rescaling units, which is what a matching attack normalises away.
     ``max_cosine`` is the larger of the two and ``recognised`` says whether it reaches
-    :data:`RECOGNITION_THRESHOLD`.
+    :data:`RECOGNITION_THRESHOLD`. ``comparable_pairs`` counts the pairs of layers with the same
+    input width; when it is 0 no row could be compared at all (the cosines are then 0), which is
+    a statement about this check, not proof that no analyst could match the weights.
     """
 
     matrix_cosine: float
     row_cosine: float
+    comparable_pairs: int = 0
 
     @property
     def max_cosine(self) -> float:
@@ -159,6 +162,7 @@ def weight_similarity(
     theirs = weight_matrices(candidate, undo_splits=undo_splits)
     matrix_best = 0.0
     row_best = 0.0
+    pairs = 0
     for o in ours:
         o_flat = o.reshape(-1)
         o_rows = _unit_rows(o)
@@ -167,6 +171,11 @@ def weight_similarity(
                 denom = float(np.linalg.norm(o_flat) * np.linalg.norm(c)) or 1.0
                 matrix_best = max(matrix_best, abs(float(o_flat @ c.reshape(-1))) / denom)
             if c.shape[1] == o.shape[1]:
+                pairs += 1
                 sims = np.abs(o_rows @ _unit_rows(c).T)
                 row_best = max(row_best, float(sims.max(axis=1).mean()))
-    return WeightMatch(matrix_cosine=min(matrix_best, 1.0), row_cosine=min(row_best, 1.0))
+    return WeightMatch(
+        matrix_cosine=min(matrix_best, 1.0),
+        row_cosine=min(row_best, 1.0),
+        comparable_pairs=pairs,
+    )

@@ -108,9 +108,7 @@ def freeze_batch_reshapes(model: onnx.ModelProto, rows: np.ndarray[Any, Any]) ->
             if node.input[1] == name:
                 node.input[1] = const
         frozen += 1
-    if frozen:
-        remove_dead_nodes(model)
-    return frozen
+    return frozen  # the nodes that computed the shapes are left for remove_dead_nodes
 
 
 def fold_constants(model: onnx.ModelProto) -> int:

@@ -173,7 +173,7 @@ def add_cancelling_units(
         return None
     first, second = link.first, link.second
     n = first.n_out
-    extra = max(2, round(n * fraction))
+    extra = max(1, round(n * fraction))
     n_pairs = extra // 4
     n_split = extra - 2 * n_pairs
     w1, b1, w2 = get_weight(g, first), get_bias(g, first), get_weight(g, second)

@@ -153,8 +153,8 @@ class ResponseWatermark:
         classes: Sequence[Label],
         share: float = 0.01,
         image_shape: tuple[int, int] | None = None,
-        n_projections: int = 6,
-        cell_width: float = 4.0,
+        n_projections: int = 4,
+        cell_width: float = 3.0,
     ) -> None:
         if not 0.0 < share < 1.0:
             raise InvalidInputError(f"share must be in (0, 1), got {share}")

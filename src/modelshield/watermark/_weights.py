@@ -121,7 +121,7 @@ def embed_weights(
     y: npt.ArrayLike,
     *,
     epochs: int = 10,
-    strength: float = 0.1,
+    strength: float = 1.0,
     learning_rate: float = 1e-3,
     batch_size: int = 64,
     random_state: int = 0,

@@ -68,38 +68,41 @@ def _number(value: Any) -> float | None:
 def detector_scores(extra: Mapping[str, Any], when: float) -> list[Score]:
     """Detector scores found in an audit record's ``extra`` (``{"flag", "evidence"}``).
 
-    Accepts the shapes detection writes: an observation or evidence dict (``detector``, ``score``,
-    ``threshold``), a list of them, a dict of them under any key, or ``{detector: score}``.
+    Finds every mapping with a numeric ``score`` and a ``detector`` name (or named by its key)
+    anywhere in ``evidence`` (an action with its evidence list, an observation, a list of
+    them), and ``{"scores": {detector: score or {...}}}``. Group views (``subject`` starting
+    with ``group:``) are named after their group.
     """
     found: list[Score] = []
 
     def walk(node: Any, name: str | None, depth: int) -> None:
-        if depth > 4:
+        if depth > 5:
             return
         if isinstance(node, Mapping):
             score = _number(node.get("score"))
             label = node.get("detector", name)
             if score is not None and isinstance(label, str):
+                subject = node.get("subject")
+                if isinstance(subject, str) and subject.startswith("group:"):
+                    label = f"{label} ({subject})"
                 found.append(Score(when, label, score, _number(node.get("threshold"))))
                 return
             for key, value in node.items():
-                if not isinstance(key, str):
-                    continue
-                number = _number(value)
-                if number is not None and depth >= 1 and key not in ("threshold", "queries_seen"):
-                    found.append(Score(when, key, number, None))
-                else:
-                    walk(value, key, depth + 1)
+                if isinstance(value, Mapping | list):
+                    walk(value, key if isinstance(key, str) else None, depth + 1)
         elif isinstance(node, list):
-            for item in node[:32]:
+            for item in node[:64]:
                 walk(item, name, depth + 1)
 
-    evidence = extra.get("evidence")
-    if evidence is not None:
-        walk(evidence, None, 0)
+    walk(extra.get("evidence"), None, 0)
     scores = extra.get("scores")
-    if scores is not None:
-        walk(scores, None, 1)
+    if isinstance(scores, Mapping):
+        for key, value in scores.items():
+            number = _number(value)
+            if number is not None and isinstance(key, str):
+                found.append(Score(when, key, number, None))
+            else:
+                walk(value, key if isinstance(key, str) else None, 1)
     return found
 
 
@@ -123,8 +126,8 @@ class TrafficView:
         *,
         window: float = 900.0,
         bucket: float = 5.0,
-        lag: float = 2.0,
-        min_interval: float = 1.0,
+        lag: float = 1.0,
+        min_interval: float = 3.0,
     ) -> None:
         if bucket <= 0 or window < bucket:
             raise ValueError("need 0 < bucket <= window")
@@ -133,7 +136,7 @@ class TrafficView:
         self.bucket = bucket
         self.lag = lag
         self.min_interval = min_interval
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held while folding records in, and by readers
         self._since: float | None = None
         self._last_refresh = -math.inf
         self._seen: dict[tuple[str, int], float] = {}
@@ -142,6 +145,7 @@ class TrafficView:
         self.refusals: dict[str, dict[int, int]] = {}
         self.clients: dict[str, ClientView] = {}
         self.records_read = 0
+        self.first_seen: float | None = None
 
     def expire(self) -> None:
         """Make the next :meth:`refresh` read the log whatever ``min_interval`` says."""
@@ -152,7 +156,7 @@ class TrafficView:
 
     def refresh(self, now: float) -> None:
         """Fold in records committed since the last refresh (skipped if one ran lately)."""
-        if not self._lock.acquire(blocking=False):
+        if not self.lock.acquire(blocking=False):
             return  # another refresh is running: its result is as fresh as ours would be
         try:
             if now - self._last_refresh < self.min_interval:
@@ -172,10 +176,12 @@ class TrafficView:
             self._since = max(since, min(newest, now) - self.lag)
             self._prune(now)
         finally:
-            self._lock.release()
+            self.lock.release()
 
     def _fold(self, r: AuditRecord) -> None:
         b = self.index(r.time)
+        if self.first_seen is None or r.time < self.first_seen:
+            self.first_seen = r.time
         client = r.client or ""
         if client.startswith(ADMIN_PREFIX):
             parsed = parse_action(r.reason)
@@ -232,9 +238,17 @@ class TrafficView:
             for stale in [i for i in counts if i < oldest]:
                 del counts[stale]
 
+    def start(self, now: float) -> float:
+        """Where charts start: the window, cut to shortly before the first record seen (so that
+        a young gateway's charts are not one spike at the right edge), at least a minute."""
+        begin = now - self.window
+        if self.first_seen is not None:
+            begin = max(begin, self.first_seen - 4 * self.bucket)
+        return min(begin, now - 60.0)
+
     def series(self, counts: Mapping[int, int], now: float) -> list[tuple[float, float]]:
         """``(bucket start, count)`` for every bucket of the window, zeros included."""
-        first, last = self.index(now - self.window), self.index(now)
+        first, last = self.index(self.start(now)), self.index(now)
         return [(i * self.bucket, float(counts.get(i, 0))) for i in range(first, last + 1)]
 
     def total(self, counts: Mapping[int, int]) -> int:

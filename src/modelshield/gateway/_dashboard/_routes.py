@@ -55,7 +55,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chromium send Origin: null
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
@@ -117,6 +117,8 @@ class Latency:
         return totals
 
     def sample(self, now: float) -> None:
+        if self._snapshots and now - self._snapshots[-1][0] < 1.0:
+            return
         self._snapshots.append((now, self._read()))
         while self._snapshots and self._snapshots[0][0] < now - self._window:
             self._snapshots.popleft()
@@ -221,10 +223,15 @@ class Dashboard:
             return False
         return True
 
-    def refresh(self) -> None:
+    def refresh_and_render(
+        self, render: Callable[[Request, Session], str], request: Request, session: Session
+    ) -> str:
+        """Fold in new records, then render while no other thread changes the view."""
         now = self.gateway.clock()
         self.view.refresh(now)
-        self.latency.sample(now)
+        with self.view.lock:
+            self.latency.sample(now)
+            return render(request, session)
 
     def html(
         self, request: Request, session: Session, title: str, active: str, body: str
@@ -394,8 +401,7 @@ class Dashboard:
             session = self.session(request)
             if session is None:
                 return self.to_login(request)
-            await asyncio.to_thread(self.refresh)
-            body = await asyncio.to_thread(render, request, session)
+            body = await asyncio.to_thread(self.refresh_and_render, render, request, session)
             heading = title.format(**{k: str(v) for k, v in request.path_params.items()})
             return self.html(request, session, heading, active, body)
 
@@ -416,7 +422,7 @@ class Dashboard:
     def overview(self, request: Request, session: Session) -> str:
         now = self.gateway.clock()
         view = self.view
-        t0, t1 = now - view.window, now
+        t0, t1 = view.start(now), now
         flags = self.flags()
         requests = sum(view.total(c) for c in view.model_requests.values())
         rows = sum(view.total(c) for c in view.model_rows.values())
@@ -560,7 +566,7 @@ class Dashboard:
     def client_page(self, request: Request, session: Session) -> str:
         name = str(request.path_params["client"])
         now = self.gateway.clock()
-        t0, t1 = now - self.view.window, now
+        t0, t1 = self.view.start(now), now
         registered = {c.name: c for c in self.registry_clients()}
         client = registered.get(name)
         view = self.view.clients.get(name)
@@ -779,7 +785,7 @@ class Dashboard:
                 ("input", f"<code>{e(json.dumps(predictor.input_spec.to_dict()))}</code>"),
                 (
                     "response watermark",
-                    badge("on", "ok") if self.gateway.marker is not None else badge("off"),
+                    badge("on", "ok") if name in self.gateway.markers else badge("off"),
                 ),
             ]
             if path is None:
@@ -902,8 +908,9 @@ class Dashboard:
             return checked
         session, form = checked
         action = form.get("action")
-        known = {c.name for c in self.registry_clients()} | set(self.view.clients)
-        if not isinstance(action, str) or action not in ACTIONS or name not in known:
+        registered = {c.name for c in self.registry_clients()}
+        known = name in registered or name in self.view.clients  # (a lookup needs no lock)
+        if not isinstance(action, str) or action not in ACTIONS or not known:
             await self.audit(session, "client-action", f"dashboard-invalid:{name}", 422)
             return HTMLResponse("<!doctype html><p>Unknown client or action.</p>", 422)
         flag = ACTIONS[action]

@@ -90,9 +90,10 @@ def line_chart(
         )
     for i in range(5):
         t = t0 + span * i / 4
+        anchor = ("start", "middle", "middle", "middle", "end")[i]
         out.append(
-            f'<text x="{x(t):.1f}" y="{height - bottom + 16}" text-anchor="middle" class="tick">'
-            f"{_clock(t)}</text>"
+            f'<text x="{x(t):.1f}" y="{height - bottom + 16}" text-anchor="{anchor}" '
+            f'class="tick">{_clock(t)}</text>'
         )
     out.append(
         f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" '

@@ -1,0 +1,78 @@
+"""``modelshield attack matrix``: every attack against every defence, with an HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modelshield.cli._app import console
+
+
+def matrix(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="redteam.toml (default: the digits demo).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for results.json and report.html.")
+    ] = Path("redteam-report"),
+) -> None:
+    """Run attacks x defences x budgets; write results.json and an HTML report."""
+    from modelshield.attacks._redteam import load_redteam_config, run_redteam
+    from modelshield.attacks._report import render_matrix_html
+    from modelshield.gateway._detection import detection_factory, watermark_factory
+
+    settings = load_redteam_config(config)
+    total = len(settings.attacks) * len(settings.defences) * len(settings.budgets)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("red team", total=total)
+        result = run_redteam(
+            settings,
+            detection=detection_factory(settings.seed)
+            if "detection" in settings.defences
+            else None,
+            watermark=watermark_factory(settings.seed)
+            if "watermark" in settings.defences
+            else None,
+            progress=lambda label: progress.update(task, advance=1, description=label),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    (out / "report.html").write_text(render_matrix_html(result), encoding="utf-8")
+    table = Table(title="fidelity of the stolen copy (lower is better)")
+    table.add_column("attack")
+    table.add_column("defence")
+    for budget in settings.budgets:
+        table.add_column(f"@{budget}", justify="right")
+    for attack in settings.attacks:
+        for defence in settings.defences:
+            cells = []
+            for budget in settings.budgets:
+                run = next(
+                    (r for r in result.runs
+                     if (r.attack, r.defence, r.budget) == (attack, defence, budget)),
+                    None,
+                )  # fmt: skip
+                cells.append("-" if run is None or run.fidelity is None else f"{run.fidelity:.2f}")
+            table.add_row(attack, defence, *cells)
+    console.print(table)
+    benign = Table(title="benign cost")
+    for column in ("defence", "honest accuracy", "top-1 kept"):
+        benign.add_column(column)
+    for b in result.benign:
+        benign.add_row(b.defence, f"{b.accuracy:.3f}", f"{b.top1_kept:.4f}")
+    console.print(benign)
+    console.print(f"results: {out / 'results.json'}; report: {out / 'report.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    from modelshield.cli._attack import attack_app
+
+    attack_app.command("matrix")(matrix)
