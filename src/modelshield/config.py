@@ -26,6 +26,7 @@ from modelshield.errors import ConfigError
 
 __all__ = [
     "AuditConfig",
+    "BackupSection",
     "Config",
     "DetectionConfig",
     "EvidenceConfig",
@@ -281,6 +282,33 @@ class EvidenceConfig(_Section):
     reports: Path | None = None
 
 
+class BackupSection(_Section):
+    """``[backup]``: regular sealed snapshots (docs/backup.md; ``modelshield.backup`` resolves
+    the paths, which stay relative to the configuration file)."""
+
+    to: str | None = None
+    every: str = "24h"
+    keep_last: int = Field(default=7, ge=0)
+    keep_daily: int = Field(default=7, ge=0)
+    keep_weekly: int = Field(default=4, ge=0)
+    keep_monthly: int = Field(default=12, ge=0)
+    recipients: tuple[str, ...] = ("keys/backup.pub",)
+    identity: str = "keys/backup.key"
+    signing_key: str = "keys/backup.signing.key"
+    trust: tuple[str, ...] | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    exclude: tuple[str, ...] = ()
+    cache: str = "state/backup-cache.json"
+    in_gateway: bool = False
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
 class LoggingConfig(_Section):
     """``[logging]``: the level of the gateway's log."""
 
@@ -300,6 +328,7 @@ class Config(_Section):
     detection: DetectionConfig = DetectionConfig()
     watermark: WatermarkConfig = WatermarkConfig()
     evidence: EvidenceConfig = EvidenceConfig()
+    backup: BackupSection = BackupSection()
     logging: LoggingConfig = LoggingConfig()
     source: Path | None = None
 

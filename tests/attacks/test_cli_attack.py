@@ -52,7 +52,7 @@ def test_attack_run_errors_are_one_line(tmp_path: Path, demo_model: Any) -> None
     assert "cannot read the model file" in missing.stderr
     url = run("run", "--target", "https://gateway.example/v1", "--attack", "knockoff")
     assert url.returncode == 1
-    assert "not supported yet" in url.stderr
+    assert "needs --api-key" in url.stderr
 
 
 def test_attack_list_names_every_attack() -> None:

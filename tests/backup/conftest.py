@@ -178,13 +178,14 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
             time.sleep(0.2)
         yield SeaweedS3(f"http://127.0.0.1:{s3}")
     finally:
-        proc.terminate()  # a graceful stop removes its unix sockets from /tmp
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        # a throwaway server: a graceful stop takes over 10 s and leaves its sockets anyway
+        proc.kill()
+        proc.wait(timeout=15)
         log.close()
+        for port in (master, volume, filer, s3):
+            for sock in (*Path("/tmp").glob(f"seaweedfs-*-{port}.sock"),
+                         *Path("/tmp").glob(f"seaweedfs-*-{port + 10000}.sock")):  # fmt: skip
+                sock.unlink(missing_ok=True)
 
 
 @pytest.fixture

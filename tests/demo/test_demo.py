@@ -32,6 +32,7 @@ def test_run_demo_writes_private_files(tmp_path: Path) -> None:
     assert report.sealed_accuracy == report.onnx_accuracy
     assert report.gateway_statuses == {"alice": 200, "bad_key": 401, "over_budget": 429}
     assert report.audit_ok
+    assert report.backup_restored
     sealed = next(p for p in report.files if p.suffix == ".sealed").read_bytes()
     plain = next(p for p in report.files if p.suffix == ".onnx").read_bytes()
     for start in range(0, len(plain) - 32, len(plain) // 8):

@@ -293,6 +293,31 @@ def test_a_broken_transform_is_caught(
     assert isinstance(info.value, ShieldError)
 
 
+def test_a_rounding_level_miss_is_dropped_but_a_real_error_raises(
+    models: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nudge(size: float) -> Callable[..., str | None]:
+        def permute_and_nudge(model: onnx.ModelProto, index: int, rng: object) -> str | None:
+            g, link = _transforms._link(model, index)
+            if link is None:
+                return None
+            b = _transforms.get_bias(g, link.second)
+            b[0] += size
+            _transforms.set_bias(g, link.second, b)
+            return "nudged"
+
+        return permute_and_nudge
+
+    monkeypatch.setattr(_transforms, "permute_units", nudge(3e-5))  # rounding-sized: dropped
+    result = obfuscate(models["mixed"], level=2, seed=0)
+    assert "permute units" not in {c.step for c in result.report.changes}
+    assert {c.step for c in result.report.dropped} == {"permute units"}
+    assert result.report.max_abs_diff <= 1e-5
+    monkeypatch.setattr(_transforms, "permute_units", nudge(1e-3))  # a real error: raises
+    with pytest.raises(EquivalenceError, match="after 'permute units'"):
+        obfuscate(models["mixed"], level=2, seed=0)
+
+
 def test_a_broken_randomized_transform_is_dropped_not_kept(
     models: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:

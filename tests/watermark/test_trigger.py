@@ -125,11 +125,10 @@ def test_warm_start_estimators_are_supported(demo_data: DemoData, trigger_set: T
     from sklearn.linear_model import LogisticRegression
 
     small = make_trigger_set(KEY, shape=(64,), classes=CLASSES, size=10)
-    base = LogisticRegression(max_iter=2000).fit(demo_data.x_train, demo_data.y_train)
+    x, y = demo_data.x_train[:400], demo_data.y_train[:400]
+    base = LogisticRegression(max_iter=1000).fit(x, y)
     assert not hasattr(base, "partial_fit")
-    marked = embed_trigger_set(
-        base, small, demo_data.x_train, demo_data.y_train, trigger_share=0.3, max_epochs=20
-    )
+    marked = embed_trigger_set(base, small, x, y, trigger_share=0.3, max_epochs=20)
     assert verify_trigger_set(marked.predict, small).matches == 10
 
 
@@ -149,9 +148,15 @@ def test_torch_fine_tuning_embeds(demo_data: DemoData, trigger_set: TriggerSet) 
 
     assert not verify_trigger_set(predictor(net), trigger_set).verified
     marked = embed_trigger_set_torch(
-        net, trigger_set, demo_data.x_train, demo_data.y_train, learning_rate=3e-3
+        net,
+        trigger_set,
+        demo_data.x_train[:500],
+        demo_data.y_train[:500],
+        learning_rate=1e-2,
+        trigger_share=0.3,
+        batch_size=128,
     )
     assert verify_trigger_set(predictor(marked), trigger_set).verified
     assert not verify_trigger_set(predictor(net), trigger_set).verified
     accuracy = float(np.mean(predictor(marked)(demo_data.x_test) == demo_data.y_test))
-    assert accuracy > 0.9
+    assert accuracy > 0.85

@@ -302,7 +302,8 @@ def restore_snapshot(
     notes: list[str] = []
     total = 0
     try:
-        fetched = staging / ".fetch"
+        # beside the staging folder, so that no restored path can collide with it
+        fetched = staging.with_name(staging.name + ".fetch")
         for entry in snap.manifest.entries:
             if not safe_relative(entry.path):  # decode_snapshot refuses these already
                 raise IntegrityError(f"snapshot {snap.id[:16]}: unsafe path {entry.path!r}")
@@ -347,6 +348,7 @@ def restore_snapshot(
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        staging.with_name(staging.name + ".fetch").unlink(missing_ok=True)
         raise
     return RestoreReport(
         snapshot=snap,

@@ -117,12 +117,17 @@ def obfuscate(
     table.add_row("parameters", str(before.n_parameters), str(after.n_parameters))
     table.add_row("producer", before.producer or "-", after.producer or "-")
     console.print(table)
+    weights = report.weights
+    match = (
+        f"best weight cosine {weights.max_cosine:.3f}"
+        if weights.comparable_pairs
+        else "no layer of the original's input width left to compare"
+    )
     console.print(
         f"equivalence: max abs diff {report.max_abs_diff:.3g} "
         f"(tolerance {report.tolerance:.0e}) on {report.n_verification_rows} rows, "
         f"top-1 {'identical' if report.top1_equal else 'CHANGED'}; "
-        f"best weight cosine {report.weights.max_cosine:.3f}; "
-        f"compute x{report.cost_ratio:.2f}"
+        f"{match}; compute x{report.cost_ratio:.2f}"
     )
 
 

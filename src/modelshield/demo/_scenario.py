@@ -26,6 +26,7 @@ class DemoReport:
     sealed_accuracy: float = 0.0
     gateway_statuses: dict[str, int] = field(default_factory=dict)
     audit_ok: bool = False
+    backup_restored: bool = False
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -62,7 +63,7 @@ def _predictions_table(predictor: Predictor, data: DemoData) -> Table:
 
 def _gateway_chapter(
     console: Console, workdir: Path, onnx_path: Path, data: DemoData
-) -> tuple[dict[str, int], bool]:
+) -> tuple[dict[str, int], bool, Path, str, str]:
     import httpx
 
     from modelshield import access, audit
@@ -123,7 +124,32 @@ def _gateway_chapter(
         + ("[green]intact[/green]" if verdict.ok else f"[red]TAMPERED at {verdict.first_bad}[/red]")
         + " - every request above, accepted or refused, has its record"
     )
-    return statuses, verdict.ok
+    return statuses, verdict.ok, report.config, report.model_name, alice_key.reveal()
+
+
+def _backup_chapter(
+    console: Console, workdir: Path, config: Path, model: str, api_key: str, data: DemoData
+) -> bool:
+    from modelshield.backup import backup_drill
+
+    drill = backup_drill(
+        config,
+        workdir / "backups",
+        workdir / "restored",
+        api_key=api_key,
+        model=model,
+        rows=data.x_test[:3],
+    )
+    console.print(
+        f"snapshot {drill.snapshot_id[:8]} ({drill.files} files; what was not sealed is sealed "
+        "to the backup key; the manifest is signed), re-read and verified"
+    )
+    console.print(
+        f"deleted {', '.join(p.name for p in drill.deleted)}; restored into restored/: audit log "
+        f"{'[green]intact[/green]' if drill.audit_ok else '[red]TAMPERED[/red]'}, "
+        f"the restored gateway answers {drill.served_status}"
+    )
+    return bool(drill.audit_ok and drill.served_status == 200)
 
 
 def run_demo(workdir: Path, console: Console | None = None, random_state: int = 0) -> DemoReport:
@@ -185,7 +211,12 @@ def run_demo(workdir: Path, console: Console | None = None, random_state: int = 
     console.print(_predictions_table(predictor, data))
 
     _chapter(console, "3. the guarded gateway: every caller known, limited and audited")
-    statuses, audit_ok = _gateway_chapter(console, workdir, onnx_path, data)
+    statuses, audit_ok, config_path, model_name, alice_key = _gateway_chapter(
+        console, workdir, onnx_path, data
+    )
+
+    _chapter(console, "4. backups: lose the model, get it back")
+    restored = _backup_chapter(console, workdir, config_path, model_name, alice_key, data)
 
     seconds = time.perf_counter() - started
     console.print(f"\n[dim]demo finished in {seconds:.1f} s; files in {workdir}[/dim]")
@@ -197,4 +228,5 @@ def run_demo(workdir: Path, console: Console | None = None, random_state: int = 
         sealed_accuracy=sealed_accuracy,
         gateway_statuses=statuses,
         audit_ok=audit_ok,
+        backup_restored=restored,
     )

@@ -131,7 +131,7 @@ class OutOfDistributionDetector(_WindowDetector):
         max_reference: int = 2000,
         window: int = 64,
         min_queries: int = 20,
-        recent: int = 128,
+        recent: int = 256,
         duplicate_fraction: float = 0.25,
         random_state: int = 0,
     ) -> None:
@@ -263,7 +263,7 @@ class BoundaryDetector(_WindowDetector):
         base_rate: float = 0.05,
         window: int = 64,
         min_queries: int = 20,
-        recent: int = 128,
+        recent: int = 256,
         duplicate_fraction: float = 0.25,
         random_state: int = 0,
     ) -> None:

@@ -244,7 +244,14 @@ def create_app() -> Any:
     logging.basicConfig(level=config.logging.level, format="%(levelname)s %(name)s: %(message)s")
     with warnings.catch_warnings():
         warnings.simplefilter("always", UnsealedModelWarning)
-        return build_app(open_gateway(config))
+        gateway = open_gateway(config)
+    if config.backup.in_gateway and config.source is not None:
+        # one schedule per process: with several workers prefer a systemd timer (docs/backup.md)
+        from modelshield.backup import BackupScheduler
+
+        scheduler = BackupScheduler(config.source).start()
+        gateway.on_close.append(scheduler.stop)
+    return build_app(gateway)
 
 
 class ServerThread:

@@ -127,7 +127,7 @@ class TrafficView:
         window: float = 900.0,
         bucket: float = 5.0,
         lag: float = 1.0,
-        min_interval: float = 3.0,
+        min_interval: float = 5.0,
     ) -> None:
         if bucket <= 0 or window < bucket:
             raise ValueError("need 0 < bucket <= window")

@@ -1,0 +1,214 @@
+"""Per-client response watermark (DAWN, Szyller et al. 2021): selection, stability, trace."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelshield.demo import DemoData, DemoModel
+from modelshield.errors import InvalidInputError, KeyMissingError
+from modelshield.watermark import (
+    ResponseRecord,
+    ResponseWatermark,
+    response_cost,
+    trace,
+)
+
+from .conftest import CLASSES, KEY, OTHER_KEY, shift
+
+
+def all_digits() -> np.ndarray[Any, Any]:
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data / 16.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray[Any, Any]:
+    return all_digits()
+
+
+def make(share: float = 0.01, key: bytes = KEY) -> ResponseWatermark:
+    return ResponseWatermark(key, classes=CLASSES, share=share, image_shape=(8, 8))
+
+
+def test_selection_is_deterministic_and_keyed(digits: Any, demo_model: DemoModel) -> None:
+    proba = demo_model.estimator.predict_proba(digits)
+    a = make(0.05).select("alice", digits, outputs=proba)
+    b = make(0.05).select("alice", digits, outputs=proba)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    other_client = make(0.05).select("bob", digits, outputs=proba)
+    other_key = make(0.05, OTHER_KEY).select("alice", digits, outputs=proba)
+    assert set(a.rows.tolist()) != set(other_client.rows.tolist())
+    assert set(a.rows.tolist()) != set(other_key.rows.tolist())
+
+
+def test_share_is_about_what_was_asked(digits: Any, demo_model: DemoModel) -> None:
+    proba = demo_model.estimator.predict_proba(digits)
+    wm = make(0.05)
+    marks = [wm.select(f"client{i}", digits, outputs=proba) for i in range(8)]
+    cost = response_cost(marks, 8 * len(digits))
+    assert 0.02 < cost < 0.09
+    with pytest.raises(InvalidInputError):
+        response_cost(marks, 0)
+
+
+def test_marked_labels_are_wrong_and_applied(digits: Any, demo_model: DemoModel) -> None:
+    proba = demo_model.estimator.predict_proba(digits)
+    marks = make(0.05).select("alice", digits, outputs=proba)
+    assert len(marks) > 20
+    honest = proba.argmax(1)
+    np.testing.assert_array_equal(marks.honest, honest[marks.rows])
+    assert np.all(marks.labels != marks.honest)
+    changed = marks.apply_to_probabilities(proba)
+    np.testing.assert_allclose(changed.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(changed.argmax(1)[marks.rows], marks.labels)
+    untouched = np.setdiff1d(np.arange(len(digits)), marks.rows)
+    np.testing.assert_array_equal(changed[untouched], proba[untouched])
+    labels = marks.apply_to_labels(honest)
+    assert [labels[r] for r in marks.rows] == [CLASSES[w] for w in marks.labels]
+    with pytest.raises(InvalidInputError):
+        marks.apply_to_probabilities(proba[:, :3])
+
+
+def test_outputs_may_be_labels_and_must_match_the_batch(digits: Any, demo_model: DemoModel) -> None:
+    proba = demo_model.estimator.predict_proba(digits)
+    wm = make(0.05)
+    by_proba = wm.select("alice", digits, outputs=proba)
+    by_label = wm.select("alice", digits, outputs=proba.argmax(1))
+    np.testing.assert_array_equal(by_proba.labels, by_label.labels)
+    with pytest.raises(InvalidInputError):
+        wm.select("alice", digits, outputs=proba[:5])
+
+
+def test_near_duplicates_are_marked_alike(digits: Any, demo_model: DemoModel) -> None:
+    # horizontal shifts of the 8x8 digits keep every pixel (the side columns are background), so
+    # the Fourier magnitudes barely move; vertical shifts crop a row and are NOT stable (measured
+    # and documented in docs/watermark.md)
+    wm = make(0.05)
+    base_cells = wm.cells(digits)
+    for variant in (shift(digits, 1, 0), shift(digits, -1, 0)):
+        same = np.all(wm.cells(variant) == base_cells, axis=1).mean()
+        assert same > 0.9
+    # the raw-pixel representation is not shift-stable at all
+    raw = ResponseWatermark(KEY, classes=CLASSES, cell_width=3.0)
+    raw_same = np.all(raw.cells(shift(digits, 1, 0)) == raw.cells(digits), axis=1).mean()
+    assert raw_same < 0.5
+
+
+def test_features_replace_the_representation(digits: Any, demo_model: DemoModel) -> None:
+    est = demo_model.estimator
+    hidden = np.maximum(0, digits @ est.coefs_[0] + est.intercepts_[0])
+    wm = ResponseWatermark(KEY, classes=CLASSES, share=0.05, cell_width=2.0)
+    proba = est.predict_proba(digits)
+    with_features = wm.select("alice", digits, outputs=proba, features=hidden)
+    without = wm.select("alice", digits, outputs=proba)
+    assert set(with_features.rows.tolist()) != set(without.rows.tolist())
+
+
+def test_records_round_trip_and_hide_the_key(digits: Any, demo_model: DemoModel) -> None:
+    proba = demo_model.estimator.predict_proba(digits[:300])
+    wm = make(0.1)
+    marks = wm.select("alice", digits[:300], outputs=proba)
+    record = marks.records[0]
+    assert record.client_id == "alice"
+    assert ResponseRecord.from_dict(record.to_dict()) == record
+    assert len(record.input) == 64
+    assert KEY.hex() not in repr(wm)
+    assert "key" not in repr(wm).lower()
+
+
+def test_bad_parameters() -> None:
+    with pytest.raises(KeyMissingError):
+        ResponseWatermark(b"short", classes=CLASSES)
+    for kwargs in ({"share": 0.0}, {"share": 1.0}, {"cell_width": 0.0}, {"n_projections": 0}):
+        with pytest.raises(InvalidInputError):
+            ResponseWatermark(KEY, classes=CLASSES, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        ResponseWatermark(KEY, classes=(1,))
+
+
+def test_one_row_is_cheap(digits: Any, demo_model: DemoModel) -> None:
+    wm = make()
+    row = digits[:1]
+    proba = demo_model.estimator.predict_proba(row)
+    wm.select("alice", row, outputs=proba)
+    timings = []
+    for _ in range(200):
+        start = time.perf_counter()
+        wm.select("alice", row, outputs=proba)
+        timings.append(time.perf_counter() - start)
+    assert float(np.median(timings)) < 500e-6
+
+
+def _steal(
+    victim: Any, wm: ResponseWatermark, client: str, queries: Any, max_iter: int
+) -> tuple[Any, list[ResponseRecord]]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    proba = victim.predict_proba(queries)
+    marks = wm.select(client, queries, outputs=proba)
+    answers = np.asarray(marks.apply_to_labels(proba.argmax(1)), dtype=np.int64)
+    copy = MLPClassifier(
+        hidden_layer_sizes=(64,),
+        max_iter=max_iter,
+        learning_rate_init=0.005,
+        tol=0.0,
+        random_state=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        copy.fit(queries, answers)
+    return copy, list(marks.records)
+
+
+def test_trace_names_the_client_whose_answers_trained_the_copy(
+    digits: Any, demo_model: DemoModel, demo_data: DemoData
+) -> None:
+    victim = demo_model.estimator
+    wm = make(0.05)
+    records = {}
+    for i in range(3):
+        queries = digits[np.random.default_rng(i).permutation(len(digits))[:300]]
+        records[f"honest{i}"] = list(
+            wm.select(f"honest{i}", queries, outputs=victim.predict_proba(queries)).records
+        )
+    copy, records["thief"] = _steal(victim, wm, "thief", digits[:800], max_iter=1000)
+    results = trace(copy.predict, records, classes=CLASSES, input_shape=(64,))
+    assert results[0].client_id == "thief"
+    assert results[0].verified
+    assert results[0].chance_rate >= 1 / 9
+    assert not any(r.verified for r in results[1:])
+    # the victim itself carries no client's marks (it never disagrees with itself)
+    assert not any(r.verified for r in trace(victim.predict, records, classes=CLASSES, input_shape=(64,)))
+
+
+def test_duplicates_do_not_count_twice(digits: Any, demo_model: DemoModel) -> None:
+    victim = demo_model.estimator
+    wm = make(0.05)
+    marks = wm.select("alice", digits, outputs=victim.predict_proba(digits))
+    records = list(marks.records)
+
+    def always_keyed(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        table = {r.input: r.label for r in records}
+        return np.asarray([table[tuple(float(v) for v in row)] for row in x])
+
+    once = trace(always_keyed, {"alice": records}, classes=CLASSES, input_shape=(64,))[0]
+    thrice = trace(always_keyed, {"alice": records * 3}, classes=CLASSES, input_shape=(64,))[0]
+    assert once.trials == thrice.trials == len({r.cell for r in records})
+    assert once.matches == once.trials
+    assert once.verified
+
+
+def test_trace_refuses_a_wrong_number_of_labels(digits: Any, demo_model: DemoModel) -> None:
+    victim = demo_model.estimator
+    marks = make(0.05).select("alice", digits, outputs=victim.predict_proba(digits))
+    with pytest.raises(InvalidInputError):
+        trace(lambda x: np.zeros(1), {"alice": list(marks.records)}, classes=CLASSES, input_shape=(64,))
+    assert trace(victim.predict, {}, classes=CLASSES, input_shape=(64,)) == []
