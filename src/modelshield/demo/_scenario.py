@@ -99,7 +99,8 @@ def _gateway_chapter(
         body = r.json()
         console.print(
             f"alice (standard tier) asks for 3 images -> [green]{r.status_code}[/green] "
-            f"labels {body['labels']}, scores hardened to top-3, 2 decimals: "
+            f"labels {body['labels']} (exact), scores hardened "
+            "(reverse sigmoid, top 3, 2 decimals): "
             f"{[round(max(p), 2) for p in body['probabilities']]}"
         )
         r = call("msk_stolen0000_" + "x" * 49, data.x_test[:1])

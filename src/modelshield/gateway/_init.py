@@ -43,7 +43,9 @@ burst = 20
 budget_rows = 2000          # rows per period, per client
 budget_period = "24h"
 max_batch_rows = 100
-output = ["top_k:3", "round:2"]
+# The top-1 label is exact (the `labels` field); the scores are deceptive (Lee et al.'s reverse
+# sigmoid), cut to the top 3 and rounded: useless for training a copy on soft labels.
+output = ["reverse_sigmoid:1:0.2", "top_k:3", "round:2"]
 
 # For clients that only need the label.
 [tiers.labels]
