@@ -146,7 +146,8 @@ class ModelConfig(_Section):
 def _check_store_url(value: str, schemes: tuple[str, ...]) -> str:
     scheme = value.split("://", 1)[0] if "://" in value else ""
     if scheme not in schemes:
-        raise ValueError(f"URL scheme must be one of {', '.join(schemes)}, got {value!r}")
+        # only the scheme is echoed: a URL may carry a password
+        raise ValueError(f"URL scheme must be one of {', '.join(schemes)}, got {scheme!r}")
     return value
 
 
@@ -162,7 +163,7 @@ class RegistryConfig(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        return _check_store_url(value, ("sqlite", "postgresql"))
+        return _check_store_url(value, ("sqlite", "postgresql", "postgres"))
 
 
 class AuditConfig(_Section):
@@ -174,7 +175,7 @@ class AuditConfig(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        return _check_store_url(value, ("sqlite", "postgresql"))
+        return _check_store_url(value, ("sqlite", "postgresql", "postgres"))
 
 
 class StateConfig(_Section):
@@ -189,7 +190,7 @@ class StateConfig(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        return _check_store_url(value, ("memory", "redis"))
+        return _check_store_url(value, ("memory", "redis", "rediss"))
 
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

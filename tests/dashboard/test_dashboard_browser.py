@@ -17,14 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
 import orjson
 import pytest
 
-from modelshield.attacks import Answer, Evaluation, UniformNoise
-from modelshield.errors import AuthenticationError, AuthorizationError, RateLimitedError
-from modelshield.models import InputSpec, Label, Predictor
+from modelshield.attacks import Evaluation, HttpTarget, UniformNoise
 
 from .conftest import SESSION_TTL, Deployment
 
@@ -88,45 +84,6 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-class GatewayTarget:
-    """The live gateway as an attack :class:`~modelshield.attacks.Target` (HTTP, one API key)."""
-
-    def __init__(self, url: str, key: str, predictor: Predictor) -> None:
-        self._http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=10
-        )
-        self._predictor = predictor
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return self._predictor.input_spec
-
-    @property
-    def classes(self) -> tuple[Label, ...]:
-        return tuple(self._predictor.classes)
-
-    def query(self, inputs: Any) -> Answer:
-        r = self._http.post(
-            "/v1/models/digits/predict", json={"inputs": np.asarray(inputs).round(5).tolist()}
-        )
-        if r.status_code == 403:
-            raise AuthorizationError(r.json()["error"]["message"])
-        if r.status_code == 429:
-            raise RateLimitedError(r.json()["error"]["message"])
-        if r.status_code == 401:
-            raise AuthenticationError("invalid API key")
-        r.raise_for_status()
-        payload = r.json()
-        probabilities = payload.get("probabilities")
-        return Answer(
-            labels=np.asarray(payload["labels"]),
-            probabilities=None if probabilities is None else np.asarray(probabilities, float),
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-
 def _shot(page: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"dashboard-{name}.png"), full_page=True)
@@ -172,7 +129,7 @@ def test_attack_flag_block_and_audit_in_chromium(deployment: Deployment, browser
                 )
         victim = dep.gateway.models["digits"]
         evaluation = Evaluation.from_predictor(victim, inputs=dep.data.x_test[200:400])
-        target = GatewayTarget(dep.url, dep.keys["mallory"], victim)
+        target = HttpTarget(dep.url, api_key=dep.keys["mallory"], model="digits")
         try:
             first = UniformNoise(budget=400, batch_size=20, random_state=0).run(
                 target, evaluation=evaluation
@@ -223,6 +180,7 @@ def test_attack_flag_block_and_audit_in_chromium(deployment: Deployment, browser
         page.select_option("select[name=decision]", "admin")
         page.click("#audit-filters button[type=submit]")
         expect(page.locator("#audit-table")).to_contain_text("flag:mallory:block")
+        expect(page.locator("#audit-table")).not_to_contain_text("forbidden")  # mallory's 403s
         page.click("#verify")
         expect(page.locator("#verify-status")).to_contain_text("intact")
         _shot(page, "audit")

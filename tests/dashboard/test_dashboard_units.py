@@ -215,6 +215,20 @@ def test_traffic_view_reads_incrementally_without_double_counting() -> None:
     assert view.total(alice.requests) == 0
 
 
+def test_traffic_view_reads_a_long_backlog_over_several_refreshes() -> None:
+    store = ListStore()
+    store.records += [_record(i, 1000.0 + i * 0.01) for i in range(250)]
+    view = TrafficView(store, window=100, bucket=10, min_interval=0, max_records=100)  # type: ignore[arg-type]
+    view.refresh(1010.0)
+    assert view.caught_up is not None
+    assert view.total(view.clients["alice"].requests) == 100
+    view.refresh(1010.0)
+    view.refresh(1010.0)
+    assert view.caught_up is None
+    assert view.total(view.clients["alice"].requests) == 250
+    assert view.records_read == 250
+
+
 def test_traffic_view_rejects_bad_windows() -> None:
     with pytest.raises(ValueError, match="bucket"):
         TrafficView(ListStore(), window=1, bucket=10)  # type: ignore[arg-type]

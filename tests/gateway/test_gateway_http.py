@@ -203,15 +203,24 @@ def test_every_request_is_audited_and_the_chain_verifies(live: LiveGateway) -> N
 def test_metrics_are_prometheus_text_without_client_ids(live: LiveGateway) -> None:
     with live.client() as c:
         predict(c, [[0.0] * 64])
+    for i in range(5):  # unknown model names must not grow the label sets
+        httpx.post(f"{live.url}/v1/models/junk{i}/predict", json={"inputs": [[0.0] * 64]})
     text = httpx.get(f"{live.url}/metrics").text
+    assert "junk" not in text
+    assert 'model="unknown"' in text
     assert "modelshield_requests_total" in text
     assert "modelshield_request_duration_seconds_bucket" in text
     assert "modelshield_rows_served_total" in text
     assert "alice" not in text
 
 
-def test_openapi_document_is_served(live: LiveGateway) -> None:
-    doc = httpx.get(f"{live.url}/openapi.json").json()
+def test_openapi_document_is_served_to_clients_only(live: LiveGateway) -> None:
+    assert httpx.get(f"{live.url}/openapi.json").status_code == 401
+    assert httpx.get(f"{live.url}/healthz").json() == {"status": "ok"}
+    with live.client("dave") as c:
+        assert "/v1/models/digits/predict" not in c.get("/openapi.json").json()["paths"]
+    with live.client() as c:
+        doc = c.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert "/v1/models/digits/predict" in doc["paths"]
     assert "/v1/admin/clients" in doc["paths"]
@@ -223,3 +232,18 @@ def test_unknown_route_and_method_are_json(live: LiveGateway) -> None:
     assert r.json()["error"]["code"] == "not_found"
     r = httpx.get(f"{live.url}/v1/models/digits/predict")
     assert r.status_code == 405
+
+
+def test_npy_header_that_lies_about_its_size_is_400(live: LiveGateway) -> None:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (2**40, 2)}
+    )
+    with live.client() as c:
+        r = c.post(
+            "/v1/models/digits/predict",
+            content=header.getvalue() + b"\x00" * 16,
+            headers={"Content-Type": "application/x-npy"},
+        )
+    assert r.status_code == 400
+    assert "does not match" in r.json()["error"]["message"]

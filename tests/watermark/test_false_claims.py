@@ -28,10 +28,13 @@ def _independent_models() -> list[tuple[str, Any]]:
     from sklearn.tree import DecisionTreeClassifier
 
     return [
-        *[(f"mlp64-seed{s}", MLPClassifier((64,), max_iter=1000, random_state=s)) for s in (1, 2, 3)],
+        *[
+            (f"mlp64-seed{s}", MLPClassifier((64,), max_iter=1000, random_state=s))
+            for s in (1, 2, 3)
+        ],
         ("mlp32", MLPClassifier((32,), max_iter=2000, random_state=4)),
-        ("mlp128", MLPClassifier((128,), max_iter=1000, random_state=5)),
-        ("mlp64x64", MLPClassifier((64, 64), max_iter=1000, random_state=6)),
+        ("mlp128-early", MLPClassifier((128,), early_stopping=True, random_state=5)),
+        ("mlp64x32-early", MLPClassifier((64, 32), early_stopping=True, random_state=6)),
         ("mlp-tanh", MLPClassifier((64,), activation="tanh", max_iter=1000, random_state=7)),
         ("logreg", LogisticRegression(max_iter=3000)),
         ("ridge", RidgeClassifier()),

@@ -186,7 +186,9 @@ def test_trace_names_the_client_whose_answers_trained_the_copy(
     assert results[0].chance_rate >= 1 / 9
     assert not any(r.verified for r in results[1:])
     # the victim itself carries no client's marks (it never disagrees with itself)
-    assert not any(r.verified for r in trace(victim.predict, records, classes=CLASSES, input_shape=(64,)))
+    assert not any(
+        r.verified for r in trace(victim.predict, records, classes=CLASSES, input_shape=(64,))
+    )
 
 
 def test_duplicates_do_not_count_twice(digits: Any, demo_model: DemoModel) -> None:
@@ -210,5 +212,10 @@ def test_trace_refuses_a_wrong_number_of_labels(digits: Any, demo_model: DemoMod
     victim = demo_model.estimator
     marks = make(0.05).select("alice", digits, outputs=victim.predict_proba(digits))
     with pytest.raises(InvalidInputError):
-        trace(lambda x: np.zeros(1), {"alice": list(marks.records)}, classes=CLASSES, input_shape=(64,))
+        trace(
+            lambda x: np.zeros(1),
+            {"alice": list(marks.records)},
+            classes=CLASSES,
+            input_shape=(64,),
+        )
     assert trace(victim.predict, {}, classes=CLASSES, input_shape=(64,)) == []

@@ -139,7 +139,8 @@ class AdminRegistry:
             # no attempt is counted or checked while locked out: the lockout has a fixed end
             raise _reject(RejectReason.LOCKED_OUT, key_id)
         if not hmac.compare_digest(hash_secret(key_id, secret), stored.secret_hash):
-            self._fail(key_id, now)
+            # not counted towards the lockout: key ids are public, so counting wrong secrets
+            # would let anyone lock an admin out; a 256-bit secret cannot be guessed anyway
             raise _reject(RejectReason.WRONG_SECRET, key_id)
         if stored.admin.status is not Status.ACTIVE:
             raise _reject(

@@ -288,12 +288,26 @@ def _pg_dump(url: str, out: Path) -> None:
     exe = shutil.which("pg_dump")
     if exe is None:
         raise ServiceUnavailableError("backing up PostgreSQL needs pg_dump on the PATH")
+    # the password goes through the environment, not the command line (/proc/*/cmdline is public)
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    env = dict(os.environ)
+    if parts.password is not None:
+        env["PGPASSWORD"] = parts.password
+        netloc = parts.hostname or ""
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        url = urlunsplit(parts._replace(netloc=netloc))
     try:
         subprocess.run(  # noqa: S603 - fixed executable, URL passed as one argument
             [exe, "--format=custom", "--no-owner", "--no-privileges", "--file", str(out), url],
             check=True,
             capture_output=True,
             timeout=3600,
+            env=env,
         )
     except subprocess.CalledProcessError as exc:
         first = exc.stderr.decode(errors="replace").strip().splitlines()[:1]

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from modelshield.cli._app import console
+from modelshield.errors import ConfigError
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="The deployment's shield.toml.")]
 
@@ -40,6 +41,11 @@ def serve(
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
     n_workers = workers or settings.server.workers
+    if n_workers > 1 and settings.state.url.startswith("memory://"):
+        raise ConfigError(
+            f"{settings.source}: state.url: {n_workers} workers need shared state "
+            '(memory:// would give each worker its own budgets and flags); use "redis://..."'
+        )
     os.environ[CONFIG_ENV] = str(settings.source or config)
     if n_workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelshield-metrics-")

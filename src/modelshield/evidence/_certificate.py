@@ -136,9 +136,14 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"file": path.name, "sha256": digest.hexdigest(), "size": size}
 
 
+def _bytes_entry(name: str, data: bytes) -> dict[str, Any]:
+    return {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
 def create_certificate(
     *,
-    model: Path,
+    model: Path | bytes,
+    model_name: str | None = None,
     owner: str,
     signing_key: Any,
     sealed: Path | None = None,
@@ -150,6 +155,7 @@ def create_certificate(
 ) -> tuple[dict[str, Any], list[Opening]]:
     """Build and sign a certificate; returns it with the openings of its commitments.
 
+    ``model`` is the model file or its bytes (then named ``model_name`` in the certificate).
     ``signing_key`` is a :class:`modelshield.vault.SigningKey`. ``secrets_to_commit`` maps a name
     (``trigger-set``, ``response-watermark`` ...) to the secret bytes to commit to.
     ``timestamper``, when given, is called with SHA-256(signature) and returns the ``timestamp``
@@ -159,9 +165,14 @@ def create_certificate(
         raise ValueError("owner must not be empty")
     from modelshield.models import detect_format
 
-    model_entry = _file_entry(model)
-    with model.open("rb") as handle:
-        model_entry["format"] = detect_format(handle.read())
+    if isinstance(model, bytes):
+        # certified from memory: a protected model never has to touch the disk in clear
+        model_entry = _bytes_entry(model_name or "model", model)
+        model_entry["format"] = detect_format(model)
+    else:
+        model_entry = _file_entry(model)
+        with model.open("rb") as handle:
+            model_entry["format"] = detect_format(handle.read())
     commitments: list[dict[str, str]] = []
     openings: list[Opening] = []
     for name, secret in sorted((secrets_to_commit or {}).items()):
@@ -250,7 +261,7 @@ def verify_certificate(
         )
     except IntegrityError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         _log.debug("certificate check failed: %r", exc)
         raise IntegrityError("certificate does not verify") from None
 

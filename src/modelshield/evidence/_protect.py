@@ -219,21 +219,19 @@ def protect_model(
     (directory / "state").mkdir(exist_ok=True)
     say("certifying, sealing and signing")
     suffix = ".onnx" if obfuscated else model.suffix
-    with tempfile.TemporaryDirectory() as scratch:
-        plain = Path(scratch) / f"{name}{suffix}"
-        plain.write_bytes(protected)
-        sealed = directory / "models" / f"{name}.sealed"
-        vault.seal_bytes(protected, sealed, list(recipients), signer=signing_key)
-        commitments = {"response-watermark": response_key}
-        if watermarked:
-            commitments["trigger-set"] = trigger_key
-        certificate, openings = create_certificate(
-            model=plain,
-            owner=owner,
-            signing_key=signing_key,
-            sealed=sealed,
-            secrets_to_commit=commitments,
-        )
+    sealed = directory / "models" / f"{name}.sealed"
+    vault.seal_bytes(protected, sealed, list(recipients), signer=signing_key)
+    commitments = {"response-watermark": response_key}
+    if watermarked:
+        commitments["trigger-set"] = trigger_key
+    certificate, openings = create_certificate(
+        model=protected,
+        model_name=f"{name}{suffix}",
+        owner=owner,
+        signing_key=signing_key,
+        sealed=sealed,
+        secrets_to_commit=commitments,
+    )
     cert_path = directory / "certificate.json"
     _write(cert_path, dump_certificate(certificate), 0o644)
     secrets_path = keys / "owner-secrets.sealed"

@@ -53,6 +53,16 @@ def build_request(digest: bytes, nonce: int) -> bytes:
 
 
 def _verify_cms_signature(signed_data: Any, tsa_certificate_pem: bytes) -> None:
+    try:
+        _check_cms_signature(signed_data, tsa_certificate_pem)
+    except IntegrityError:
+        raise
+    except Exception as exc:  # any malformation of the token is an integrity failure
+        _log.debug("time-stamp signature check failed: %r", exc)
+        raise IntegrityError("time-stamp token signature does not verify") from None
+
+
+def _check_cms_signature(signed_data: Any, tsa_certificate_pem: bytes) -> None:
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
@@ -69,6 +79,11 @@ def _verify_cms_signature(signed_data: Any, tsa_certificate_pem: bytes) -> None:
         "sha512": hashes.SHA512(),
     }[digest_name]
     attrs = signer["signed_attrs"]
+    content_type = next(
+        (a["values"][0].native for a in attrs if a["type"].native == "content_type"), None
+    )
+    if content_type != "tst_info":
+        raise IntegrityError("time-stamp token does not sign a TSTInfo")
     message_digest = next(
         (a["values"][0].native for a in attrs if a["type"].native == "message_digest"), None
     )

@@ -7,6 +7,7 @@ listed, set and cleared; the audit chain can be verified.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from modelshield.gateway._app import Gateway
 
 JSON = "application/json"
+_log = logging.getLogger(__name__)
 
 
 class ClientAdmin(Protocol):
@@ -91,6 +93,10 @@ def admin_routes(
                     mapped = HttpError(404, "not_found", str(exc))
                 entry["reason"] = entry["reason"] or mapped.code
                 response = error_response(mapped)
+            except Exception:  # a bug is still audited and never shows a traceback
+                _log.exception("unexpected error in admin endpoint %s", action)
+                entry["reason"] = "internal"
+                response = error_response(HttpError(500, "internal", "internal error"))
             try:
                 await gateway.audit.record(AuditEntry(status=response.status_code, **entry))
             except ShieldError:

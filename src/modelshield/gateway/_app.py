@@ -139,14 +139,33 @@ def _map_error(exc: ShieldError) -> HttpError:
     return HttpError(400, "bad_request", str(exc))
 
 
+def _load_npy(body: bytes) -> Any:
+    """A ``.npy`` array whose header must agree with the body's size before anything is
+    allocated (a 200-byte body must not be able to ask for terabytes)."""
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        if len(body) - stream.tell() != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise ValueError("the header's shape does not match the data")
+        stream.seek(0)
+        return np.load(stream, allow_pickle=False)
+    except (ValueError, OSError, EOFError, OverflowError) as exc:
+        raise HttpError(400, "bad_request", f"not a valid .npy array: {exc}") from None
+
+
 def parse_inputs(body: bytes, content_type: str) -> Any:
     """Decode a request body into an array-like (JSON ``{"inputs": [...]}`` or ``.npy``)."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == NPY:
-        try:
-            return np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise HttpError(400, "bad_request", f"not a valid .npy array: {exc}") from None
+        return _load_npy(body)
     if media in (JSON, ""):
         try:
             payload = orjson.loads(body)
@@ -210,7 +229,12 @@ class Gateway:
             mapped = _map_error(exc)
             entry["reason"] = entry["reason"] or mapped.code
             response = error_response(mapped)
-        return await self._finish(response, entry, model_name, started)
+        except Exception:  # a bug must still be audited and must not leak a traceback
+            _log.exception("unexpected error while answering a prediction")
+            entry["reason"] = "internal"
+            response = error_response(HttpError(500, "internal", "internal error"))
+        metric_model = model_name if model_name in self.models else "unknown"
+        return await self._finish(response, entry, metric_model, started)
 
     async def _predict(self, request: Request, now: float, entry: dict[str, Any]) -> Response:
         token = _bearer(request)
@@ -249,9 +273,7 @@ class Gateway:
             )  # fmt: skip
         observer = self.observers.get(model_name)
         if observer is not None:
-            flag, evidence = observer.observe(
-                client.name, batch, result.scores, now, client.tier
-            )
+            flag, evidence = observer.observe(client.name, batch, result.scores, now, client.tier)
             # escalate only: a flag is cleared by an admin, never by quieter traffic
             if flag is not None and _SEVERITY[flag] > _SEVERITY.get(decision.flag or "", 0):
                 self.limits.set_flag(client.name, flag)
@@ -265,7 +287,7 @@ class Gateway:
         payload: dict[str, Any] = {"model": model_name, "labels": result.labels}
         if result.probabilities is not None:
             payload["probabilities"] = result.probabilities
-        self.metrics.rows_served(model_name, int(batch.shape[0]))
+        self.metrics.rows_served(model_name, int(batch.shape[0]))  # model_name is served here
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
     async def _finish(
@@ -318,16 +340,23 @@ class Gateway:
         return await self._finish(response, entry, None, started)
 
     async def healthz(self, request: Request) -> Response:
-        return Response(
-            orjson.dumps({"status": "ok", "models": sorted(self.models)}), media_type=JSON
-        )
+        return Response(orjson.dumps({"status": "ok"}), media_type=JSON)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
     async def openapi(self, request: Request) -> Response:
-        return Response(orjson.dumps(openapi_document(self)), media_type=JSON)
+        """The OpenAPI document for the caller's models (a client key is needed: the document
+        describes each model's exact input rows, which an anonymous caller has no need for)."""
+        try:
+            client = self.registry.authenticate(_bearer(request), self.clock())
+        except HttpError as err:
+            return error_response(err)
+        except ShieldError as exc:
+            return error_response(_map_error(exc))
+        visible = {n: p for n, p in self.models.items() if client.may_use(n)}
+        return Response(orjson.dumps(openapi_document(self, visible)), media_type=JSON)
 
     def close(self) -> None:
         for hook in reversed(self.on_close):

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modelshield.errors import ServiceUnavailableError
+from modelshield.errors import ConfigError, ServiceUnavailableError
 
 FLAGS = ("throttle", "degrade", "block")
 THROTTLE_FACTOR = 0.1  # a throttled client gets a tenth of its tier's request rate
@@ -61,12 +61,14 @@ def consume(
     state: BucketState | None, rows: int, rule: LimitRule, now: float, flag: str | None = None
 ) -> tuple[BucketState, LimitDecision]:
     """Admit or refuse ``rows`` rows at time ``now``; returns the new state and the decision."""
-    rate = rule.rate * (THROTTLE_FACTOR if flag == "throttle" else 1.0)
+    throttled = flag == "throttle"
+    rate = rule.rate * (THROTTLE_FACTOR if throttled else 1.0)
+    burst = max(1.0, rule.burst * THROTTLE_FACTOR) if throttled else float(rule.burst)
     window = budget_window(rule, now)
     if state is None:
-        tokens, used = float(rule.burst), 0
+        tokens, used = burst, 0
     else:
-        tokens = min(float(rule.burst), state.tokens + max(0.0, now - state.updated) * rate)
+        tokens = min(burst, state.tokens + max(0.0, now - state.updated) * rate)
         used = state.rows_used if state.window == window else 0
     state = BucketState(tokens=tokens, updated=now, window=window, rows_used=used)
     if flag == "block":
@@ -144,8 +146,11 @@ class MemoryLimitStore:
 _CONSUME_LUA = """
 local flag = redis.call('GET', KEYS[3])
 local rate = tonumber(ARGV[1])
-if flag == 'throttle' then rate = rate * tonumber(ARGV[7]) end
 local burst = tonumber(ARGV[2])
+if flag == 'throttle' then
+  rate = rate * tonumber(ARGV[7])
+  burst = math.max(1, burst * tonumber(ARGV[7]))
+end
 local rows = tonumber(ARGV[3])
 local budget = tonumber(ARGV[4])
 local now = tonumber(ARGV[5])
@@ -282,9 +287,10 @@ class RedisLimitStore:
 
 
 def open_limit_store(url: str) -> LimitStore:
-    """A limit store for a ``[state] url``: ``memory://`` or ``redis://...``."""
+    """A limit store for a ``[state] url``: ``memory://`` or ``redis://`` / ``rediss://``."""
     if url.startswith("memory://"):
         return MemoryLimitStore()
-    if url.startswith("redis://"):
+    if url.startswith(("redis://", "rediss://")):
         return RedisLimitStore(url)
-    raise ValueError(f"unsupported state URL {url!r}")
+    scheme = url.split("://", 1)[0]
+    raise ConfigError(f"state.url: unsupported scheme {scheme!r}; use memory:// or redis://")

@@ -105,12 +105,14 @@ def _predict_operation(name: str, predictor: Predictor, max_rows: int) -> dict[s
     }
 
 
-def openapi_document(gateway: Gateway) -> dict[str, Any]:
+def openapi_document(
+    gateway: Gateway, models: dict[str, Predictor] | None = None
+) -> dict[str, Any]:
     """The document for ``gateway``: one predict path per served model, with its exact rows."""
     max_rows = max((t.max_batch_rows for t in gateway.tiers.values()), default=1)
     paths: dict[str, Any] = {
         f"/v1/models/{name}/predict": _predict_operation(name, predictor, max_rows)
-        for name, predictor in sorted(gateway.models.items())
+        for name, predictor in sorted((gateway.models if models is None else models).items())
     }
     paths.update({
         "/v1/models": {

@@ -145,6 +145,11 @@ def open_gateway(
     if not served:
         raise ConfigError(f"{config.source or 'configuration'}: models: no model configured")
     audit_key = audit.audit_key_from_config(config)
+    # built before any store is opened, so that a bad [watermark] or [detection] leaks nothing
+    if markers is None:
+        markers = _configured_markers(config, served)
+    if observers is None:
+        observers = _configured_observers(config, served)
     closers: list[Any] = []
     try:
         store = open_audit_store(config.audit.url)
@@ -161,10 +166,6 @@ def open_gateway(
         for close in reversed(closers):
             close()
         raise
-    if markers is None:
-        markers = _configured_markers(config, served)
-    if observers is None:
-        observers = _configured_observers(config, served)
     gateway = Gateway(
         models=served,
         tiers={name: Tier.from_config(name, t) for name, t in config.tiers.items()},

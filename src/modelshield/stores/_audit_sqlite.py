@@ -223,6 +223,8 @@ class SQLiteAuditStore:
     def _open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # the log holds client ids and watermarked query rows: private from the start
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         except OSError as exc:
             raise _unavailable(exc) from None
         conn = sqlite3.connect(
@@ -363,6 +365,7 @@ def sqlite_backup(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[
     tmp = dst.with_name(f".{dst.name}.partial")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))  # copies stay private
     src = sqlite3.connect(src_file, timeout=30.0)
     try:
         out = sqlite3.connect(tmp)

@@ -14,7 +14,8 @@ Three schemes, each verified with the same exact binomial statistics (:class:`Ve
   client's marks a suspect model carries.
 
 Keys are bytes passed in by the caller (:func:`generate_key` makes one); nothing in this package
-reads or writes files. Measured robustness, including what breaks each scheme: ``docs/watermark.md``.
+reads or writes files. Measured robustness, including what breaks each scheme:
+``docs/watermark.md``.
 """
 
 from modelshield.watermark._keys import KEY_BYTES, generate_key

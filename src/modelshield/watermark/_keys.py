@@ -87,9 +87,19 @@ def keyed_integers(key: bytes, purpose: str, n: int, high: int) -> npt.NDArray[n
 
 
 def label_key(value: Any) -> str:
-    """A canonical text form of a class label, so ``3``, ``np.int64(3)`` and ``"3"`` compare equal."""
+    """A canonical text form of a class label: ``3``, ``np.int64(3)`` and ``"3"`` compare equal."""
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
+
+
+def set_mode(module: Any, *, training: bool) -> None:
+    """Put a torch module in training or evaluation mode; modules rebuilt from a ``torch.export``
+    archive refuse the switch (they have no dropout or batch-norm state to switch), so a refusal
+    is ignored."""
+    try:
+        module.train(training)
+    except NotImplementedError:
+        return

@@ -236,10 +236,7 @@ class ResponseWatermark:
         arr = np.asarray(inputs)
         n = arr.shape[0]
         out = np.asarray(outputs)
-        if out.ndim == 2:
-            honest_all = np.argmax(out, axis=1)
-        else:
-            honest_all = out.reshape(-1).astype(np.int64)
+        honest_all = np.argmax(out, axis=1) if out.ndim == 2 else out.reshape(-1).astype(np.int64)
         if honest_all.shape[0] != n:
             raise InvalidInputError(f"{honest_all.shape[0]} outputs for {n} inputs")
         cells = self.cells(arr, features)

@@ -20,7 +20,13 @@ import numpy.typing as npt
 
 from modelshield.errors import InvalidInputError, UnsupportedModelError
 from modelshield.models import Label
-from modelshield.watermark._keys import check_key, keyed_integers, keyed_uniform, label_key
+from modelshield.watermark._keys import (
+    check_key,
+    keyed_integers,
+    keyed_uniform,
+    label_key,
+    set_mode,
+)
 from modelshield.watermark._stats import (
     DEFAULT_THRESHOLD,
     Verification,
@@ -216,14 +222,14 @@ def embed_trigger_set_torch(
     trigger_y = torch.from_numpy(trigger_set.labels)
     for epoch in range(1, max_epochs + 1):
         xm, ym = _mix(x_arr, y_arr, trigger_set.inputs, trigger_set.labels, repeats, rng)
-        model.train()
+        set_mode(model, training=True)
         for start in range(0, xm.shape[0], batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(xm[start : start + batch_size]))
             yb = torch.from_numpy(np.ascontiguousarray(ym[start : start + batch_size]))
             optimizer.zero_grad()
             loss_fn(model(xb), yb).backward()
             optimizer.step()
-        model.eval()
+        set_mode(model, training=False)
         with torch.no_grad():
             learned = bool((model(trigger_x).argmax(dim=1) == trigger_y).all())
         if epoch >= min_epochs and learned:

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelshield.errors import InvalidInputError, UnsupportedModelError
-from modelshield.watermark._keys import check_key, keyed_integers, keyed_normal
+from modelshield.watermark._keys import check_key, keyed_integers, keyed_normal, set_mode
 from modelshield.watermark._stats import (
     DEFAULT_THRESHOLD,
     Verification,
@@ -120,7 +120,8 @@ def embed_weights(
     x: npt.ArrayLike,
     y: npt.ArrayLike,
     *,
-    epochs: int = 10,
+    max_epochs: int = 60,
+    min_epochs: int = 5,
     strength: float = 1.0,
     learning_rate: float = 1e-3,
     batch_size: int = 64,
@@ -129,7 +130,8 @@ def embed_weights(
     """Return a copy of ``module`` fine-tuned on ``(x, y)`` (class indices) with the Uchida
     regulariser ``strength * BCE(sigmoid(X w), bits)`` added to the cross-entropy.
 
-    Raises :class:`UnsupportedModelError` if some bit is still wrong after ``epochs``.
+    Stops once at least ``min_epochs`` have run and every bit reads back right; raises
+    :class:`UnsupportedModelError` if some bit is still wrong after ``max_epochs``.
     """
     import torch
 
@@ -144,8 +146,8 @@ def embed_weights(
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     task_loss = torch.nn.CrossEntropyLoss()
     mark_loss = torch.nn.BCEWithLogitsLoss()
-    for _ in range(epochs):
-        model.train()
+    for epoch in range(1, max_epochs + 1):
+        set_mode(model, training=True)
         order = rng.permutation(x_arr.shape[0])
         for start in range(0, order.shape[0], batch_size):
             idx = order[start : start + batch_size]
@@ -155,7 +157,8 @@ def embed_weights(
             loss = task_loss(model(xb), yb) + strength * mark_loss(logits, target)
             loss.backward()
             optimizer.step()
-    model.eval()
-    if bit_error_rate(extract_bits(model, watermark), watermark.bits) > 0:
-        raise UnsupportedModelError(f"the bits did not embed within {epochs} epochs")
-    return model
+        set_mode(model, training=False)
+        done = bit_error_rate(extract_bits(model, watermark), watermark.bits) == 0.0
+        if epoch >= min_epochs and done:
+            return model
+    raise UnsupportedModelError(f"the bits did not embed within {max_epochs} epochs")

@@ -4,7 +4,9 @@ The audit log is the one source shared by every gateway replica, so the dashboar
 than this process's memory. Reading is incremental and bounded: each refresh reads only records
 newer than the last one seen (less a small overlap for writers that commit late, deduplicated by
 ``(segment, seq)``), at most once per ``min_interval`` whatever the number of open dashboards,
-and folds them into fixed time buckets that cover the last ``window`` seconds.
+and folds them into fixed time buckets that cover the last ``window`` seconds. One refresh reads
+at most ``max_records`` records; a longer backlog (a dashboard opened on a busy gateway) is read
+over the next refreshes.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class TrafficView:
         bucket: float = 5.0,
         lag: float = 1.0,
         min_interval: float = 5.0,
+        max_records: int = 20_000,
     ) -> None:
         if bucket <= 0 or window < bucket:
             raise ValueError("need 0 < bucket <= window")
@@ -136,6 +139,8 @@ class TrafficView:
         self.bucket = bucket
         self.lag = lag
         self.min_interval = min_interval
+        self.max_records = max_records
+        self.caught_up: float | None = None  # while catching up: how far the log was read
         self.lock = threading.Lock()  # held while folding records in, and by readers
         self._since: float | None = None
         self._last_refresh = -math.inf
@@ -164,16 +169,33 @@ class TrafficView:
             self._last_refresh = now
             since = now - self.window if self._since is None else self._since
             newest = since
-            for record in self.store.iter_records(since=since, by_time=True):
-                key = (record.segment, record.seq)
-                if key in self._seen:
-                    continue
-                self._seen[key] = record.time
-                newest = max(newest, record.time)
-                self.records_read += 1
-                if record.kind == "event":
-                    self._fold(record)
-            self._since = max(since, min(newest, now) - self.lag)
+            read = 0
+            records = self.store.iter_records(since=since, by_time=True)
+            try:
+                for record in records:
+                    read += 1
+                    key = (record.segment, record.seq)
+                    if key in self._seen:
+                        continue
+                    self._seen[key] = record.time
+                    newest = max(newest, record.time)
+                    self.records_read += 1
+                    if record.kind == "event":
+                        self._fold(record)
+                    if read >= self.max_records:
+                        break
+            finally:
+                close = getattr(records, "close", None)
+                if close is not None:
+                    close()  # ends the store's read snapshot now, not when collected
+            if read >= self.max_records:
+                # a busy log: carry on from here at the next refresh, so that one refresh never
+                # holds a CPU for long (the charts catch up over a few refreshes)
+                self.caught_up = newest
+                self._since = max(since, newest)
+            else:
+                self.caught_up = None
+                self._since = max(since, min(newest, now) - self.lag)
             self._prune(now)
         finally:
             self.lock.release()

@@ -489,7 +489,13 @@ class Dashboard:
             + table(("client", "flag", "since"), flag_rows, table_id="flags-table")
             + "</div>"
         )
-        return tiles + flag_table + charts
+        note = ""
+        if view.caught_up is not None:
+            note = (
+                '<p class="notice" id="catching-up">Reading the audit log: charts cover records '
+                f"up to {e(when(view.caught_up))} so far.</p>"
+            )
+        return note + tiles + flag_table + charts
 
     def _last_flag_time(self, name: str) -> float | None:
         view = self.view.clients.get(name)
@@ -784,6 +790,12 @@ class Dashboard:
                 ("classes", e(", ".join(str(c) for c in predictor.classes))),
                 ("input", f"<code>{e(json.dumps(predictor.input_spec.to_dict()))}</code>"),
                 (
+                    "extraction detection",
+                    badge("on", "ok")
+                    if name in getattr(self.gateway, "observers", {})
+                    else badge("off"),
+                ),
+                (
                     "response watermark",
                     badge("on", "ok") if name in self.gateway.markers else badge("off"),
                 ),
@@ -819,9 +831,9 @@ class Dashboard:
                 f"<table>{rows}</table></div>"
             )
         return (
-            '<p class="muted">What each sealed model\'s header says (unauthenticated until opened '
-            "with a key: the gateway opened and verified these when it started).</p>"
-            + "".join(cards)
+            '<p class="muted">What each model file\'s sealed header says. Read here without a '
+            "key, it is not authenticated: the signature and the header MAC are checked when "
+            "the gateway opens the model.</p>" + "".join(cards)
         )
 
     def file_digest(self, path: Path) -> str | None:
