@@ -567,6 +567,7 @@ def evaluate_task(
             "first": first,
             "detected_at": detected_at,
             "fidelity_at_detection": fidelity(task, x[:detected_at]) if detected_at else None,
+            "fidelity_at_400": fidelity(task, x[:400]),
             "fidelity_at_budget": fidelity(task, x),
         }
         log(f"  {task.name}: attack {name}: detected at {detected_at} ({first})")
@@ -580,6 +581,7 @@ def evaluate_task(
             "first": first,
             "detected_at": min(hits) if hits else None,
             "fidelity_at_detection": fidelity(task, x[: min(hits)]) if hits else None,
+            "fidelity_at_400": fidelity(task, x[:400]),
             "fidelity_at_budget": fidelity(task, x),
         }
         log(f"  {task.name}: {name}: detected at {attacks[name]['detected_at']} ({first})")
@@ -614,6 +616,7 @@ def evaluate_task(
         "detected_at": min(hits) if hits else None,
         "per_key_detected": sum(q is not None for q in per_key),
         "fidelity_at_detection": fidelity(task, x[: min(hits)]) if hits else None,
+        "fidelity_at_400": fidelity(task, x[:400]),
         "fidelity_at_budget": fidelity(task, x),
     }
     log(f"  {task.name}: JbDA over 10 keys: group view detects at {min(hits) if hits else None}")
@@ -629,8 +632,8 @@ def _cell(q: int | None) -> str:
 def markdown(results: list[TaskResult], budget: int) -> str:
     lines = [
         "| task | attack | " + " | ".join(DETECTORS) + " | suite | fidelity at detection "
-        f"| fidelity at budget ({budget}) |",
-        "| --- | --- |" + " --- |" * (len(DETECTORS) + 3),
+        f"| fidelity at 400 | fidelity at budget ({budget}) |",
+        "| --- | --- |" + " --- |" * (len(DETECTORS) + 4),
     ]
     for r in results:
         for name, a in r.attacks.items():
@@ -648,7 +651,7 @@ def markdown(results: list[TaskResult], budget: int) -> str:
                 + " | ".join(cells)
                 + f" | {_cell(a['detected_at'])} | "
                 + ("-" if fd is None else f"{fd:.2f}")
-                + f" | {a['fidelity_at_budget']:.2f} |"
+                + f" | {a['fidelity_at_400']:.2f} | {a['fidelity_at_budget']:.2f} |"
             )
     lines += [
         "",
@@ -676,19 +679,22 @@ def plot(result: TaskResult, path: Path, max_queries: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(DETECTORS), figsize=(4 * len(DETECTORS), 3.4))
-    for ax, d in zip(axes, DETECTORS, strict=True):
+    fig, grid = plt.subplots(2, 3, figsize=(13, 7))
+    axes = list(grid.ravel())
+    for ax, d in zip(axes, DETECTORS, strict=False):
         for name, trace in result.curves.items():
             pts = [(q, s) for q, s in trace.points[d] if q <= max_queries]
             if pts:
                 q, s = zip(*pts, strict=True)
                 ax.plot(q, s, label=name, lw=1.2)
         ax.axhline(result.thresholds[d], color="k", ls="--", lw=1, label="threshold")
-        ax.axvline(WITHIN, color="grey", ls=":", lw=1)
+        ax.axvline(WITHIN, color="grey", ls=":", lw=1, label=f"{WITHIN} queries")
         ax.set_title(f"{result.task}: {d}" + (" (1 - W)" if d == "prada" else ""))
         ax.set_xlabel("queries")
-    axes[0].set_ylabel("score")
-    axes[-1].legend(fontsize=7, loc="upper right")
+        ax.set_ylabel("score")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[-1].axis("off")
+    axes[-1].legend(handles, labels, loc="center", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -702,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:
-        sizes = {"clients_per_model": 20, "min_queries": 300, "max_queries": 600, "budget": 400}
+        sizes = {"clients_per_model": 20, "min_queries": 200, "max_queries": 400, "budget": 400}
     else:
         sizes = {"clients_per_model": 100, "min_queries": 1000, "max_queries": 5000, "budget": 2000}
     start = time.perf_counter()

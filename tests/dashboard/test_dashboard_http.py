@@ -273,6 +273,12 @@ def test_audit_page_filters_verifies_and_exports(deployment: Deployment) -> None
     trail = page.split('id="audit-table"', 1)[1]
     assert trail.count("<td>alice</td>") == 3
     assert "mallory" not in trail
+    # records older than the first look-back (10 s) are found by looking further back
+    deployment.clock.advance(120)
+    page = session.get("/dashboard/audit", params={"client": "alice"}).text
+    assert page.split('id="audit-table"', 1)[1].count("<td>alice</td>") == 3
+    assert 'data-refresh="0"' in page  # a query, not a live view: the page does not poll
+    assert 'data-refresh="1"' in session.get("/dashboard/overview").text
     page = session.get("/dashboard/audit", params={"decision": "admin"}).text
     assert "dashboard:sign-in" in page
     assert "<td>alice</td>" not in page.split('id="audit-table"', 1)[1]

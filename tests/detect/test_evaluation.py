@@ -37,14 +37,14 @@ def test_honest_clients_pass_and_noise_is_caught_within_200(reference, held_out,
     suite = DetectorSuite.default().fit(*reference)
     x, _ = held_out
     rng = np.random.default_rng(0)
-    clients = [_honest(x, rng, 600, pool=i % 4 == 3) for i in range(16)]
-    cal = [_peaks(suite, f"cal{i}", c, predict) for i, c in enumerate(clients[:8])]
-    # eight calibration clients estimate the honest maximum poorly: a wider margin than the
+    clients = [_honest(x, rng, 500, pool=i % 4 == 3) for i in range(24)]
+    cal = [_peaks(suite, f"cal{i}", c, predict) for i, c in enumerate(clients[:16])]
+    # sixteen calibration clients estimate the honest maximum poorly: a wider margin than the
     # evaluation's 0.5 over two hundred clients
     for detector in suite.detectors:
         scores = [pk[detector.name] for pk in cal if detector.name in pk]
         detector.threshold = calibrate_threshold(scores or [0.0], margin=1.0)
-    for i, c in enumerate(clients[8:]):
+    for i, c in enumerate(clients[16:]):
         p = predict(c)
         for j in range(0, c.shape[0], 20):
             result = suite.observe(f"honest{i}", c[j : j + 20], p[j : j + 20], float(j))

@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from modelshield.demo import DEMO_INPUT_SPEC, DemoModel
+from modelshield.demo import DEMO_INPUT_SPEC, DemoData, DemoModel
 from modelshield.models import dump_torch
 
 
@@ -45,10 +46,9 @@ def test_keygen_embed_verify(tmp_path: Path, demo_model: DemoModel) -> None:
     assert verdict["verified"] is True
     assert verdict["p_value"] < 1e-6
 
-    original = run("verify", str(model), "--key", str(key), "--json")
-    assert json.loads(original.stdout.strip().splitlines()[-1])["verified"] is False
-    human = run("verify", str(marked), "--key", str(key))
-    assert "VERIFIED" in human.stdout
+    original = run("verify", str(model), "--key", str(key))
+    assert original.returncode == 0, original.stderr
+    assert "not verified" in original.stdout
 
 
 def test_bad_key_and_model_files_are_one_line_errors(tmp_path: Path) -> None:
@@ -72,8 +72,10 @@ def test_bad_key_and_model_files_are_one_line_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.torch
-def test_weights_scheme_on_a_torch_file(tmp_path: Path, demo_model: DemoModel) -> None:
+def test_weights_scheme_on_a_torch_file(tmp_path: Path, demo_data: DemoData) -> None:
     torch = pytest.importorskip("torch")
+    data = tmp_path / "small.npz"
+    np.savez(data, x=demo_data.x_train[:800], y=demo_data.y_train[:800])
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     model = tmp_path / "net.pt2"
@@ -81,7 +83,18 @@ def test_weights_scheme_on_a_torch_file(tmp_path: Path, demo_model: DemoModel) -
     key = tmp_path / "wm.key"
     key.write_bytes(bytes(range(32)))
     marked = tmp_path / "marked.pt2"
-    result = run("embed", str(model), "--scheme", "weights", "--key", str(key), "-o", str(marked))
+    result = run(
+        "embed",
+        str(model),
+        "--scheme",
+        "weights",
+        "--key",
+        str(key),
+        "--data",
+        str(data),
+        "-o",
+        str(marked),
+    )
     assert result.returncode == 0, result.stderr
     for path, expected in ((marked, True), (model, False)):
         out = run("verify", str(path), "--scheme", "weights", "--key", str(key), "--json")

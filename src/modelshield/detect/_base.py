@@ -346,8 +346,11 @@ class RecentRows:
         earlier row of the batch), and is that nearest duplicate's label different?"""
         n = z.shape[0]
         z_sq = np.einsum("ij,ij->i", z, z)
-        pairs = sq_distances(z, z, z_sq, z_sq)
-        pairs[np.triu_indices(n)] = np.inf  # only earlier rows of the batch
+        if n > 1:
+            pairs = sq_distances(z, z, z_sq, z_sq)
+            pairs[np.triu_indices(n)] = np.inf  # only earlier rows of the batch
+        else:  # one-row requests are the common case: skip the empty pair matrix
+            pairs = np.full((1, 1), np.inf, np.float32)
         if self.fill:
             ring = self.rows[: self.fill].astype(np.float32)
             to_ring = sq_distances(z, ring, z_sq, np.einsum("ij,ij->i", ring, ring))

@@ -11,10 +11,13 @@ from collections.abc import Sequence
 
 from modelshield.errors import UnsupportedModelError
 from modelshield.models._base import (
+    METADATA_KEY,
     BasePredictor,
     InputSpec,
     Label,
     Predictor,
+    decode_metadata,
+    encode_metadata,
     softmax,
     validate_inputs,
 )
@@ -23,6 +26,7 @@ from modelshield.models._sklearn import SklearnPredictor, dump_sklearn, is_skops
 from modelshield.models._torch import TorchPredictor, dump_torch, is_torch_archive, load_torch
 
 __all__ = [
+    "METADATA_KEY",
     "BasePredictor",
     "InputSpec",
     "Label",
@@ -30,9 +34,11 @@ __all__ = [
     "Predictor",
     "SklearnPredictor",
     "TorchPredictor",
+    "decode_metadata",
     "detect_format",
     "dump_sklearn",
     "dump_torch",
+    "encode_metadata",
     "load_model",
     "load_onnx",
     "load_sklearn",

@@ -55,8 +55,9 @@ class WeightWatermark:
         check_key(key)
         if n_bits < 1 or n_inputs < 1:
             raise InvalidInputError("need n_bits >= 1 and n_inputs >= 1")
-        bits = keyed_integers(key, f"weights/bits/{layer}/{n_bits}", n_bits, 2)
-        projection = keyed_normal(key, f"weights/projection/{layer}/{n_inputs}", (n_bits, n_inputs))
+        # the layer's name is not part of the derivation: re-exporting a model renames parameters
+        bits = keyed_integers(key, f"weights/bits/{n_bits}", n_bits, 2)
+        projection = keyed_normal(key, f"weights/projection/{n_inputs}", (n_bits, n_inputs))
         return cls(layer=layer, bits=bits, projection=projection)
 
     def __repr__(self) -> str:

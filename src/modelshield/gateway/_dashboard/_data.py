@@ -128,7 +128,7 @@ class TrafficView:
         *,
         window: float = 900.0,
         bucket: float = 5.0,
-        lag: float = 1.0,
+        lag: float = 0.5,
         min_interval: float = 5.0,
         max_records: int = 20_000,
     ) -> None:
@@ -201,7 +201,7 @@ class TrafficView:
             self.lock.release()
 
     def _fold(self, r: AuditRecord) -> None:
-        b = self.index(r.time)
+        b = int(r.time // self.bucket)
         if self.first_seen is None or r.time < self.first_seen:
             self.first_seen = r.time
         client = r.client or ""
@@ -212,18 +212,29 @@ class TrafficView:
                 who = client[len(ADMIN_PREFIX) :]
                 self._client(name).actions.append(Action(r.time, who, action, r.status))
             return
+        # on every record: look up before creating (setdefault would build a dict each time)
+        ok = r.status < 400
         if r.model is not None:
-            self.model_requests.setdefault(r.model, defaultdict(int))[b] += 1
-            if r.status < 400:
-                self.model_rows.setdefault(r.model, defaultdict(int))[b] += r.rows
-        if r.status >= 400:
+            counts = self.model_requests.get(r.model)
+            if counts is None:
+                counts = self.model_requests[r.model] = defaultdict(int)
+            counts[b] += 1
+            if ok:
+                rows = self.model_rows.get(r.model)
+                if rows is None:
+                    rows = self.model_rows[r.model] = defaultdict(int)
+                rows[b] += r.rows
+        if not ok:
             reason = r.reason.split(":", 1)[0] or "error"
-            self.refusals.setdefault(reason, defaultdict(int))[b] += 1
+            refused = self.refusals.get(reason)
+            if refused is None:
+                refused = self.refusals[reason] = defaultdict(int)
+            refused[b] += 1
         if not client:
             return
-        view = self._client(client)
+        view = self.clients.get(client) or self._client(client)
         view.requests[b] += 1
-        if r.status < 400:
+        if ok:
             view.rows[b] += r.rows
         else:
             view.refused[b] += 1

@@ -234,7 +234,14 @@ class Dashboard:
             return render(request, session)
 
     def html(
-        self, request: Request, session: Session, title: str, active: str, body: str
+        self,
+        request: Request,
+        session: Session,
+        title: str,
+        active: str,
+        body: str,
+        *,
+        live: bool = True,
     ) -> Response:
         text = page(
             title=title,
@@ -242,7 +249,7 @@ class Dashboard:
             body=body,
             admin=session.admin,
             csrf=self.signer.csrf_token(session),
-            refresh=self.refresh_seconds,
+            refresh=self.refresh_seconds if live else 0,
             now=self.gateway.clock(),
         )
         return HTMLResponse(text)
@@ -396,14 +403,23 @@ class Dashboard:
 
     # ---- pages ------------------------------------------------------------------------------
 
-    def page_route(self, active: str, title: str, render: Callable[[Request, Session], str]) -> Any:
+    def page_route(
+        self,
+        active: str,
+        title: str,
+        render: Callable[[Request, Session], str],
+        *,
+        live: bool = True,
+    ) -> Any:
+        """A page; ``live`` pages poll for fresh figures (Audit, Models, Reports do not)."""
+
         async def handler(request: Request) -> Response:
             session = self.session(request)
             if session is None:
                 return self.to_login(request)
             body = await asyncio.to_thread(self.refresh_and_render, render, request, session)
             heading = title.format(**{k: str(v) for k, v in request.path_params.items()})
-            return self.html(request, session, heading, active, body)
+            return self.html(request, session, heading, active, body, live=live)
 
         return handler
 
@@ -695,10 +711,32 @@ class Dashboard:
         }
 
     def audit_records(self, f: Mapping[str, Any], limit: int) -> list[AuditRecord]:
-        records = self.store.iter_records(since=f["since"], client=f["client"], by_time=True)
-        return search(
-            records, model=f["model"], decision=f["decision"], until=f["until"], limit=limit
-        )
+        """The newest ``limit`` matching records. The store reads oldest first, so look back
+        10 s from the end, then 10 times further each pass until enough match: a busy log is
+        not read from the start of the range to show its last 200 records."""
+        end = f["until"] if f["until"] is not None else self.gateway.clock()
+        floor = f["since"]
+        span = 10.0
+        while True:
+            start: float | None = end - span
+            last = False
+            if floor is not None and start is not None and start <= floor:
+                start, last = floor, True
+            elif floor is None and span > 1e9:
+                start, last = None, True
+            records = self.store.iter_records(since=start, client=f["client"], by_time=True)
+            try:
+                found = search(
+                    records, model=f["model"], decision=f["decision"], until=f["until"],
+                    limit=limit,
+                )  # fmt: skip
+            finally:
+                close = getattr(records, "close", None)
+                if close is not None:
+                    close()
+            if len(found) >= limit or last:
+                return found
+            span *= 10
 
     def audit_page(self, request: Request, session: Session) -> str:
         f = self.audit_filters(request)
@@ -1041,14 +1079,14 @@ def routes(dashboard: Dashboard) -> list[Route]:
         Route("/dashboard/clients/{client}",
               g(d.page_route("clients", "Client {client}", d.client_page)), methods=["GET"]),
         Route("/dashboard/clients/{client}/action", g(d.client_action), methods=["POST"]),
-        Route("/dashboard/audit", g(d.page_route("audit", "Audit", d.audit_page)),
+        Route("/dashboard/audit", g(d.page_route("audit", "Audit", d.audit_page, live=False)),
               methods=["GET"]),
         Route("/dashboard/audit/verify", g(d.verify_post), methods=["POST"]),
         Route("/dashboard/audit/export", g(d.export), methods=["GET"]),
-        Route("/dashboard/models", g(d.page_route("models", "Models", d.models_page)),
+        Route("/dashboard/models", g(d.page_route("models", "Models", d.models_page, live=False)),
               methods=["GET"]),
-        Route("/dashboard/reports", g(d.page_route("reports", "Reports", d.reports_page)),
-              methods=["GET"]),
+        Route("/dashboard/reports",
+              g(d.page_route("reports", "Reports", d.reports_page, live=False)), methods=["GET"]),
         Route("/dashboard/reports/file/{name}", g(d.report_file), methods=["GET"]),
         Route("/dashboard/static/{name}", g(d.static), methods=["GET"]),
     ]  # fmt: skip
