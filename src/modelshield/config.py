@@ -247,7 +247,8 @@ class GatewayConfig(_Section):
     """``[gateway]``: request limits that apply to every client."""
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    dashboard: bool = False
+    dashboard: bool = False  # the web dashboard at /dashboard (loopback callers only)
+    tls_terminated: bool = False  # served over TLS by a proxy in front: session cookies get Secure
 
 
 class DetectionConfig(_Section):

@@ -194,6 +194,18 @@ def open_gateway(
 
     gateway.admin_routes = admin_routes(gateway, registry, verify_audit)
     gateway.on_close.extend(closers)
+    if config.gateway.dashboard:
+        from modelshield.gateway._dashboard import dashboard_routes
+
+        gateway.admin_routes += dashboard_routes(
+            gateway,
+            clients=registry,
+            audit_store_url=config.audit.url,
+            audit_key=audit_key,
+            reports_dir=config.evidence.reports,
+            model_paths={} if models is not None else {n: m.path for n, m in config.models.items()},
+            secure_cookies=config.gateway.tls_terminated,
+        )
     return gateway
 
 
