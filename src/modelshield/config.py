@@ -266,7 +266,9 @@ class DetectionConfig(_Section):
         default_factory=dict
     )
     reference: Path | None = None
+    calibration: Path | None = None  # held-out honest rows (.npy) the thresholds are set on
     webhook: str | None = None
+    group: str | None = None  # "*": also watch all clients together (colluding Sybil keys)
 
 
 class WatermarkConfig(_Section):
@@ -390,7 +392,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return config.model_copy(
         update={
             "detection": config.detection.model_copy(
-                update={"reference": rel(config.detection.reference)}
+                update={
+                    "reference": rel(config.detection.reference),
+                    "calibration": rel(config.detection.calibration),
+                }
             ),
             "evidence": config.evidence.model_copy(
                 update={

@@ -130,3 +130,20 @@ def run_redteam(
         random_state=config.seed,
         progress=progress,
     )
+
+
+def detection_factory_for(config: RedteamConfig) -> Callable[[Predictor], Any]:
+    """Detection calibrated on the defender's honest data: ``reference`` in the data file, or
+    for the digits demo the training split (the data the model was trained on)."""
+    from modelshield.gateway._detection import detection_factory
+
+    if config.data == "digits":
+        from modelshield.demo import load_demo_data
+
+        reference = load_demo_data(config.seed).x_train
+    else:
+        with np.load(config.data, allow_pickle=False) as npz:
+            if "reference" not in npz.files:
+                raise ConfigError(f"{config.data}: the detection defence needs a 'reference' array")
+            reference = np.asarray(npz["reference"])
+    return detection_factory(reference, random_state=config.seed)

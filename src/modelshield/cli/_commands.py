@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "_certify",
     "_watermark",
     "_attack",
+    "_redteam",
     "_assess",
 )
 

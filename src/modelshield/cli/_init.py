@@ -21,12 +21,20 @@ def init(
             dir_okay=False,
         ),
     ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Training rows (.npy) to fit extraction detection on."),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option("--calibration", help="Held-out rows (.npy) to calibrate detection on."),
+    ] = None,
 ) -> None:
-    """Create a deployment: server and owner keys, the sealed model and a documented shield.toml."""
+    """Create a deployment: keys, the sealed model and a shield.toml with the default profile."""
     from modelshield.gateway._init import init_deployment
 
     with console.status("creating keys and sealing the model..."):
-        report = init_deployment(directory, model)
+        report = init_deployment(directory, model, reference=reference, calibration=calibration)
     cfg = report.config
     console.print(f"[green]created[/green] {report.directory}")
     console.print(

@@ -22,9 +22,13 @@ def matrix(
     ] = Path("redteam-report"),
 ) -> None:
     """Run attacks x defences x budgets; write results.json and an HTML report."""
-    from modelshield.attacks._redteam import load_redteam_config, run_redteam
+    from modelshield.attacks._redteam import (
+        detection_factory_for,
+        load_redteam_config,
+        run_redteam,
+    )
     from modelshield.attacks._report import render_matrix_html
-    from modelshield.gateway._detection import detection_factory, watermark_factory
+    from modelshield.gateway._detection import watermark_factory
 
     settings = load_redteam_config(config)
     total = len(settings.attacks) * len(settings.defences) * len(settings.budgets)
@@ -33,13 +37,12 @@ def matrix(
         console=console,
     ) as progress:  # fmt: skip
         task = progress.add_task("red team", total=total)
+        wanted = set(settings.defences)
         result = run_redteam(
             settings,
-            detection=detection_factory(settings.seed)
-            if "detection" in settings.defences
-            else None,
-            watermark=watermark_factory(settings.seed)
-            if "watermark" in settings.defences
+            detection=detection_factory_for(settings) if "detection" in wanted else None,
+            watermark=watermark_factory(random_state=settings.seed)
+            if "watermark" in wanted
             else None,
             progress=lambda label: progress.update(task, advance=1, description=label),
         )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from modelshield.errors import InvalidInputError
 
@@ -23,6 +28,7 @@ path = "models/{name}.sealed"                 # sealed to keys/server.pub, signe
 identity = "keys/server.key"                  # opens the seal (keep it 0600, on this host only)
 require_signer = "keys/owner.signing.pub"     # refuse a model the owner did not sign
 
+{image_shape}
 [registry]                                    # API keys, clients, admin TOTP secrets
 url = "sqlite:///state/registry.db"
 
@@ -65,6 +71,17 @@ budget_period = "24h"
 max_batch_rows = 50
 output = ["top_k:1", "round:2"]
 
+# Extraction detection: fitted on the training rows, thresholds calibrated on held-out rows.
+[detection]
+enabled = {detection}
+action = "block"                              # alert | throttle | degrade | block
+{reference}
+# The per-client response watermark: 1% of each client's answers carry its keyed mark.
+[watermark]
+enabled = true
+share = 0.01
+key = {{ file = "keys/response-watermark.key" }}
+
 [logging]
 level = "INFO"
 """
@@ -88,10 +105,33 @@ def _model_name(path: Path) -> str:
     return name
 
 
-def init_deployment(directory: Path, model: Path | None = None) -> InitReport:
-    """Create ``directory`` with server and owner keys, the audit key, the sealed (and signed)
-    model — the demo digits model when ``model`` is ``None`` — and a documented shield.toml.
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
+
+def _npy_bytes(array: Any) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def init_deployment(
+    directory: Path,
+    model: Path | None = None,
+    *,
+    reference: Path | None = None,
+    calibration: Path | None = None,
+) -> InitReport:
+    """Create ``directory`` with server and owner keys, the audit and watermark keys, the sealed
+    (and signed) model — the demo digits model when ``model`` is ``None`` — and a documented
+    shield.toml with the default profile.
+
+    Detection needs honest rows: ``reference`` (the training rows, ``.npy``) and ``calibration``
+    (held-out rows); the demo model brings its own. Without them detection is written disabled.
     Refuses a folder that already holds a shield.toml or keys (nothing is overwritten).
     """
     from modelshield import audit, vault
@@ -102,15 +142,26 @@ def init_deployment(directory: Path, model: Path | None = None) -> InitReport:
     keys = directory / "keys"
     if config_path.exists() or keys.exists():
         raise InvalidInputError(f"{directory} already holds a deployment; choose an empty folder")
+    ref_rows: Any = None
+    cal_rows: Any = None
+    image_shape = ""
     if model is not None:
         data = Path(model).read_bytes()
         load_model(data)  # refuse what could not be served, before writing anything
         name = _model_name(Path(model))
+        if reference is not None:
+            ref_rows = np.load(reference, allow_pickle=False)
+        if calibration is not None:
+            cal_rows = np.load(calibration, allow_pickle=False)
     else:
-        from modelshield.demo import DEMO_MODEL_NAME, train_demo_model
+        from modelshield.demo import DEMO_MODEL_NAME, load_demo_data, train_demo_model
 
-        data = train_demo_model().onnx_bytes
+        demo = load_demo_data()
+        data = train_demo_model(0, demo).onnx_bytes
         name = DEMO_MODEL_NAME
+        # the demo's own split: train rows fit the detectors, half the held-out rows calibrate
+        ref_rows, cal_rows = demo.x_train, demo.x_test[: len(demo.x_test) // 2]
+        image_shape = "image_shape = [8, 8]                          # rows are 8x8 images\n"
     for sub in (keys, directory / "models", directory / "state"):
         sub.mkdir(parents=True, exist_ok=True)
     os.chmod(keys, 0o700)
@@ -124,8 +175,22 @@ def init_deployment(directory: Path, model: Path | None = None) -> InitReport:
         vault.load_recipient(server.public),
         signer=vault.load_signing_key(owner.private),
     )
+    _write_private(keys / "response-watermark.key", secrets.token_bytes(32).hex().encode())
+    detection_lines = '# reference = "models/NAME.reference.npy"   # training rows (.npy)\n'
+    if ref_rows is not None:
+        _write_private(directory / "models" / f"{name}.reference.npy", _npy_bytes(ref_rows))
+        detection_lines = f'reference = "models/{name}.reference.npy"\n'
+        if cal_rows is not None:
+            _write_private(directory / "models" / f"{name}.calibration.npy", _npy_bytes(cal_rows))
+            detection_lines += f'calibration = "models/{name}.calibration.npy"\n'
+    text = _TEMPLATE.format(
+        name=name,
+        image_shape=image_shape,
+        detection="true" if ref_rows is not None else "false",
+        reference=detection_lines,
+    )
     tmp = config_path.with_name(".shield.toml.tmp")
-    tmp.write_text(_TEMPLATE.format(name=name), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(config_path)
     return InitReport(
         directory=directory,

@@ -50,10 +50,7 @@ def bars_svg(items: Sequence[tuple[str, float]], maximum: float, width: int = 48
     """A horizontal bar chart as inline SVG (one bar per ``(label, value)``)."""
     row = 26
     height = row * len(items) + 10
-    parts = [
-        f"<svg width='{width}' height='{height}' "
-        f"role='img' aria-label='bar chart'>"
-    ]
+    parts = [f"<svg width='{width}' height='{height}' role='img' aria-label='bar chart'>"]
     for i, (label, value) in enumerate(items):
         y = 5 + i * row
         length = 0 if maximum <= 0 else (width - 190) * max(0.0, min(value, maximum)) / maximum
