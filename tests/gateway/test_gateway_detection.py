@@ -1,0 +1,117 @@
+"""Extraction detection and the response watermark inside the live gateway."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from modelshield import ConfigError, access, audit
+from modelshield.config import load_config
+from modelshield.demo import DemoData, DemoModel
+from modelshield.gateway import ServerThread, build_app, open_gateway
+from modelshield.models import load_model
+from modelshield.stores import open_audit_store
+
+from .conftest import write_config
+
+OPEN_TIER = "[tiers.open]\nrequests_per_second = 100000.0\nburst = 100000\nbudget_rows = 1000000\nmax_batch_rows = 100\noutput = ['probabilities']\n"
+
+
+def _npy(path: Path, rows: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, rows)
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.fixture
+def guarded(
+    tmp_path: Path, demo_model: DemoModel, demo_data: DemoData
+) -> tuple[str, dict[str, str], object]:
+    _npy(tmp_path / "ref.npy", demo_data.x_train)
+    _npy(tmp_path / "cal.npy", demo_data.x_test[:225])
+    (tmp_path / "wm.key").write_text("ab" * 32)
+    extra = (
+        OPEN_TIER
+        + "[detection]\nenabled = true\nreference = 'ref.npy'\ncalibration = 'cal.npy'\n"
+        + "[watermark]\nenabled = true\nshare = 0.05\nkey = { file = 'wm.key' }\n"
+    )
+    config = load_config(write_config(tmp_path, extra))
+    keys = {}
+    with access.open_registry(config.registry.url) as registry:
+        for name in ("honest", "thief"):
+            keys[name] = registry.add(name, models=["digits"], tier="open")[1].reveal()
+    gateway = open_gateway(
+        config, models={"digits": load_model(demo_model.onnx_bytes)}, random_state=0
+    )
+    assert set(gateway.observers) == {"digits"}
+    assert set(gateway.markers) == {"digits"}
+    with ServerThread(build_app(gateway)) as server:
+        yield server.url, keys, config
+
+
+def _post(url: str, key: str, rows: np.ndarray) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/models/digits/predict",
+        json={"inputs": rows.tolist()},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_noise_thief_is_blocked_and_honest_client_is_not(
+    guarded: tuple[str, dict[str, str], object], demo_data: DemoData
+) -> None:
+    url, keys, config = guarded
+    honest = demo_data.x_test[225:]
+    for start in range(0, len(honest), 15):
+        assert _post(url, keys["honest"], honest[start : start + 15]).status_code == 200
+    rng = np.random.default_rng(0)
+    statuses = []
+    for _ in range(10):  # 20 rows of uniform noise per request, at most 200 rows
+        statuses.append(_post(url, keys["thief"], rng.random((20, 64))).status_code)
+        if statuses[-1] != 200:
+            break
+    assert statuses[-1] == 403, statuses
+    blocked_after_rows = 20 * (len(statuses) - 1)
+    assert blocked_after_rows <= 200
+    r = _post(url, keys["thief"], honest[:1])
+    assert r.status_code == 403
+    assert "detector" not in r.text  # a flagged client cannot tell which detector fired
+    store = open_audit_store(config.audit.url)  # type: ignore[attr-defined]
+    try:
+        flagged = [x for x in audit.export(store, client="thief") if x.get("extra", {}).get("flag")]
+    finally:
+        store.close()
+    assert flagged and flagged[0]["extra"]["flag"] == "block"
+    assert flagged[0]["extra"]["evidence"]["evidence"]  # detector, score, threshold, queries
+
+
+def test_response_watermark_marks_are_kept_per_client(
+    guarded: tuple[str, dict[str, str], object], demo_data: DemoData, demo_model: DemoModel
+) -> None:
+    url, keys, config = guarded
+    victim = load_model(demo_model.onnx_bytes)
+    x = demo_data.x_test[225:]
+    got = []
+    for start in range(0, len(x), 15):
+        got.extend(_post(url, keys["honest"], x[start : start + 15]).json()["labels"])
+    changed = np.asarray(got) != victim.predict(x)
+    store = open_audit_store(config.audit.url)  # type: ignore[attr-defined]
+    try:
+        marks = audit.marks_by_client(store)
+    finally:
+        store.close()
+    assert changed.sum() == len(marks.get("honest", []))
+    assert 0 < changed.mean() < 0.15  # share 0.05 of answers, by neighbourhood
+
+
+def test_detection_without_reference_is_a_config_error(
+    tmp_path: Path, demo_model: DemoModel
+) -> None:
+    config = load_config(write_config(tmp_path, "[detection]\nenabled = true\n"))
+    with pytest.raises(ConfigError, match="detection.reference"):
+        open_gateway(config, models={"digits": load_model(demo_model.onnx_bytes)})
