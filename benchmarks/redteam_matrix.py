@@ -46,6 +46,7 @@ output = ["probabilities"]
 def undefend(config: Path) -> None:
     """Rewrite an ``init`` shield.toml into the undefended profile."""
     text = config.read_text(encoding="utf-8")
+
     def drop(table: str, replacement: str = "") -> None:
         nonlocal text
         # a table runs from its header to the next line that starts a table
@@ -58,7 +59,14 @@ def undefend(config: Path) -> None:
     config.write_text(text, encoding="utf-8")
 
 
-def attack_deployment(config_path: Path, budget: int, data: Any, victim: Any) -> dict[str, Any]:
+def attack_deployment(
+    config_path: Path,
+    budget: int,
+    data: Any,
+    victim: Any,
+    labels: str = "soft",
+    client: str = "thief",
+) -> dict[str, Any]:
     from modelshield import access
     from modelshield.attacks import Evaluation, HttpTarget, KnockoffNets, moved_pool
     from modelshield.config import load_config
@@ -66,7 +74,7 @@ def attack_deployment(config_path: Path, budget: int, data: Any, victim: Any) ->
 
     config = load_config(config_path)
     with access.open_registry(config.registry.url) as registry:
-        _, key = registry.add("thief", models=["digits"], tier="standard")
+        _, key = registry.add(client, models=["digits"], tier="standard")
     gateway = open_gateway(config, random_state=0)
     pool = moved_pool(data.x_train, image_shape=(8, 8), random_state=0)
     evaluation = Evaluation.from_predictor(victim, inputs=data.x_test, true_labels=data.y_test)
@@ -75,7 +83,7 @@ def attack_deployment(config_path: Path, budget: int, data: Any, victim: Any) ->
         ServerThread(build_app(gateway)) as server,
         HttpTarget(server.url, api_key=key.reveal(), model="digits") as target,
     ):
-        attack = KnockoffNets(budget=budget, pool=pool, labels="soft", random_state=0)
+        attack = KnockoffNets(budget=budget, pool=pool, labels=labels, random_state=0)  # type: ignore[arg-type]
         result = attack.run(target, evaluation=evaluation)
     return {
         "fidelity": result.fidelity,
@@ -100,7 +108,7 @@ def honest_client(config_path: Path, data: Any, victim: Any) -> tuple[float, flo
         _, key = registry.add("honest", models=["digits"], tier="standard")
     gateway = open_gateway(config, random_state=0)
     marker = gateway.markers.get("digits")
-    x = data.x_test
+    x = data.x_test[len(data.x_test) // 2 :]  # init calibrated detection on the first half
     labels: list[Any] = []
     with ServerThread(build_app(gateway)) as server:
         for start in range(0, len(x), 50):
@@ -140,16 +148,21 @@ def main() -> None:
         onnx.write_bytes(model.onnx_bytes)
         undefended = init_deployment(Path(tmp) / "undefended", onnx)
         undefend(undefended.config)
-        defended = init_deployment(Path(tmp) / "defended", onnx)
+        # the defended deployment is exactly what `modelshield init` writes for the demo model
+        defended = init_deployment(Path(tmp) / "defended")
         off = attack_deployment(undefended.config, budget, data, victim)
         on = attack_deployment(defended.config, budget, data, victim)
+        hard = attack_deployment(defended.config, budget, data, victim, "hard", "thief2")
         print(f"undefended: {off}")
         print(f"defended:   {on}")
+        print(f"defended, hard labels: {hard}")
         kept, cost = honest_client(defended.config, data, victim)
     figures["fidelity_undefended"] = off["fidelity"]
     figures["fidelity_defended"] = on["fidelity"]
     figures["defended_outcome"] = on["outcome"]
     figures["defended_stopped_at_row"] = on["stopped_at_row"]
+    # the `labels` field is always exact, so a hard-label thief is held back by detection only
+    figures["fidelity_defended_hard_labels"] = hard["fidelity"]
     figures["benign_top1_kept"] = round(kept, 4)
     figures["watermark_cost"] = round(cost, 4)
     parity = subprocess.run(
