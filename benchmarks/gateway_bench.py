@@ -156,7 +156,8 @@ def main() -> None:
                     r = measure(kind, workers, workdir, headers, body, seconds)
                     results.setdefault((kind, workers), []).append(r)
                     print(
-                        f"{kind:8s} workers={workers} rps={r[0]:8.0f} p50={r[1]:.2f}ms p99={r[2]:.2f}ms"
+                        f"{kind:8s} workers={workers} rps={r[0]:8.0f} "
+                        f"p50={r[1]:.2f}ms p99={r[2]:.2f}ms"
                     )
 
     def med(kind: str, workers: int, i: int) -> float:

@@ -102,5 +102,6 @@ def test_html_report_escapes_and_is_self_contained(tmp_path: Path) -> None:
     html = render_html(assess(write(tmp_path, UNDEFENDED)))
     assert html.startswith("<!doctype html>")
     assert "<script" not in html
-    assert "http://" not in html and "https://" not in html
+    assert "http://" not in html
+    assert "https://" not in html
     assert "full-precision probabilities" in html

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from modelshield import IntegrityError
-from modelshield import vault
+from modelshield import IntegrityError, vault
 from modelshield.demo import DemoModel
 from modelshield.evidence import (
     Opening,

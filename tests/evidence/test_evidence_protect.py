@@ -74,7 +74,8 @@ def test_protect_each_model_kind(
     with pytest.raises(Exception):  # noqa: B017,PT011 - the server key does not open the owner's secrets
         vault.unseal_bytes(report.secrets, server)
     config = load_config(report.config)
-    assert config.watermark.enabled and config.detection.enabled
+    assert config.watermark.enabled
+    assert config.detection.enabled
     if kind == "skops":
         opening = next(o for o in openings if o.name == "trigger-set")
         trigger = watermark.make_trigger_set(opening.secret, shape=(64,), classes=tuple(range(10)))

@@ -80,11 +80,10 @@ class LocalTSA:
                 query = self.rfile.read(length)
                 with lock:
                     (directory / "req.tsq").write_bytes(query)
-                    result = subprocess.run(
-                        ["openssl", "ts", "-reply", "-config", str(directory / "openssl.cnf"),
-                         "-queryfile", str(directory / "req.tsq"), "-out", str(directory / "resp.tsr")],
-                        capture_output=True, timeout=30, check=False,
-                    )  # fmt: skip
+                    command = ["openssl", "ts", "-reply", "-config", str(directory / "openssl.cnf")]
+                    command += ["-queryfile", str(directory / "req.tsq")]
+                    command += ["-out", str(directory / "resp.tsr")]
+                    result = subprocess.run(command, capture_output=True, timeout=30, check=False)
                     body = (directory / "resp.tsr").read_bytes() if result.returncode == 0 else b""
                 self.send_response(200 if body else 500)
                 self.send_header("Content-Type", "application/timestamp-reply")

@@ -18,7 +18,10 @@ from modelshield.stores import open_audit_store
 
 from .conftest import write_config
 
-OPEN_TIER = "[tiers.open]\nrequests_per_second = 100000.0\nburst = 100000\nbudget_rows = 1000000\nmax_batch_rows = 100\noutput = ['probabilities']\n"
+OPEN_TIER = (
+    "[tiers.open]\nrequests_per_second = 100000.0\nburst = 100000\nbudget_rows = 1000000\n"
+    "max_batch_rows = 100\noutput = ['probabilities']\n"
+)
 
 
 def _npy(path: Path, rows: np.ndarray) -> None:
@@ -86,7 +89,8 @@ def test_noise_thief_is_blocked_and_honest_client_is_not(
         flagged = [x for x in audit.export(store, client="thief") if x.get("extra", {}).get("flag")]
     finally:
         store.close()
-    assert flagged and flagged[0]["extra"]["flag"] == "block"
+    assert flagged
+    assert flagged[0]["extra"]["flag"] == "block"
     assert flagged[0]["extra"]["evidence"]["evidence"]  # detector, score, threshold, queries
 
 
@@ -113,5 +117,5 @@ def test_detection_without_reference_is_a_config_error(
     tmp_path: Path, demo_model: DemoModel
 ) -> None:
     config = load_config(write_config(tmp_path, "[detection]\nenabled = true\n"))
-    with pytest.raises(ConfigError, match="detection.reference"):
+    with pytest.raises(ConfigError, match=r"detection\.reference"):
         open_gateway(config, models={"digits": load_model(demo_model.onnx_bytes)})

@@ -28,7 +28,8 @@ def test_knockoff_over_http_stops_at_the_row_budget(live: LiveGateway, demo_data
     assert result.rows == 500
     assert result.stopped_at_row == 500
     assert target.rows == 500
-    assert result.fidelity is not None and result.fidelity > 0.5
+    assert result.fidelity is not None
+    assert result.fidelity > 0.5
 
 
 def test_short_retry_after_is_waited_out(live: LiveGateway, demo_data: DemoData) -> None:
