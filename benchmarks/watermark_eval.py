@@ -183,13 +183,22 @@ def copies(quick: bool) -> list[tuple[str, Any]]:
     return out
 
 
-def response_section(data: Any, victim: Any, quick: bool) -> dict[str, Any]:
+def response_section(
+    data: Any, victim: Any, quick: bool, projections: int, cell_width: float
+) -> dict[str, Any]:
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
 
     all_x = (load_digits().data / 16.0).astype(np.float32)
     # 0.8 %: the cells make the realised share lumpy, and the cost must stay at or below 1 %
-    wm = ResponseWatermark(KEY, classes=CLASSES, share=0.008, image_shape=(8, 8))
+    wm = ResponseWatermark(
+        KEY,
+        classes=CLASSES,
+        share=0.008,
+        image_shape=(8, 8),
+        n_projections=projections,
+        cell_width=cell_width,
+    )
     rng = np.random.default_rng(0)
     records: dict[str, list[Any]] = {}
     all_marks, n_answers = [], 0
@@ -306,6 +315,8 @@ def false_claims_section(data: Any, records: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--projections", type=int, default=4, help="LSH directions (default 4)")
+    parser.add_argument("--cell-width", type=float, default=3.0, help="LSH width (default 3)")
     args = parser.parse_args()
     start = time.perf_counter()
     data = load_demo_data()
@@ -316,7 +327,7 @@ def main() -> None:
     weights = weights_section(data)
     print("weights:", json.dumps(weights))
     result.update(weights)
-    response = response_section(data, demo.estimator, args.quick)
+    response = response_section(data, demo.estimator, args.quick, args.projections, args.cell_width)
     records = response.pop("records")
     response.pop("wm")
     rows = response.pop("response_rows")

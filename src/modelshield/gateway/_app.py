@@ -278,6 +278,8 @@ class Gateway:
             if flag is not None and _SEVERITY[flag] > _SEVERITY.get(decision.flag or "", 0):
                 self.limits.set_flag(client.name, flag)
                 entry["extra"] = {"flag": flag, "evidence": evidence}
+            elif evidence.get("scores"):
+                entry["extra"] = {"scores": evidence["scores"]}  # for the dashboard's charts
         entry["decision"] = "degrade" if degraded else "allow"
         entry["output_summary"] = ",".join(str(label) for label in result.labels[:16])
         if result.marked_rows.size:
