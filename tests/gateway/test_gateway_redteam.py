@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from modelshield.attacks import Evaluation, HttpTarget, KnockoffNets, RemoteVictim
+from modelshield import access
+from modelshield.attacks import (
+    ATTACKS,
+    EquationSolving,
+    Evaluation,
+    HttpTarget,
+    KnockoffNets,
+    LinearModel,
+    RemoteVictim,
+    make_attack,
+)
+from modelshield.config import load_config
 from modelshield.demo import DemoData
 from modelshield.errors import AuthenticationError
+from modelshield.gateway import ServerThread, build_app, open_gateway
 
-from .conftest import LiveGateway
+from .conftest import LiveGateway, write_config
 
 
 def test_knockoff_over_http_stops_at_the_row_budget(live: LiveGateway, demo_data: DemoData) -> None:
@@ -61,3 +74,51 @@ def test_remote_victim_fetches_the_deployments_labels(
             victim.predict(demo_data.x_test[:120]), live.predictor.predict(demo_data.x_test[:120])
         )
         assert target.rows == 120
+
+
+@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"equation-logistic"}))
+def test_every_attack_runs_over_http(live: LiveGateway, demo_data: DemoData, name: str) -> None:
+    with access.open_registry(live.config.registry.url) as registry:
+        _, key = registry.add(f"red-{name}", models=["digits"], tier="standard")
+    evaluation = Evaluation.from_predictor(live.predictor, inputs=demo_data.x_test[:100])
+    with HttpTarget(live.url, api_key=key.reveal()) as target:
+        attack = make_attack(name, budget=120, pool=demo_data.x_train, random_state=0)
+        result = attack.run(target, evaluation=evaluation)
+    assert result.rows == target.rows  # counted exactly, by the attack and by the target
+    assert result.rows <= 120
+    assert result.outcome in ("completed", "budget_exhausted")
+    assert result.copy is not None
+
+
+def test_equation_solving_recovers_a_logistic_regression_exactly_over_http(tmp_path: Path) -> None:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+
+    from modelshield.models import InputSpec, SklearnPredictor
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.min(axis=0)) / (x.max(axis=0) - x.min(axis=0))
+    victim = LogisticRegression(max_iter=1000).fit(x[:400], y[:400])
+    spec = InputSpec(shape=(30,), dtype="float64", min_value=0.0, max_value=1.0)
+    predictor = SklearnPredictor(victim, input_spec=spec)
+    extra = (
+        "[tiers.open]\nrequests_per_second = 10000.0\nburst = 10000\noutput = ['probabilities']\n"
+    )
+    config = load_config(write_config(tmp_path, extra))
+    with access.open_registry(config.registry.url) as registry:
+        _, key = registry.add("eq", models=["cancer"], tier="open")
+    gateway = open_gateway(config, models={"cancer": predictor})
+    evaluation = Evaluation.from_predictor(predictor, inputs=x[400:], true_labels=y[400:])
+    with (
+        ServerThread(build_app(gateway)) as server,
+        HttpTarget(server.url, api_key=key.reveal()) as target,
+    ):
+        result = EquationSolving(budget=1000, model="logistic", random_state=0).run(
+            target, evaluation=evaluation
+        )
+    assert (result.rows, target.rows) == (31, 31)  # d + 1 queries
+    model = result.copy.model if result.copy is not None else None
+    assert isinstance(model, LinearModel)
+    np.testing.assert_allclose(model.coef_, victim.coef_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(model.intercept_, victim.intercept_, atol=1e-6, rtol=0)
+    assert result.fidelity == 1.0
