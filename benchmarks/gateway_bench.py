@@ -103,12 +103,10 @@ def run_wrk(
 
 
 def prepare(workdir: Path) -> dict[str, str]:
-    from modelshield import access, audit
-    from modelshield.demo import train_demo_model
-
     import numpy as np
 
-    from modelshield.demo import load_demo_data
+    from modelshield import access, audit
+    from modelshield.demo import load_demo_data, train_demo_model
 
     data = load_demo_data()
     (workdir / "digits.onnx").write_bytes(train_demo_model(0, data).onnx_bytes)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,32 +30,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-
-UNDEFENDED_TIER = """
-[tiers.standard]
-requests_per_second = 100000.0
-burst = 100000
-budget_rows = 1000000000
-budget_period = "lifetime"
-max_batch_rows = 1000
-output = ["probabilities"]
-"""
-
-
-def undefend(config: Path) -> None:
-    """Rewrite an ``init`` shield.toml into the undefended profile."""
-    text = config.read_text(encoding="utf-8")
-
-    def drop(table: str, replacement: str = "") -> None:
-        nonlocal text
-        # a table runs from its header to the next line that starts a table
-        pattern = rf"^\[{re.escape(table)}\]\n(?:(?!\[).*\n)*"
-        text = re.sub(pattern, replacement, text, flags=re.M)
-
-    drop("tiers.standard", UNDEFENDED_TIER.lstrip() + "\n")
-    drop("detection")
-    drop("watermark")
-    config.write_text(text, encoding="utf-8")
 
 
 def attack_deployment(
@@ -136,6 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     from modelshield.demo import load_demo_data, train_demo_model
     from modelshield.gateway import init_deployment
+    from modelshield.gateway._init import strip_defences
     from modelshield.models import load_model
 
     budget = 1000 if args.quick else 5000
@@ -147,7 +121,7 @@ def main() -> None:
         onnx = Path(tmp) / "digits.onnx"
         onnx.write_bytes(model.onnx_bytes)
         undefended = init_deployment(Path(tmp) / "undefended", onnx)
-        undefend(undefended.config)
+        strip_defences(undefended.config)
         # the defended deployment is exactly what `modelshield init` writes for the demo model
         defended = init_deployment(Path(tmp) / "defended")
         off = attack_deployment(undefended.config, budget, data, victim)

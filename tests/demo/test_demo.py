@@ -33,6 +33,13 @@ def test_run_demo_writes_private_files(tmp_path: Path) -> None:
     assert report.gateway_statuses == {"alice": 200, "bad_key": 401, "over_budget": 429}
     assert report.audit_ok
     assert report.backup_restored
+    assert report.fidelity_undefended >= 0.9
+    assert report.fidelity_defended <= report.fidelity_undefended - 0.2
+    assert not report.independent_traced  # an independent model is never claimed as ours
+    assert report.evidence_report is not None
+    html = report.evidence_report.read_text()
+    assert "Ownership certificate" in html
+    assert "In plain language" in html
     sealed = next(p for p in report.files if p.suffix == ".sealed").read_bytes()
     plain = next(p for p in report.files if p.suffix == ".onnx").read_bytes()
     for start in range(0, len(plain) - 32, len(plain) // 8):

@@ -66,3 +66,44 @@ def test_certify_usage_errors_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2
     r = run("certify", "model.onnx", cwd=tmp_path)
     assert r.returncode == 2
+
+
+def test_evidence_command_on_a_stolen_file(tmp_path: Path, demo_model: DemoModel) -> None:
+    from modelshield import watermark
+    from modelshield.demo import DEMO_INPUT_SPEC, load_demo_data
+    from modelshield.models import dump_sklearn
+
+    data = load_demo_data()
+    key = watermark.generate_key()
+    (tmp_path / "trigger.key").write_bytes(key)
+    trigger = watermark.make_trigger_set(key, shape=(64,), classes=tuple(range(10)))
+    marked = watermark.embed_trigger_set(
+        demo_model.estimator, trigger, data.x_train, data.y_train, random_state=0
+    )
+    (tmp_path / "stolen.skops").write_bytes(dump_sklearn(marked, input_spec=DEMO_INPUT_SPEC))
+    (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
+    assert run("keygen", "--signing", "-o", "owner", cwd=tmp_path).returncode == 0
+    assert run("keygen", "-o", "vault", cwd=tmp_path).returncode == 0
+    r = run(
+        "certify", "digits.onnx", "--owner", "Example Labs", "--signing-key", "owner.signing.key",
+        "--commit", "trigger-set=trigger.key", "-r", "vault.pub", "-o", "cert.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run(
+        "evidence", "stolen.skops", "--certificate", "cert.json", "--trust", "owner.signing.pub",
+        "--openings", "cert.json.openings.sealed", "-i", "vault.key", "-o", "report.html",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "report.html").read_text()
+    assert "the suspect is a copy of the certified model" in html
+    # an independent model is not claimed
+    (tmp_path / "independent.onnx").write_bytes(demo_model.onnx_bytes)
+    r = run(
+        "evidence", "independent.onnx", "--certificate", "cert.json",
+        "--trust", "owner.signing.pub",
+        "--openings", "cert.json.openings.sealed", "-i", "vault.key", "-o", "other.html",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "ownership of the suspect is not established" in (tmp_path / "other.html").read_text()

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "_obfuscate",
     "_protect",
     "_certify",
+    "_evidence",
     "_watermark",
     "_attack",
     "_redteam",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -27,6 +28,11 @@ class DemoReport:
     gateway_statuses: dict[str, int] = field(default_factory=dict)
     audit_ok: bool = False
     backup_restored: bool = False
+    fidelity_undefended: float = 0.0
+    fidelity_defended: float = 0.0
+    insider_traced: bool = False
+    independent_traced: bool = False
+    evidence_report: Path | None = None
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -153,6 +159,151 @@ def _backup_chapter(
     return bool(drill.audit_ok and drill.served_status == 200)
 
 
+def _steal(config_path: Path, client: str, data: DemoData, victim: Predictor, budget: int) -> Any:
+    """A soft-label Knockoff thief with moved natural data, through the deployment's gateway."""
+    from modelshield import access
+    from modelshield.attacks import Evaluation, HttpTarget, KnockoffNets, moved_pool
+    from modelshield.config import load_config
+    from modelshield.gateway import ServerThread, build_app, open_gateway
+
+    config = load_config(config_path)
+    with access.open_registry(config.registry.url) as registry:
+        _, key = registry.add(client, models=["digits"], tier="standard")
+    pool = moved_pool(data.x_train, image_shape=(8, 8), random_state=1)
+    evaluation = Evaluation.from_predictor(victim, inputs=data.x_test, true_labels=data.y_test)
+    with (
+        ServerThread(build_app(open_gateway(config, random_state=0))) as server,
+        HttpTarget(server.url, api_key=key.reveal(), model="digits") as target,
+    ):
+        attack = KnockoffNets(budget=budget, pool=pool, labels="soft", random_state=0)
+        return attack.run(target, evaluation=evaluation)
+
+
+def _redteam_chapter(
+    console: Console, workdir: Path, onnx_path: Path, defended: Path, data: DemoData
+) -> tuple[float, float]:
+    from modelshield.assess import assess
+    from modelshield.config import load_config
+    from modelshield.gateway import init_deployment
+    from modelshield.gateway._init import strip_defences
+
+    victim = load_model(onnx_path.read_bytes())
+    undefended = init_deployment(workdir / "undefended", onnx_path).config
+    strip_defences(undefended)
+    table = Table(title="Knockoff thief, 1,000-query budget, through HTTP")
+    for column in ("deployment", "rows obtained", "outcome", "fidelity of the copy", "risk"):
+        table.add_column(column)
+    fidelities = []
+    for label, config_path in (("defences off", undefended), ("defences on", defended)):
+        result = _steal(config_path, "thief", data, victim, budget=1000)
+        risk = assess(load_config(config_path))
+        fidelities.append(float(result.fidelity or 0.0))
+        outcome = (
+            f"blocked at row {result.stopped_at_row}"
+            if result.outcome == "blocked"
+            else result.outcome.replace("_", " ")
+        )
+        table.add_row(
+            label,
+            str(result.rows),
+            outcome,
+            f"{result.fidelity:.1%}",
+            f"{risk.rating} ({risk.overall}/5)",
+        )
+    console.print(table)
+    console.print(
+        "with defences on, the thief's soft labels are deceptive (reverse sigmoid) and extraction "
+        "detection blocks it when it sees it; `modelshield assess` scores the risk in OWASP terms"
+    )
+    return fidelities[0], fidelities[1]
+
+
+def _proof_chapter(
+    console: Console, workdir: Path, onnx_path: Path, config_path: Path, data: DemoData
+) -> tuple[bool, bool, Path]:
+    """Certify the model, let an insider collect answers, and trace the insider's copy."""
+    from modelshield import access, evidence, vault
+    from modelshield.config import load_config
+    from modelshield.evidence._trace import audit_check, response_trace
+    from modelshield.gateway import ServerThread, build_app, open_gateway
+
+    config = load_config(config_path)
+    keys = config_path.parent / "keys"
+    signing = vault.load_signing_key(keys / "owner.signing.key")
+    wm_key = bytes.fromhex((keys / "response-watermark.key").read_text().strip())
+    cert, openings = evidence.create_certificate(
+        model=onnx_path,
+        owner="Example Labs Ltd",
+        signing_key=signing,
+        sealed=config.models["digits"].path,
+        secrets_to_commit={"response-watermark": wm_key},
+        licence="Evaluation use only; no training of other models on the outputs.",
+    )
+    cert_path = workdir / "certificate.json"
+    cert_path.write_bytes(evidence.dump_certificate(cert))
+    console.print(f"certificate {cert_path.name}: signed by the owner key, model digest bound")
+    # an insider with a valid key collects answers on natural digits, below every alarm
+    import httpx
+    from sklearn.neural_network import MLPClassifier
+
+    with access.open_registry(config.registry.url) as registry:
+        _, key = registry.add("insider", models=["digits"], tier="standard")
+    rows = data.x_test[len(data.x_test) // 2 :]  # natural, held-out digits: honest-looking
+    answers: list[Any] = []
+    with ServerThread(build_app(open_gateway(config, random_state=0))) as server:
+        for start in range(0, len(rows), 15):
+            r = httpx.post(
+                f"{server.url}/v1/models/digits/predict",
+                json={"inputs": rows[start : start + 15].tolist()},
+                headers={"Authorization": f"Bearer {key.reveal()}"},
+                timeout=30,
+            )
+            if r.status_code != 200:
+                break
+            answers.extend(r.json()["labels"])
+    n = len(answers)
+    console.print(f"an insider collected {n} answers with a valid key and trained a copy on them")
+    copy = MLPClassifier(hidden_layer_sizes=(128,), max_iter=2000, random_state=0)
+    copy.fit(rows[:n], answers)  # trained to convergence on what the insider received
+    independent = MLPClassifier(hidden_layer_sizes=(32,), max_iter=2000, random_state=7)
+    independent.fit(data.x_train, data.y_train)
+    victim = load_model(onnx_path.read_bytes())
+    trace = response_trace(config, victim=victim)
+    verdicts = {}
+    for name, suspect in (("insider's copy", copy), ("independent model", independent)):
+        results = trace(suspect.predict)
+        top = results[0] if results else None
+        verdicts[name] = bool(top is not None and top.verified)
+        if top is None:
+            console.print(f"{name}: no marked answers to test")
+            continue
+        console.print(
+            f"{name}: best match client '{top.client_id}', {top.matches}/{top.trials} marked "
+            f"answers reproduced, p = {top.p_value:.1e} -> "
+            + ("[green]carries the watermark[/green]" if top.verified else "not shown to be ours")
+        )
+    report = evidence.gather_evidence(
+        suspect="the insider's copy (a scikit-learn MLP file)",
+        suspect_predict=copy.predict,
+        certificate=cert,
+        trusted_key=signing.verifying_key,
+        openings=openings,
+        classes=victim.classes,
+        input_shape=victim.input_spec.shape,
+        response_trace=trace,
+        audit_check=audit_check(config),
+        commands=(
+            f"modelshield certify --verify {cert_path} --trust keys/owner.signing.pub",
+            f"modelshield watermark trace COPY --config {config_path}",
+            f"modelshield audit verify --config {config_path}",
+        ),
+    )
+    out = workdir / "evidence-report.html"
+    out.write_text(evidence.render_evidence_html(report), encoding="utf-8")
+    console.print(f"evidence report for a lawyer: {out}")
+    return verdicts["insider's copy"], verdicts["independent model"], out
+
+
 def run_demo(workdir: Path, console: Console | None = None, random_state: int = 0) -> DemoReport:
     """Run the scenario, writing its files into ``workdir`` and telling the story on ``console``."""
     from modelshield import vault
@@ -216,7 +367,15 @@ def run_demo(workdir: Path, console: Console | None = None, random_state: int = 
         console, workdir, onnx_path, data
     )
 
-    _chapter(console, "4. backups: lose the model, get it back")
+    _chapter(console, "4. the red team: steal it through its own API")
+    fidelity_off, fidelity_on = _redteam_chapter(console, workdir, onnx_path, config_path, data)
+
+    _chapter(console, "5. proof: is a copy ours, and who leaked it?")
+    insider_traced, independent_traced, evidence_path = _proof_chapter(
+        console, workdir, onnx_path, config_path, data
+    )
+
+    _chapter(console, "6. backups: lose the model, get it back")
     restored = _backup_chapter(console, workdir, config_path, model_name, alice_key, data)
 
     seconds = time.perf_counter() - started
@@ -230,4 +389,9 @@ def run_demo(workdir: Path, console: Console | None = None, random_state: int = 
         gateway_statuses=statuses,
         audit_ok=audit_ok,
         backup_restored=restored,
+        fidelity_undefended=fidelity_off,
+        fidelity_defended=fidelity_on,
+        insider_traced=insider_traced,
+        independent_traced=independent_traced,
+        evidence_report=evidence_path,
     )

@@ -201,3 +201,32 @@ def init_deployment(
         owner_signing_key=owner.private,
         audit_key=audit_key,
     )
+
+
+_OPEN_TIER = """[tiers.standard]
+requests_per_second = 100000.0
+burst = 100000
+budget_rows = 1000000000
+budget_period = "lifetime"
+max_batch_rows = 1000
+output = ["probabilities"]
+
+"""
+
+
+def strip_defences(config_path: Path) -> None:
+    """Rewrite a shield.toml written by :func:`init_deployment` into an undefended deployment:
+    full probabilities, no budget, no detection, no response watermark (for red-team baselines
+    only: never serve a real model like this)."""
+    text = config_path.read_text(encoding="utf-8")
+
+    def drop(table: str, replacement: str = "") -> None:
+        nonlocal text
+        # a table runs from its header to the next line that starts a table
+        pattern = rf"^\[{re.escape(table)}\]\n(?:(?!\[).*\n)*"
+        text = re.sub(pattern, replacement, text, flags=re.M)
+
+    drop("tiers.standard", _OPEN_TIER)
+    drop("detection")
+    drop("watermark")
+    config_path.write_text(text, encoding="utf-8")

@@ -58,16 +58,16 @@ class DetectionObserver:
             actions = self.policy.decide(
                 client=client, tier=tier or "standard", observations=observations, now=now
             )
-        scores = {
+        latest = {
             o.detector: {"score": round(float(o.score), 6), "threshold": float(o.threshold)}
             for o in result.observations
             if o.ready and np.isfinite(o.score)
         }
         strongest = self.policy.strongest(actions)
         if strongest is None:
-            return None, {"scores": scores} if scores else {}
+            return None, {"scores": latest} if latest else {}
         evidence = strongest.to_dict()
-        evidence["scores"] = scores
+        evidence["scores"] = latest
         if strongest.kind == "alert" or any(a.kind == "alert" for a in actions):
             _log.warning("extraction alert for client %s: %s", client, evidence["evidence"])
             if self.webhook is not None:

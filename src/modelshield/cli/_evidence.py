@@ -1,0 +1,154 @@
+"""``modelshield evidence`` and ``modelshield watermark trace``: is the suspect ours, who leaked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from modelshield.cli._app import console
+from modelshield.errors import ConfigError
+
+
+def _suspect(suspect: str, api_key: str | None, model: str | None) -> tuple[Any, Any, str]:
+    """(predict function, input spec and classes holder, description)."""
+    if suspect.startswith(("http://", "https://")):
+        if api_key is None:
+            raise ConfigError("an HTTP suspect needs --api-key (or MODELSHIELD_API_KEY)")
+        from modelshield.attacks import HttpTarget
+
+        target = HttpTarget(suspect, api_key=api_key, model=model)
+
+        def remote(x: Any) -> Any:
+            import numpy as np
+
+            out = [target.query(np.asarray(x[i : i + 100])).labels for i in range(0, len(x), 100)]
+            return np.concatenate(out)
+
+        return remote, target, f"{suspect} (model {target.model})"
+    from modelshield.models import load_model
+
+    path = Path(suspect)
+    try:
+        predictor = load_model(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the suspect model ({exc.strerror})") from None
+    return predictor.predict, predictor, f"model file {path.name}"
+
+
+def evidence(
+    suspect: Annotated[str, typer.Argument(help="The suspect: a model file or a gateway URL.")],
+    certificate: Annotated[Path, typer.Option("--certificate", help="The ownership certificate.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML report to write.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="shield.toml: trace the response watermark.")
+    ] = None,
+    trust: Annotated[
+        Path | None,
+        typer.Option("--trust", help="OWNER.signing.pub (default: the config's require_signer)."),
+    ] = None,
+    openings: Annotated[
+        Path | None, typer.Option("--openings", help="The sealed commitment openings.")
+    ] = None,
+    identity: Annotated[
+        Path | None, typer.Option("-i", "--identity", help="Opens --openings.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="MODELSHIELD_API_KEY", help="For a URL.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name at a URL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print the report as JSON.")] = False,
+) -> None:
+    """Verify the certificate, run every watermark test on the suspect, name the leaking client."""
+    import sys
+
+    from modelshield import evidence as ev
+    from modelshield import vault
+    from modelshield.config import load_config
+    from modelshield.evidence._trace import audit_check, response_trace
+
+    settings = None if config is None else load_config(config)
+    if trust is None and settings is not None:
+        trust = next((m.require_signer for m in settings.models.values() if m.require_signer), None)
+    if trust is None:
+        raise ConfigError("give --trust OWNER.signing.pub (or a --config with require_signer)")
+    cert = ev.load_certificate(certificate)
+    opened: list[Any] = []
+    if openings is not None:
+        if identity is None:
+            raise ConfigError("--openings needs -i IDENTITY.key to open them")
+        opened = ev.load_openings(vault.unseal_bytes(openings, vault.load_identity(identity)))
+    predict, spec_holder, description = _suspect(suspect, api_key, model)
+    spec = spec_holder.input_spec
+    commands = [
+        "modelshield " + " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]),
+        f"modelshield certify --verify {certificate} --trust {trust}",
+    ]
+    if settings is not None:
+        commands.append(f"modelshield watermark trace {suspect} --config {config}")
+        commands.append(f"modelshield audit verify --config {config}")
+    with console.status("running the verifications..."):
+        report = ev.gather_evidence(
+            suspect=description,
+            suspect_predict=predict,
+            certificate=cert,
+            trusted_key=vault.load_verifying_key(trust),
+            openings=opened,
+            classes=spec_holder.classes,
+            input_shape=spec.shape,
+            input_range=(
+                0.0 if spec.min_value is None else spec.min_value,
+                1.0 if spec.max_value is None else spec.max_value,
+            ),
+            response_trace=None if settings is None else response_trace(settings),
+            audit_check=None if settings is None else audit_check(settings),
+            commands=commands,
+        )
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(ev.render_evidence_html(report), encoding="utf-8")
+    tmp.replace(output)
+    console.print(ev.plain_summary(report))
+    console.print(f"report: {output}")
+    if as_json:
+        console.print_json(json.dumps(report.to_dict(), default=str))
+
+
+def trace_command(
+    suspect: Annotated[str, typer.Argument(help="The suspect: a model file or a gateway URL.")],
+    config: Annotated[Path, typer.Option("--config", help="The deployment's shield.toml.")] = Path(
+        "shield.toml"
+    ),
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="MODELSHIELD_API_KEY", help="For a URL.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name at a URL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which client's response watermark does the suspect carry?"""
+    from modelshield.config import load_config
+    from modelshield.evidence._trace import response_trace
+
+    predict, _, _ = _suspect(suspect, api_key, model)
+    results = response_trace(load_config(config))(predict)
+    if as_json:
+        console.print_json(json.dumps([r.to_dict() for r in results]))
+        return
+    table = Table(title="response watermark trace (most significant first)")
+    for column in ("client", "matches / trials", "chance", "p-value", "verdict"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            str(r.client_id), f"{r.matches} / {r.trials}", f"{r.chance_rate:.3f}",
+            f"{r.p_value:.2e}", "[green]carries it[/green]" if r.verified else "no",
+        )  # fmt: skip
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    from modelshield.cli._watermark import watermark_app
+
+    app.command("evidence")(evidence)
+    watermark_app.command("trace")(trace_command)
