@@ -102,7 +102,7 @@ def run_wrk(
     return parse_wrk(out)
 
 
-def prepare(workdir: Path) -> dict[str, str]:
+def prepare(workdir: Path, synchronous: str = "FULL") -> dict[str, str]:
     import numpy as np
 
     from modelshield import access, audit
@@ -116,7 +116,8 @@ def prepare(workdir: Path) -> dict[str, str]:
     audit.write_audit_key(workdir / "audit.key", audit.generate_audit_key())
     base = (
         "[models.digits]\npath = 'digits.onnx'\nimage_shape = [8, 8]\n"
-        "[audit]\nurl = 'sqlite:///audit.db'\nkey = { file = 'audit.key' }\n"
+        f"[audit]\nurl = 'sqlite:///audit.db?synchronous={synchronous}'\n"
+        "key = { file = 'audit.key' }\n"
         "[registry]\nurl = 'sqlite:///registry.db'\n"
         "[tiers.standard]\nrequests_per_second = 1000000.0\nburst = 1000000\n"
         "budget_rows = 1000000000\noutput = ['top_k:3', 'round:3']\n"
@@ -158,6 +159,13 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
+    parser.add_argument(
+        "--synchronous",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="SQLite audit durability: FULL (default, survives power loss) or NORMAL (survives "
+        "a killed process; an OS crash can drop the last commits)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -167,7 +175,7 @@ def main() -> None:
     results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ms-gwbench-") as tmp:
         workdir = Path(tmp)
-        headers = prepare(workdir)
+        headers = prepare(workdir, args.synchronous)
         worker_counts = (1,) if args.quick else (1, 2)
         for _ in range(rounds):
             for workers in worker_counts:
@@ -198,6 +206,7 @@ def main() -> None:
     figures["detect_rps"] = round(med("detect", 1, 0), 1)
     if ("guarded", 2) in results:
         figures["ratio_2w"] = round(med("guarded", 2, 0) / med("bare", 2, 0), 3)
+    figures["audit_synchronous"] = args.synchronous
     figures["ours"] = figures["guarded_rps"]
     figures["peer"] = figures["bare_rps"]
     print(json.dumps(figures))

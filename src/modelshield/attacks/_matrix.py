@@ -20,7 +20,7 @@ from modelshield.attacks._registry import make_attack
 from modelshield.attacks._result import Evaluation
 from modelshield.attacks._target import Answer, FloatArray
 from modelshield.config import TierConfig
-from modelshield.errors import InvalidInputError
+from modelshield.errors import InvalidInputError, ShieldError
 from modelshield.models import InputSpec, Label, Predictor
 
 ShieldFactory = Callable[[Predictor], Any]
@@ -177,12 +177,17 @@ def benign_cost(
     shield = defence.build(victim)
     answered: list[Any] = []
     for start in range(0, len(inputs), 50):
-        answered.extend(shield.predict(inputs[start : start + 50], client="honest").labels)
-    got = np.asarray(answered)
+        try:
+            answered.extend(shield.predict(inputs[start : start + 50], client="honest").labels)
+        except ShieldError:  # an honest client refused (limited or blocked) keeps nothing more
+            break
+    n = len(answered)
+    got = np.asarray(answered, dtype=object)
+    truth = victim.predict(inputs)
     return BenignCost(
         defence=defence.name,
-        accuracy=float(np.mean(got == labels)),
-        top1_kept=float(np.mean(got == victim.predict(inputs))),
+        accuracy=float(np.sum(got == np.asarray(labels[:n], dtype=object)) / len(inputs)),
+        top1_kept=float(np.sum(got == np.asarray(truth[:n], dtype=object)) / len(inputs)),
     )
 
 

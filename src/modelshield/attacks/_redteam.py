@@ -111,6 +111,10 @@ def run_redteam(
         )
     x_test, y_test = arrays["x_test"], arrays.get("y_test")
     evaluation = Evaluation.from_predictor(victim, inputs=x_test, true_labels=y_test)
+    # the first half of the held-out rows calibrates detection; honest clients send the rest
+    half = len(x_test) // 2
+    honest_x = np.asarray(x_test[half:])
+    honest_y = np.asarray(y_test[half:] if y_test is not None else victim.predict(honest_x))
     defences: list[Defence] = [
         d
         for d in standard_defences(
@@ -125,8 +129,8 @@ def run_redteam(
         budgets=config.budgets,
         pool=pool,
         evaluation=evaluation,
-        honest_inputs=np.asarray(x_test),
-        honest_labels=np.asarray(y_test if y_test is not None else victim.predict(x_test)),
+        honest_inputs=honest_x,
+        honest_labels=honest_y,
         random_state=config.seed,
         progress=progress,
     )
@@ -140,10 +144,14 @@ def detection_factory_for(config: RedteamConfig) -> Callable[[Predictor], Any]:
     if config.data == "digits":
         from modelshield.demo import load_demo_data
 
-        reference = load_demo_data(config.seed).x_train
+        demo = load_demo_data(config.seed)
+        reference, held_out = demo.x_train, demo.x_test
     else:
         with np.load(config.data, allow_pickle=False) as npz:
-            if "reference" not in npz.files:
-                raise ConfigError(f"{config.data}: the detection defence needs a 'reference' array")
-            reference = np.asarray(npz["reference"])
-    return detection_factory(reference, random_state=config.seed)
+            if "reference" not in npz.files or "x_test" not in npz.files:
+                raise ConfigError(
+                    f"{config.data}: the detection defence needs 'reference' and 'x_test' arrays"
+                )
+            reference, held_out = np.asarray(npz["reference"]), np.asarray(npz["x_test"])
+    calibration = held_out[: len(held_out) // 2]  # honest clients use the other half
+    return detection_factory(reference, calibration, random_state=config.seed)
