@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from modelshield.attacks import (
     make_attack,
 )
 from modelshield.config import load_config
-from modelshield.demo import DemoData
+from modelshield.demo import DemoData, DemoModel
 from modelshield.errors import AuthenticationError
 from modelshield.gateway import ServerThread, build_app, open_gateway
 
@@ -122,3 +125,48 @@ def test_equation_solving_recovers_a_logistic_regression_exactly_over_http(tmp_p
     np.testing.assert_allclose(model.coef_, victim.coef_, atol=1e-6, rtol=0)
     np.testing.assert_allclose(model.intercept_, victim.intercept_, atol=1e-6, rtol=0)
     assert result.fidelity == 1.0
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelshield", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_attack_run_cli_against_a_live_gateway(
+    live: LiveGateway, demo_model: DemoModel, tmp_path: Path
+) -> None:
+    (tmp_path / "victim.onnx").write_bytes(demo_model.onnx_bytes)
+    r = _cli(
+        "attack", "run", "--target", live.url, "--api-key", live.keys["bob"], "--attack",
+        "copycat", "--budget", "150", "--data", "digits", "--victim", "victim.onnx",
+        "--json", "out.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["rows"] == 150
+    assert result["fidelity"] > 0.5
+
+
+def test_evidence_cli_queries_a_suspect_over_http(
+    live: LiveGateway, demo_model: DemoModel, tmp_path: Path
+) -> None:
+    (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
+    assert _cli("keygen", "--signing", "-o", "owner", cwd=tmp_path).returncode == 0
+    r = _cli(
+        "certify", "digits.onnx", "--owner", "Example Labs", "--signing-key",
+        "owner.signing.key", "-o", "cert.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = _cli(
+        "evidence", live.url, "--api-key", live.keys["bob"], "--certificate", "cert.json",
+        "--trust", "owner.signing.pub", "-o", "report.html", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "report.html").read_text()
+    assert "model digits" in html  # the suspect is described by its URL and model
+    assert "certificate" in html.lower()
