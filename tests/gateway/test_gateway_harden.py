@@ -133,3 +133,22 @@ def test_top_k_with_ties_keeps_exactly_k() -> None:
     out = TopK(2).apply(p, RNG)
     assert ((out > 0).sum(axis=1) == 2).all()
     assert out[1, 0] == 0.4
+
+
+def test_our_policies_match_art_postprocessors_where_they_overlap() -> None:
+    from art.defences.postprocessor import ClassLabels
+    from art.defences.postprocessor import ReverseSigmoid as ArtReverseSigmoid
+    from art.defences.postprocessor import Rounded as ArtRounded
+
+    p = batch()
+    np.testing.assert_allclose(Rounding(3).apply(p, RNG), ArtRounded(decimals=3)(p))
+    art = ArtReverseSigmoid(beta=1.0, gamma=0.1)(p)
+    ours = ReverseSigmoid(1.0, 0.1).apply(p, RNG)
+    same = np.argmax(art, axis=1) == np.argmax(p, axis=1)
+    assert same.mean() > 0.5
+    np.testing.assert_allclose(ours[same], art[same], atol=1e-9)
+    # where ART's perturbation moved the argmax, ours keeps the true top-1 (a swap)
+    np.testing.assert_array_equal(np.argmax(ours, axis=1), np.argmax(p, axis=1))
+    # ART's ClassLabels marks every predicted column in every row of a batch
+    two = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    assert ClassLabels()(two).tolist() == [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
