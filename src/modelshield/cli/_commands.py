@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "_clients",
     "_admin",
     "_audit",
+    "_flags",
     "_vault",
     "_backup",
     "_obfuscate",

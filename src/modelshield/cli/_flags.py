@@ -1,0 +1,95 @@
+"""``modelshield flags list|clear``: the extraction-detection flags in the shared state store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from modelshield.cli._app import console
+from modelshield.config import Config
+from modelshield.errors import ConfigError
+from modelshield.gateway import LimitStore
+
+flags_app = typer.Typer(
+    name="flags",
+    help="List and clear extraction-detection flags (throttle, degrade, block).",
+    no_args_is_help=True,
+)
+
+ConfigOption = Annotated[Path, typer.Option("--config", help="The deployment's shield.toml.")]
+
+
+def _store(config_path: Path) -> tuple[Config, LimitStore]:
+    from modelshield.config import load_config
+    from modelshield.gateway import open_limit_store
+
+    config = load_config(config_path)
+    if config.state.url.startswith("memory://"):
+        raise ConfigError(
+            f"{config.source}: state.url: with memory:// the flags live inside the gateway "
+            "process; use the admin API (GET/DELETE /v1/admin/flags/...) or the dashboard"
+        )
+    return config, open_limit_store(config.state.url)
+
+
+@flags_app.command("list")
+def list_flags(config: ConfigOption = Path("shield.toml")) -> None:
+    """Show every flagged client and its flag."""
+    _, store = _store(config)
+    try:
+        flags = store.flags()
+    finally:
+        store.close()
+    table = Table(title="extraction-detection flags")
+    table.add_column("client")
+    table.add_column("flag")
+    for client, flag in sorted(flags.items()):
+        table.add_row(client, flag)
+    console.print(table if flags else "no client is flagged")
+
+
+@flags_app.command("clear")
+def clear_flag(
+    client: Annotated[str, typer.Argument(help="The client whose flag to clear.")],
+    config: ConfigOption = Path("shield.toml"),
+) -> None:
+    """Clear a client's flag (an audit record says who did it and when)."""
+    from modelshield import audit
+    from modelshield.stores import open_audit_store
+
+    settings, store = _store(config)
+    try:
+        previous = store.get_flag(client)
+        store.set_flag(client, None)
+    finally:
+        store.close()
+    key = audit.audit_key_from_config(settings)
+    log_store = open_audit_store(settings.audit.url)
+    try:
+        with audit.AuditLog(log_store, key, writer_id="cli") as log:
+            log.append(
+                audit.AuditEvent(
+                    time=time.time(),
+                    client="admin:cli",
+                    key_id=None,
+                    model=None,
+                    input_hmac="",
+                    rows=0,
+                    output_summary="clear-flag",
+                    decision="admin",
+                    reason=f"flag:{client}:clear",
+                    status=200,
+                    extra={"previous": previous},
+                )
+            ).result(timeout=30)
+    finally:
+        log_store.close()
+    console.print(f"cleared {client}'s flag ({previous or 'none'}); audited")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(flags_app, name="flags")

@@ -1,0 +1,57 @@
+"""`modelshield flags list|clear` against the shared Redis state store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from modelshield import audit
+from modelshield.config import load_config
+from modelshield.gateway import RedisLimitStore
+from modelshield.stores import open_audit_store
+
+from .conftest import write_config
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelshield", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_flags_list_and_clear_are_audited(tmp_path: Path, redis_url: str) -> None:
+    path = write_config(tmp_path, f"[state]\nurl = '{redis_url}'\n")
+    client = f"flagged-{uuid.uuid4().hex[:8]}"
+    store = RedisLimitStore(redis_url)
+    try:
+        store.set_flag(client, "block")
+        r = run("flags", "list", "--config", str(path), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert client in r.stdout
+        r = run("flags", "clear", client, "--config", str(path), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert store.get_flag(client) is None
+    finally:
+        store.set_flag(client, None)
+        store.close()
+    config = load_config(path)
+    log = open_audit_store(config.audit.url)
+    try:
+        records = list(audit.export(log))
+        assert audit.verify(log, audit.audit_key_from_config(config)).ok
+    finally:
+        log.close()
+    assert any(r["reason"] == f"flag:{client}:clear" and r["decision"] == "admin" for r in records)
+
+
+def test_flags_need_a_shared_state_store(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    r = run("flags", "list", "--config", str(path), cwd=tmp_path)
+    assert r.returncode == 1
+    assert "admin API" in r.stderr
