@@ -132,3 +132,16 @@ def test_store_protocol_is_satisfied(tmp_path: Path) -> None:
         assert isinstance(MemoryAuditStore(), AuditStore)
     finally:
         store.close()
+
+
+def test_sqlite_audit_file_is_private(tmp_path: Path) -> None:
+    import stat
+
+    from modelshield.stores import SQLiteAuditStore
+
+    store = SQLiteAuditStore(tmp_path / "audit.db")
+    try:
+        mode = stat.S_IMODE((tmp_path / "audit.db").stat().st_mode)
+    finally:
+        store.close()
+    assert mode == 0o600

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from modelshield.attacks._knockoff import shift_images
 from modelshield.attacks._registry import make_attack
 from modelshield.attacks._result import Evaluation
 from modelshield.attacks._target import Answer, FloatArray
@@ -121,13 +122,9 @@ def moved_pool(
     """Natural data moved to a related but different distribution: shifted by a pixel, rescaled
     in intensity and noisy (the pool a Knockoff thief would gather from similar public data)."""
     rng = np.random.default_rng(random_state)
-    x = np.asarray(inputs, dtype=np.float64).copy()
+    x = np.asarray(inputs, dtype=np.float64)
     if image_shape is not None:
-        images = x.reshape(-1, *image_shape)
-        shifts = rng.integers(-1, 2, size=(len(images), 2))
-        for i, (dy, dx) in enumerate(shifts):
-            images[i] = np.roll(images[i], (int(dy), int(dx)), axis=(0, 1))
-        x = images.reshape(len(x), -1)
+        x = shift_images(x, image_shape=image_shape, max_shift=1, random_state=random_state)
     x = x * rng.uniform(0.7, 1.0, size=(len(x), 1)) + rng.normal(0, 0.08, size=x.shape)
     lo, hi = float(np.min(inputs)), float(np.max(inputs))
     return np.clip(x, lo, hi)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import tempfile
 from pathlib import Path
 
+from modelshield._files import write_atomic
 from modelshield.config import Config, Secret
 from modelshield.errors import ConfigError
 
@@ -33,23 +32,7 @@ def write_audit_key(path: str | os.PathLike[str], key: bytes, *, overwrite: bool
     if target.exists() and not overwrite:
         raise ConfigError(f"{target}: audit key file exists; refusing to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".audit-key-", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(key.hex() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(target, (key.hex() + "\n").encode("ascii"), overwrite=True)
     return target
 
 

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from modelshield._files import write_atomic
 from modelshield.cli._app import console
-from modelshield.errors import InvalidInputError, KeyMissingError
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    if path.exists():
-        raise InvalidInputError(f"{path} exists; refusing to overwrite it")
-    fd, tmp = tempfile.mkstemp(prefix=".cert-", dir=path.parent or Path("."))
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from modelshield.errors import KeyMissingError
 
 
 def certify(
@@ -112,7 +95,7 @@ def certify(
         licence=None if licence is None else licence.read_text(encoding="utf-8"),
         timestamper=timestamper,
     )
-    _write_atomic(output, evidence.dump_certificate(certificate))
+    write_atomic(output, evidence.dump_certificate(certificate), mode=0o644)
     console.print(f"[green]certificate written[/green]: {output}")
     if openings and recipient is not None:
         sealed_openings = output.with_name(output.name + ".openings.sealed")

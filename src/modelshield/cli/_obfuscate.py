@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from modelshield._files import write_atomic
 from modelshield.cli._app import console
 from modelshield.errors import InvalidInputError
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing: temp file (0600), fsync, rename, fsync folder."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _load_inputs(path: Path) -> object:
@@ -101,7 +77,7 @@ def obfuscate(
         inputs=rows,  # type: ignore[arg-type]
         max_cost_ratio=max_cost_ratio,
     )
-    _write_atomic(output, result.model_bytes)
+    write_atomic(output, result.model_bytes, overwrite=True)  # --force was checked above
     report = result.report
     if as_json:
         console.print_json(json.dumps(report.to_dict()))

@@ -9,8 +9,6 @@ suspect model file and prints the verdict (exit code 0 either way: read ``verifi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +16,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from modelshield._files import write_atomic
 from modelshield.cli._app import console
 from modelshield.errors import InvalidInputError, KeyMissingError, UnsupportedModelError
 
@@ -36,18 +35,7 @@ class Scheme(StrEnum):
 def _write_atomic(path: Path, data: bytes, *, mode: int, force: bool = False) -> None:
     if path.exists() and not force:
         raise InvalidInputError(f"{path} exists; refusing to overwrite it (use --force)")
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=".watermark-", dir=folder)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, overwrite=True, mode=mode)
 
 
 def _read_key(path: Path) -> bytes:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from modelshield._files import write_atomic
 from modelshield.demo._model import DEMO_MODEL_NAME, DemoData, load_demo_data, train_demo_model
 from modelshield.models import Predictor, load_model
 
@@ -33,17 +34,6 @@ class DemoReport:
     insider_traced: bool = False
     independent_traced: bool = False
     evidence_report: Path | None = None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = tmp.open("wb")
-    try:
-        tmp.chmod(0o600)
-        fd.write(data)
-    finally:
-        fd.close()
-    tmp.replace(path)
 
 
 def _chapter(console: Console, title: str) -> None:
@@ -325,8 +315,8 @@ def run_demo(workdir: Path, console: Console | None = None, random_state: int = 
         model = train_demo_model(random_state, data)
     skops_path = workdir / f"{DEMO_MODEL_NAME}.skops"
     onnx_path = workdir / f"{DEMO_MODEL_NAME}.onnx"
-    _write_private(skops_path, model.skops_bytes)
-    _write_private(onnx_path, model.onnx_bytes)
+    write_atomic(skops_path, model.skops_bytes, overwrite=True)
+    write_atomic(onnx_path, model.onnx_bytes, overwrite=True)
     console.print(
         f"trained [bold]{DEMO_MODEL_NAME}[/bold]: test accuracy "
         f"[bold green]{model.test_accuracy:.2%}[/bold green] on {len(data.y_test)} held-out images"

@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from modelshield._files import write_atomic
 from modelshield.errors import InvalidInputError, UnsupportedModelError
 
 Progress = Callable[[str], None]
@@ -91,20 +90,6 @@ class ProtectReport:
     obfuscated: bool = False
     accuracy_before: float | None = None
     accuracy_after: float | None = None
-
-
-def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pseudo_data(predictor: Any, n: int, rng: np.random.Generator) -> tuple[Any, Any]:
@@ -233,15 +218,15 @@ def protect_model(
         secrets_to_commit=commitments,
     )
     cert_path = directory / "certificate.json"
-    _write(cert_path, dump_certificate(certificate), 0o644)
+    write_atomic(cert_path, dump_certificate(certificate), mode=0o644)
     secrets_path = keys / "owner-secrets.sealed"
     vault.seal_bytes(dump_openings(openings), secrets_path, owner_recipient)
-    _write(keys / "response-watermark.key", response_key.hex().encode() + b"\n")
+    write_atomic(keys / "response-watermark.key", response_key.hex().encode() + b"\n")
     audit.write_audit_key(keys / "audit.key", audit.generate_audit_key())
-    _write(keys / "owner.signing.pub", signing_key.verifying_key.to_pem(), 0o644)
+    write_atomic(keys / "owner.signing.pub", signing_key.verifying_key.to_pem(), mode=0o644)
     config = directory / "shield.toml"
     text = _CONFIG.format(name=name, sealed=f"models/{name}.sealed", certificate="certificate.json")
-    _write(config, text.encode(), 0o644)
+    write_atomic(config, text.encode(), mode=0o644)
     steps.append("certified, sealed, signed; secrets sealed to the owner; shield.toml written")
     return ProtectReport(
         directory=directory,

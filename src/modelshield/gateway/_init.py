@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from modelshield._files import write_atomic
 from modelshield.errors import InvalidInputError
 
 _TEMPLATE = """\
@@ -105,14 +106,6 @@ def _model_name(path: Path) -> str:
     return name
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _npy_bytes(array: Any) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
@@ -175,13 +168,13 @@ def init_deployment(
         vault.load_recipient(server.public),
         signer=vault.load_signing_key(owner.private),
     )
-    _write_private(keys / "response-watermark.key", secrets.token_bytes(32).hex().encode())
+    write_atomic(keys / "response-watermark.key", secrets.token_bytes(32).hex().encode())
     detection_lines = '# reference = "models/NAME.reference.npy"   # training rows (.npy)\n'
     if ref_rows is not None:
-        _write_private(directory / "models" / f"{name}.reference.npy", _npy_bytes(ref_rows))
+        write_atomic(directory / "models" / f"{name}.reference.npy", _npy_bytes(ref_rows))
         detection_lines = f'reference = "models/{name}.reference.npy"\n'
         if cal_rows is not None:
-            _write_private(directory / "models" / f"{name}.calibration.npy", _npy_bytes(cal_rows))
+            write_atomic(directory / "models" / f"{name}.calibration.npy", _npy_bytes(cal_rows))
             detection_lines += f'calibration = "models/{name}.calibration.npy"\n'
     text = _TEMPLATE.format(
         name=name,
@@ -189,9 +182,7 @@ def init_deployment(
         detection="true" if ref_rows is not None else "false",
         reference=detection_lines,
     )
-    tmp = config_path.with_name(".shield.toml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(config_path)
+    write_atomic(config_path, text.encode(), mode=0o644)
     return InitReport(
         directory=directory,
         config=config_path,

@@ -25,6 +25,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -223,8 +224,6 @@ class SQLiteAuditStore:
     def _open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # the log holds client ids and watermarked query rows: private from the start
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         except OSError as exc:
             raise _unavailable(exc) from None
         conn = sqlite3.connect(
@@ -243,17 +242,35 @@ class SQLiteAuditStore:
         if self._closed:
             raise ServiceUnavailableError("audit store is closed")
         if self._conn is None:
+            self._conn = self._open_with_schema()
+        return self._conn
+
+    def _open_with_schema(self) -> sqlite3.Connection:
+        # Switching a new file to WAL and creating the tables take locks that SQLite's busy
+        # handler does not always wait for: when several processes open the same new log at
+        # once, one of them sees "database is locked". Retry within the busy timeout.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            conn: sqlite3.Connection | None = None
             try:
                 conn = self._open()
-            except sqlite3.Error as exc:
-                raise _unavailable(exc) from None
-            try:
                 conn.executescript(_SCHEMA)
+                # the log holds client ids and watermarked query rows: keep it private (an
+                # empty file created ahead of SQLite raced with other processes' WAL set-up)
+                with contextlib.suppress(OSError):
+                    for suffix in ("", "-wal", "-shm"):
+                        os.chmod(f"{self.path}{suffix}", 0o600)
+                return conn
+            except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise _unavailable(exc) from None
+                time.sleep(0.02)
             except sqlite3.Error as exc:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 raise _unavailable(exc) from None
-            self._conn = conn
-        return self._conn
 
     def _reset(self) -> None:
         if self._conn is not None:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from modelshield._files import atomic_output, refuse_existing
 from modelshield.errors import InvalidInputError
 from modelshield.models import Predictor, load_model
-from modelshield.vault._atomic import atomic_output, refuse_existing
 from modelshield.vault._format import (
     DATA_KEY_SIZE,
     DEFAULT_SEGMENT_SIZE,

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from modelshield._files import atomic_output, refuse_existing
 from modelshield.errors import KeyMissingError
-from modelshield.vault._atomic import atomic_output, refuse_existing
 
 KEY_ID_SIZE = 8
 

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from modelshield._files import atomic_output
 from modelshield.config import Secret
 from modelshield.errors import IntegrityError, InvalidInputError, KeyMissingError
-from modelshield.vault._atomic import atomic_output
 from modelshield.vault._format import (
     DATA_KEY_SIZE,
     SCRYPT_LOG_N,

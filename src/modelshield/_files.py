@@ -1,4 +1,8 @@
-"""Atomic, private file writes: a temporary file in the destination folder, fsync, rename."""
+"""Atomic, private file writes: a temporary file in the destination folder, fsync, rename.
+
+The one implementation every module that writes a file uses (vault, keys, certificates,
+deployments, obfuscated models): nothing half-written ever carries the final name.
+"""
 
 from __future__ import annotations
 
@@ -85,3 +89,12 @@ def _link_no_clobber(tmp: Path, dst: Path) -> None:
         os.rename(tmp, dst)
         return
     tmp.unlink()
+
+
+def write_atomic(
+    path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False, mode: int = 0o600
+) -> Path:
+    """Write ``data`` to ``path`` all or nothing (see :func:`atomic_output`); returns the path."""
+    with atomic_output(path, overwrite=overwrite, mode=mode) as out:
+        out.write(data)
+    return Path(path)
