@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelshield import vault, watermark
+from modelshield import IntegrityError, vault, watermark
 from modelshield.config import load_config
 from modelshield.demo import DEMO_INPUT_SPEC, DemoData, DemoModel
 from modelshield.evidence import (
@@ -71,7 +71,7 @@ def test_protect_each_model_kind(
     assert check.owner == "Example Labs"
     openings = load_openings(vault.unseal_bytes(report.secrets, owner))
     assert all(open_commitment(certificate, o) for o in openings)
-    with pytest.raises(Exception):  # noqa: B017,PT011 - the server key does not open the owner's secrets
+    with pytest.raises(IntegrityError):  # the server key does not open the owner's secrets
         vault.unseal_bytes(report.secrets, server)
     config = load_config(report.config)
     assert config.watermark.enabled
