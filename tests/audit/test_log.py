@@ -373,3 +373,32 @@ def test_a_writer_bug_fails_closed_instead_of_hanging(key: bytes) -> None:
     log._thread.join(5)
     with pytest.raises(ServiceUnavailableError):
         log.append(event(1))
+
+
+def test_async_appends_of_one_loop_iteration_share_one_commit(key: bytes) -> None:
+    store = CountingStore()
+    log = AuditLog(store, key)
+
+    async def main() -> list[AuditRecord]:
+        return list(await asyncio.gather(*(log.append_async(event(i)) for i in range(50))))
+
+    records = asyncio.run(main())
+    log.close()
+    assert sorted(r.seq for r in records) == list(range(1, 51))
+    assert store.commits == 2  # the 50 events (with the opening record), then the closing one
+    assert verify(store, key).ok
+
+
+def test_close_writes_appends_still_staged_on_the_loop(key: bytes) -> None:
+    store = CountingStore()
+    log = AuditLog(store, key)
+
+    async def main() -> AuditRecord:
+        task = asyncio.ensure_future(log.append_async(event(0)))
+        await asyncio.sleep(0)  # the append is staged; the loop has not handed it over yet
+        log.close()
+        return await task
+
+    record = asyncio.run(main())
+    assert record.seq == 1
+    assert [r.output_summary for r in store.iter_records(kind="event")] == ["0"]

@@ -16,6 +16,7 @@ import logging
 import secrets
 import threading
 import time as _time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ class AuditLog:
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._inflight: list[_Pending] = []
+        # appends made on an event loop, waiting for that loop's next iteration (see _hand_over)
+        self._staged: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Pending]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._closing = False
         self._close_error: ShieldError | None = None
         self._fail_until = 0.0
@@ -168,16 +173,40 @@ class AuditLog:
     ) -> AuditRecord:
         """:meth:`append` for asyncio: returns the record once it is durable.
 
-        Cheaper than wrapping :meth:`append`: the writer settles every waiter of one event loop
-        with one thread-safe call per batch. Cancelling the awaiting task does not withdraw the
-        record: it is still written.
+        Cheaper than wrapping :meth:`append`: the appends of one event-loop iteration are handed
+        to the writer together (one lock, one wake-up) at the start of the next iteration, and
+        the writer settles every waiter of one loop with one thread-safe call per batch.
+        Cancelling the awaiting task does not withdraw the record: it is still written.
         """
         if _time.monotonic() < self._fail_until:
             raise ServiceUnavailableError("audit store unavailable")
+        if not isinstance(event, AuditEvent):
+            raise TypeError("append takes an AuditEvent")
         loop = asyncio.get_running_loop()
         afuture: asyncio.Future[AuditRecord] = loop.create_future()
-        self._enqueue(_Pending(event, tuple(marks), None, afuture, loop))
-        return await asyncio.shield(afuture)
+        staged = self._staged.get(loop)
+        if staged is None:
+            staged = self._staged.setdefault(loop, [])
+        staged.append(_Pending(event, tuple(marks), None, afuture, loop))
+        if len(staged) == 1:
+            loop.call_soon(self._hand_over, staged)
+        return await afuture
+
+    def _hand_over(self, staged: list[_Pending]) -> None:
+        """Move one loop's staged appends to the writer's queue (runs on that loop)."""
+        items = staged[:]
+        del staged[: len(items)]
+        if not items:
+            return
+        with self._cond:
+            if not self._closing:
+                queue = self._queue
+                was_empty = not queue
+                queue.extend(items)
+                if was_empty or len(queue) >= self._wake_at:
+                    self._cond.notify()
+                return
+        _settle(items, None, ServiceUnavailableError("audit log is closed"))
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush what is queued, write the closing record and stop the writer (idempotent).
@@ -185,6 +214,8 @@ class AuditLog:
         Raises :class:`~modelshield.errors.ServiceUnavailableError` if the closing record could
         not be written (the segment then stays "not closed", which ``verify`` reports).
         """
+        for staged in list(self._staged.values()):
+            self._hand_over(staged)  # appends staged on a loop that will not run again
         with self._cond:
             self._closing = True
             self._cond.notify()

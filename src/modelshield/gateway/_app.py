@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import orjson
@@ -34,7 +35,16 @@ from modelshield.errors import (
 from modelshield.gateway._limits import LimitStore
 from modelshield.gateway._metrics import GatewayMetrics
 from modelshield.gateway._openapi import openapi_document
-from modelshield.gateway._pipeline import Clock, Marker, Observer, Tier, admit, answer, validate
+from modelshield.gateway._pipeline import (
+    Clock,
+    DeferredObserver,
+    Marker,
+    Observer,
+    Tier,
+    admit,
+    answer,
+    validate,
+)
 from modelshield.models import Predictor
 
 _log = logging.getLogger(__name__)
@@ -43,6 +53,8 @@ JSON = "application/json"
 NPY = "application/x-npy"
 _THREADPOOL_ROWS = 64  # larger batches are predicted off the event loop
 _SEVERITY = {"throttle": 1, "degrade": 2, "block": 3}
+#: How soon after a request its deferred detection runs when no next request flushes it first.
+IDLE_FLUSH_SECONDS = 0.05
 
 
 class ClientIdentity(Protocol):
@@ -198,6 +210,9 @@ class Gateway:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     admin_routes: list[Route] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    idle_flush_seconds: float = IDLE_FLUSH_SECONDS
+    _idle_flush: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
+    _detached: set[asyncio.Future[None]] = field(default_factory=set, init=False, repr=False)
 
     async def read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -220,8 +235,9 @@ class Gateway:
             "time": now, "client": None, "key_id": None, "model": model_name, "body": b"",
             "rows": 0, "output_summary": "refused", "decision": "refuse", "reason": "",
         }  # fmt: skip
+        after: list[Callable[[], None]] = []
         try:
-            response = await self._predict(request, now, entry)
+            response = await self._predict(request, now, entry, after)
         except HttpError as err:
             entry["reason"] = entry["reason"] or err.code
             response = error_response(err)
@@ -234,9 +250,19 @@ class Gateway:
             entry["reason"] = "internal"
             response = error_response(HttpError(500, "internal", "internal error"))
         metric_model = model_name if model_name in self.models else "unknown"
-        return await self._finish(response, entry, metric_model, started)
+        response = await self._finish(response, entry, metric_model, started)
+        for hook in after:
+            hook()
+        return response
 
-    async def _predict(self, request: Request, now: float, entry: dict[str, Any]) -> Response:
+    async def _predict(
+        self,
+        request: Request,
+        now: float,
+        entry: dict[str, Any],
+        after: list[Callable[[], None]],
+    ) -> Response:
+        """Answer one prediction request; ``after`` collects what to run once it is answered."""
         token = _bearer(request)
         try:
             client = self.registry.authenticate(token, now)
@@ -258,6 +284,11 @@ class Gateway:
         inputs = parse_inputs(body, request.headers.get("content-type", ""))
         batch = validate(predictor, inputs)
         entry["rows"] = int(batch.shape[0])
+        observer = self.observers.get(model_name)
+        deferred = _deferred(observer)
+        if deferred is not None:  # this client's earlier rows first: their flag acts right now
+            flag, evidence = deferred.flush(client.name, released_only=True)
+            self._escalate(client.name, flag, evidence, entry, look_up=True)
         decision = admit(self.limits, client.name, tier, batch.shape[0], now)
         degraded = decision.flag == "degrade"
         marker = self.markers.get(model_name)
@@ -271,15 +302,16 @@ class Gateway:
                 predictor, batch, tier, self.rng,
                 client=client.name, degraded=degraded, marker=marker,
             )  # fmt: skip
-        observer = self.observers.get(model_name)
-        if observer is not None:
+        if deferred is not None:
+            if deferred.defer(client.name, batch, result.scores, now, client.tier):
+                flag, evidence = deferred.flush(client.name)  # too many rows waiting
+                self._escalate(client.name, flag, evidence, entry, decision.flag)
+            else:
+                after.append(functools.partial(deferred.release, client.name))
+                self._schedule_idle_flush()
+        elif observer is not None:
             flag, evidence = observer.observe(client.name, batch, result.scores, now, client.tier)
-            # escalate only: a flag is cleared by an admin, never by quieter traffic
-            if flag is not None and _SEVERITY[flag] > _SEVERITY.get(decision.flag or "", 0):
-                self.limits.set_flag(client.name, flag)
-                entry["extra"] = {"flag": flag, "evidence": evidence}
-            elif evidence.get("scores"):
-                entry["extra"] = {"scores": evidence["scores"]}  # for the dashboard's charts
+            self._escalate(client.name, flag, evidence, entry, decision.flag)
         entry["decision"] = "degrade" if degraded else "allow"
         entry["output_summary"] = ",".join(str(label) for label in result.labels[:16])
         if result.marked_rows.size:
@@ -291,6 +323,71 @@ class Gateway:
             payload["probabilities"] = result.probabilities
         self.metrics.rows_served(model_name, int(batch.shape[0]))  # model_name is served here
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
+
+    def _escalate(
+        self,
+        client: str,
+        flag: str | None,
+        evidence: dict[str, Any],
+        entry: dict[str, Any],
+        current: str | None = None,
+        *,
+        look_up: bool = False,
+    ) -> None:
+        """Set ``flag`` when it is stronger than the client's ``current`` one (read from the
+        store when ``look_up``; escalate only: a flag is cleared by an admin, never by quieter
+        traffic) and note it in the audit ``entry``."""
+        if flag is not None:
+            if look_up:
+                current = self.limits.get_flag(client)
+            if _SEVERITY[flag] > _SEVERITY.get(current or "", 0):
+                self.limits.set_flag(client, flag)
+                entry["extra"] = {"flag": flag, "evidence": evidence}
+                return
+        if "flag" in entry.get("extra", {}):
+            return
+        if evidence.get("alert"):
+            entry["extra"] = {"flag": "alert", "evidence": evidence["alert"]}
+        elif evidence.get("scores"):
+            entry["extra"] = {"scores": evidence["scores"]}  # for the dashboard's charts
+
+    def _schedule_idle_flush(self) -> None:
+        if self._idle_flush is None:
+            loop = asyncio.get_running_loop()
+            self._idle_flush = loop.call_later(self.idle_flush_seconds, self._flush_idle)
+
+    def _flush_idle(self) -> None:
+        """Observe every deferred batch (runs on the event loop, after the responses went out);
+        a flag found here is set at once and audited in a record of its own."""
+        self._idle_flush = None
+        now = self.clock()
+        for model_name, observer in self.observers.items():
+            deferred = _deferred(observer)
+            if deferred is None:
+                continue
+            for client in deferred.pending_clients():
+                try:
+                    flag, evidence = deferred.flush(client)
+                    entry: dict[str, Any] = {}
+                    self._escalate(client, flag, evidence, entry, look_up=True)
+                except Exception:  # the next request of this client flushes again
+                    _log.exception("deferred extraction detection failed")
+                    continue
+                if "extra" in entry:
+                    record = AuditEntry(
+                        time=now, client=client, key_id=None, model=model_name, body=b"",
+                        rows=0, output_summary="", decision="detect", reason="detection",
+                        status=0, extra=entry["extra"],
+                    )  # fmt: skip
+                    task = asyncio.ensure_future(self._record_detached(record))
+                    self._detached.add(task)
+                    task.add_done_callback(self._detached.discard)
+
+    async def _record_detached(self, record: AuditEntry) -> None:
+        try:
+            await self.audit.record(record)
+        except ServiceUnavailableError:
+            _log.error("audit store unavailable: a detection result was not recorded")
 
     async def _finish(
         self, response: Response, entry: dict[str, Any], model: str | None, started: float
@@ -361,6 +458,9 @@ class Gateway:
         return Response(orjson.dumps(openapi_document(self, visible)), media_type=JSON)
 
     def close(self) -> None:
+        if self._idle_flush is not None:
+            self._idle_flush.cancel()
+            self._idle_flush = None
         for hook in reversed(self.on_close):
             try:
                 hook()
@@ -369,6 +469,13 @@ class Gateway:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _deferred(observer: Observer | None) -> DeferredObserver | None:
+    """``observer`` when it can observe after the response (see :class:`DeferredObserver`)."""
+    if observer is not None and callable(getattr(observer, "defer", None)):
+        return cast(DeferredObserver, observer)
+    return None
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

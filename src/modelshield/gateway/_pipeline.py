@@ -43,6 +43,31 @@ class Observer(Protocol):
         ...
 
 
+class DeferredObserver(Observer, Protocol):
+    """An observer that can also work after the response: the gateway defers each answered
+    batch and flushes a client's deferred batches before admitting its next request."""
+
+    def defer(
+        self, client: str, inputs: FloatArray, scores: FloatArray, now: float, tier: str
+    ) -> bool:
+        """Keep the batch; ``True`` when the client's deferred rows should be flushed now."""
+        ...
+
+    def release(self, client: str) -> None:
+        """One of the client's deferred batches has been answered."""
+        ...
+
+    def flush(
+        self, client: str, *, released_only: bool = False
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Observe the client's deferred batches; the same result as :meth:`observe`."""
+        ...
+
+    def pending_clients(self) -> list[str]:
+        """The clients with deferred batches."""
+        ...
+
+
 @dataclass(frozen=True)
 class Tier:
     """A tier's limits and output policy, parsed once."""

@@ -6,6 +6,12 @@ flag in the state store (``throttle``, ``degrade`` or ``block``); the flag acts 
 next request on every replica. :class:`WatermarkMarker` asks a
 :class:`~modelshield.watermark.ResponseWatermark` which rows of this client's batch to answer with
 the client's keyed wrong label.
+
+Detection may follow the response: the gateway hands each answered batch to
+:meth:`DetectionObserver.defer` and calls :meth:`DetectionObserver.flush` for a client before
+admitting that client's next request, so a flag still acts on the next request while the detectors
+see the rows of several requests in one batch (their cost per row falls about tenfold). Rows that
+no next request flushes are observed by the gateway's idle flush shortly after.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,13 +31,34 @@ _log = logging.getLogger(__name__)
 
 _FLAG_OF = {"throttle": "throttle", "degrade": "degrade", "block": "block"}
 
+#: Deferred rows per client past which the gateway observes at once instead of later.
+MAX_PENDING_ROWS = 4096
+
+
+@dataclass(slots=True)
+class _Deferred:
+    inputs: FloatArray
+    scores: FloatArray
+    now: float
+    tier: str
+
 
 class DetectionObserver:
     """Observe batches with a detector suite; decide with a response policy (per tier).
 
-    ``alert`` actions are logged (and sent to ``webhook`` when set, off the request path); the
-    flag returned is the strongest enforcing action, or ``None``. A flagged client cannot tell
-    from its answers which detector fired: the rules count flags, they do not name detectors.
+    The flag returned is the strongest enforcing action, or ``None``. ``alert`` actions are
+    logged and sent to ``webhook`` when set (off the request path), at most once per client every
+    ``alert_interval`` seconds (a client that keeps tripping a detector would otherwise raise an
+    alert on every request); the evidence of an alert that was raised comes back under
+    ``"alert"`` so that the gateway audits it. A flagged client cannot tell from its answers
+    which detector fired: the rules count flags, they do not name detectors.
+
+    Deferred mode (see the module docstring): :meth:`defer` keeps an answered batch,
+    :meth:`release` marks that its response has gone out, and :meth:`flush` observes a client's
+    deferred batches together. ``flush(client, released_only=True)``, called before the client's
+    next request is admitted, does nothing while none of them has been released: a request sent
+    while the earlier ones were still being answered is not their "next request", and skipping it
+    is what lets one observation cover many concurrent requests.
     """
 
     def __init__(
@@ -40,12 +68,18 @@ class DetectionObserver:
         *,
         group: str | None = "*",
         webhook: Callable[[dict[str, Any]], None] | None = None,
+        alert_interval: float = 60.0,
     ) -> None:
         self.suite = suite
         self.policy = policy
         self.group = group
         self.webhook = webhook
+        self.alert_interval = alert_interval
         self._lock = threading.Lock()
+        self._alerted: dict[str, float] = {}  # client -> time of its last alert
+        self._pending: dict[str, list[_Deferred]] = {}
+        self._pending_rows: dict[str, int] = {}
+        self._released: dict[str, int] = {}  # client -> released batches among the pending
 
     def observe(
         self, client: str, inputs: FloatArray, scores: FloatArray, now: float, tier: str = ""
@@ -58,21 +92,78 @@ class DetectionObserver:
             actions = self.policy.decide(
                 client=client, tier=tier or "standard", observations=observations, now=now
             )
+            alert = next((a for a in actions if a.kind == "alert"), None)
+            if alert is not None:
+                last = self._alerted.get(client)
+                if last is not None and now - last < self.alert_interval:
+                    alert = None  # raised recently: the audit and the log have it already
+                else:
+                    self._alerted[client] = now
         latest = {
             o.detector: {"score": round(float(o.score), 6), "threshold": float(o.threshold)}
             for o in result.observations
             if o.ready and np.isfinite(o.score)
         }
+        out: dict[str, Any] = {"scores": latest} if latest else {}
+        if alert is not None:
+            out["alert"] = alert.to_dict()
+            _log.warning("extraction alert for client %s: %s", client, out["alert"]["evidence"])
+            if self.webhook is not None:
+                threading.Thread(target=self.webhook, args=(out["alert"],), daemon=True).start()
         strongest = self.policy.strongest(actions)
-        if strongest is None:
-            return None, {"scores": latest} if latest else {}
+        flag = None if strongest is None else _FLAG_OF.get(strongest.kind)
+        if flag is None or strongest is None:
+            return None, out
         evidence = strongest.to_dict()
         evidence["scores"] = latest
-        if strongest.kind == "alert" or any(a.kind == "alert" for a in actions):
-            _log.warning("extraction alert for client %s: %s", client, evidence["evidence"])
-            if self.webhook is not None:
-                threading.Thread(target=self.webhook, args=(evidence,), daemon=True).start()
-        return _FLAG_OF.get(strongest.kind), evidence
+        return flag, evidence
+
+    def defer(
+        self, client: str, inputs: FloatArray, scores: FloatArray, now: float, tier: str = ""
+    ) -> bool:
+        """Keep an answered batch for a later :meth:`flush`; ``True`` when ``client`` has
+        :data:`MAX_PENDING_ROWS` or more rows waiting (then flush now: memory stays bounded)."""
+        with self._lock:
+            self._pending.setdefault(client, []).append(_Deferred(inputs, scores, now, tier))
+            rows = self._pending_rows.get(client, 0) + int(inputs.shape[0])
+            self._pending_rows[client] = rows
+        return rows >= MAX_PENDING_ROWS
+
+    def release(self, client: str) -> None:
+        """One of ``client``'s deferred batches has been answered (its response went out)."""
+        with self._lock:
+            if client in self._pending:
+                self._released[client] = self._released.get(client, 0) + 1
+
+    def pending_clients(self) -> list[str]:
+        """The clients with deferred batches."""
+        with self._lock:
+            return list(self._pending)
+
+    def flush(
+        self, client: str, *, released_only: bool = False
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Observe ``client``'s deferred batches as one batch, in the order they were answered.
+
+        The rows are observed at the time of the latest of them (a volume window may see a burst
+        a few milliseconds late). Returns what :meth:`observe` returns; ``(None, {})`` when
+        nothing was pending, or when ``released_only`` and no pending batch was released.
+        """
+        with self._lock:
+            if released_only and not self._released.get(client):
+                return None, {}
+            batches = self._pending.pop(client, None)
+            self._pending_rows.pop(client, None)
+            self._released.pop(client, None)
+        if not batches:
+            return None, {}
+        last = batches[-1]
+        if len(batches) == 1:
+            inputs, scores = last.inputs, last.scores
+        else:
+            inputs = np.concatenate([b.inputs for b in batches])
+            scores = np.concatenate([b.scores for b in batches])
+        return self.observe(client, inputs, scores, last.now, last.tier)
 
 
 class WatermarkMarker:

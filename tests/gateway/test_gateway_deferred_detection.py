@@ -1,0 +1,203 @@
+"""Detection after the response: deferred batches, flushes before the next request, idle flush."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from modelshield import access, audit
+from modelshield.config import load_config
+from modelshield.demo import DemoData, DemoModel
+from modelshield.detect import ResponsePolicy, Rule, TierPolicy
+from modelshield.gateway import ServerThread, build_app, open_gateway
+from modelshield.gateway._app import Gateway
+from modelshield.gateway._detection import fit_and_calibrate
+from modelshield.gateway._plugins import MAX_PENDING_ROWS, DetectionObserver
+from modelshield.models import Predictor, load_model
+from modelshield.stores import open_audit_store
+
+from .conftest import write_config
+
+BIG_TIER = (
+    "[tiers.big]\nrequests_per_second = 100000.0\nburst = 100000\nbudget_rows = 1000000\n"
+    "max_batch_rows = 400\noutput = ['probabilities']\n"
+)
+
+
+@pytest.fixture(scope="module")
+def victim(demo_model: DemoModel) -> Predictor:
+    return load_model(demo_model.onnx_bytes)
+
+
+BLOCK = ResponsePolicy(
+    {"standard": TierPolicy((Rule("alert"), Rule("block")))}, default_tier="standard"
+)
+ALERT_ONLY = ResponsePolicy({"standard": TierPolicy((Rule("alert"),))}, default_tier="standard")
+
+
+@pytest.fixture(scope="module")
+def fitted(victim: Predictor, demo_data: DemoData) -> Any:
+    """A detector suite fitted and calibrated as the gateway does it (copied by each test)."""
+    return fit_and_calibrate(victim, demo_data.x_train, demo_data.x_test[:225])
+
+
+def _observer(suite: Any, policy: ResponsePolicy = BLOCK) -> DetectionObserver:
+    return DetectionObserver(copy.deepcopy(suite), policy, group=None)
+
+
+@pytest.fixture
+def observer(fitted: Any) -> DetectionObserver:
+    return _observer(fitted)
+
+
+class RecordingSuite:
+    """The real suite, recording the batches it is asked to observe."""
+
+    def __init__(self, suite: Any) -> None:
+        self.suite = suite
+        self.batches: list[np.ndarray] = []
+
+    def observe(self, client: str, inputs: Any, outputs: Any, now: float, **kw: Any) -> Any:
+        self.batches.append(np.array(inputs))
+        return self.suite.observe(client, inputs, outputs, now, **kw)
+
+
+def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.random((n, 64))
+
+
+def test_flush_waits_for_a_released_batch_then_observes_all_in_order(
+    observer: DetectionObserver, victim: Predictor, demo_data: DemoData
+) -> None:
+    recording = RecordingSuite(observer.suite)
+    observer.suite = recording
+    parts = [demo_data.x_test[i * 5 : i * 5 + 5] for i in range(4)]
+    for i, rows in enumerate(parts):
+        assert observer.defer("c", rows, victim.predict_proba(rows), float(i), "standard") is False
+    assert observer.flush("c", released_only=True) == (None, {})
+    assert recording.batches == []  # none answered yet: nothing is observed
+    observer.release("c")
+    observer.flush("c", released_only=True)
+    assert len(recording.batches) == 1
+    np.testing.assert_array_equal(recording.batches[0], np.concatenate(parts))
+    assert observer.pending_clients() == []
+    assert observer.flush("c") == (None, {})  # nothing left
+
+
+def test_a_flush_scores_like_one_batch_of_the_same_rows(
+    observer: DetectionObserver, victim: Predictor
+) -> None:
+    twin = DetectionObserver(copy.deepcopy(observer.suite), BLOCK, group=None)
+    rows = _noise(np.random.default_rng(1), 60)
+    proba = victim.predict_proba(rows)
+    for start in range(0, 60, 20):
+        observer.defer("t", rows[start : start + 20], proba[start : start + 20], 5.0, "standard")
+    got = observer.flush("t")
+    want = twin.observe("t", rows, proba, 5.0, "standard")
+    assert got[0] == want[0] == "block"
+    assert got[1]["scores"] == want[1]["scores"]
+
+
+def test_deferred_rows_per_client_are_bounded(
+    observer: DetectionObserver, victim: Predictor
+) -> None:
+    rows = np.zeros((MAX_PENDING_ROWS // 4, 64))
+    proba = victim.predict_proba(rows)
+    results = [observer.defer("big", rows, proba, 0.0) for _ in range(4)]
+    assert results == [False, False, False, True]
+    assert observer.defer("other", rows[:1], proba[:1], 0.0) is False
+
+
+def test_an_alert_is_raised_once_per_interval(
+    fitted: Any, victim: Predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    alerting = _observer(fitted, ALERT_ONLY)
+    rng = np.random.default_rng(2)
+    alerts = []
+    with caplog.at_level(logging.WARNING, logger="modelshield.gateway._plugins"):
+        for i in range(12):
+            rows = _noise(rng, 40)
+            flag, evidence = alerting.observe("x", rows, victim.predict_proba(rows), i, "standard")
+            assert flag is None
+            alerts.append("alert" in evidence)
+        rows = _noise(rng, 40)
+        late = alerting.observe("x", rows, victim.predict_proba(rows), 100.0, "standard")
+    assert sum(alerts) == 1  # the first alert only, within 60 s
+    assert "alert" in late[1]  # and again once the interval has passed
+    assert late[1]["alert"]["kind"] == "alert"
+    assert len([r for r in caplog.records if "extraction alert" in r.message]) == 2
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, victim: Predictor, fitted: Any
+) -> Iterator[tuple[str, dict[str, str], Gateway, Any]]:
+    config = load_config(write_config(tmp_path, BIG_TIER))
+    keys = {}
+    with access.open_registry(config.registry.url) as registry:
+        for name in ("honest", "thief"):
+            keys[name] = registry.add(name, models=["digits"], tier="big")[1].reveal()
+    gateway = open_gateway(
+        config,
+        models={"digits": victim},
+        observers={"digits": _observer(fitted)},
+        random_state=0,
+    )
+    with ServerThread(build_app(gateway)) as server:
+        yield server.url, keys, gateway, config
+
+
+def _post(url: str, key: str, rows: np.ndarray) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/models/digits/predict",
+        json={"inputs": rows.tolist()},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_a_client_that_stops_is_still_flagged_and_audited(
+    served: tuple[str, dict[str, str], Gateway, Any],
+) -> None:
+    url, keys, gateway, config = served
+    rows = _noise(np.random.default_rng(3), 300)
+    assert _post(url, keys["thief"], rows).status_code == 200  # answered: detection follows
+    deadline = time.monotonic() + 5.0
+    while gateway.limits.get_flag("thief") is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gateway.limits.get_flag("thief") == "block"  # without any further request
+    assert gateway.limits.get_flag("honest") is None
+    detected: list[dict[str, Any]] = []
+    while not detected and time.monotonic() < deadline:  # its record follows the flag
+        store = open_audit_store(config.audit.url)
+        try:
+            detected = [r for r in audit.export(store, client="thief") if r["decision"] == "detect"]
+        finally:
+            store.close()
+        time.sleep(0.02)
+    assert len(detected) == 1
+    assert detected[0]["extra"]["flag"] == "block"
+    assert detected[0]["extra"]["evidence"]["evidence"]  # detector, score, threshold, queries
+    assert _post(url, keys["thief"], rows[:1]).status_code == 403
+
+
+def test_the_next_request_is_refused_after_a_flagging_one(
+    served: tuple[str, dict[str, str], Gateway, Any], demo_data: DemoData
+) -> None:
+    url, keys, gateway, _ = served
+    gateway.idle_flush_seconds = 60.0  # only the next request can flush the thief's rows
+    honest = demo_data.x_test[225:525]
+    assert _post(url, keys["honest"], honest).status_code == 200
+    rows = _noise(np.random.default_rng(4), 300)
+    assert _post(url, keys["thief"], rows).status_code == 200
+    assert gateway.limits.get_flag("thief") is None  # not observed yet
+    assert _post(url, keys["thief"], rows[:1]).status_code == 403  # its rows first, then refused
+    assert _post(url, keys["honest"], honest[:5]).status_code == 200
