@@ -66,10 +66,14 @@ def start(kind: str, workers: int, workdir: Path, port: int) -> subprocess.Popen
         env["MODELSHIELD_CONFIG"] = str(workdir / name)
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=workdir)
         target = "modelshield.gateway._server:create_app"
+    # both servers start through the same launcher as `modelshield serve` (uvicorn, with
+    # TCP_NODELAY on the listening socket when there are several workers)
+    launch = (
+        "from modelshield.gateway._server import run_uvicorn; "
+        f"run_uvicorn({target!r}, host='127.0.0.1', port={port}, workers={workers})"
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", target, "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--log-level", "warning",
-         "--no-access-log"],
+        [sys.executable, "-c", launch],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
     )  # fmt: skip
 

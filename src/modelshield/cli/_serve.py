@@ -25,11 +25,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the configured models behind the guarded gateway (Ctrl-C stops it)."""
-    import uvicorn
-
     from modelshield.config import load_config
     from modelshield.gateway import open_gateway
-    from modelshield.gateway._server import CONFIG_ENV, UnsealedModelWarning
+    from modelshield.gateway._server import CONFIG_ENV, UnsealedModelWarning, run_uvicorn
 
     settings = load_config(config)
     # open everything once in this process so that a bad configuration fails here, clearly
@@ -53,14 +51,11 @@ def serve(
         f"modelshield gateway on http://{bind_host}:{bind_port} "
         f"({n_workers} worker{'s' if n_workers > 1 else ''}, models: {', '.join(settings.models)})"
     )
-    uvicorn.run(
+    run_uvicorn(
         "modelshield.gateway._server:create_app",
-        factory=True,
         host=bind_host,
         port=bind_port,
         workers=n_workers,
-        log_level="warning",
-        access_log=False,
     )
 
 

@@ -1,0 +1,133 @@
+"""`modelshield serve` as a user runs it: one worker, several workers, and refusals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelshield", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> tuple[Path, str]:
+    """A deployment made by `modelshield init`, and an API key for the demo model."""
+    r = _run("init", "deploy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    name = f"serve-{uuid.uuid4().hex[:8]}"  # unique in a shared Redis
+    r = _run("clients", "add", name, "--models", "digits", "--json", cwd=tmp_path / "deploy")
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "deploy", json.loads(r.stdout)["api_key"]
+
+
+def _serve(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    port = _free_port()
+    log = cwd / f"serve-{port}.log"
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelshield", "serve", "--port", str(port), *args],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited early ({proc.returncode}): {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the gateway did not answer within 120 s"
+        time.sleep(0.25)
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _predict(url: str, key: str, client: httpx.Client | None = None) -> httpx.Response:
+    body = {"inputs": [[0.5] * 64]}
+    headers = {"Authorization": f"Bearer {key}"}
+    if client is not None:
+        return client.post(f"{url}/v1/models/digits/predict", json=body, headers=headers)
+    return httpx.post(f"{url}/v1/models/digits/predict", json=body, headers=headers, timeout=10)
+
+
+def test_serve_one_worker_answers_and_stops_cleanly(deployment: tuple[Path, str]) -> None:
+    cwd, key = deployment
+    proc, url = _serve(cwd)
+    try:
+        r = _predict(url, key)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["labels"]) == 1
+        assert _predict(url, "msk_not_a_key").status_code == 401
+    finally:
+        assert _stop(proc) == 0
+    r = _run("audit", "verify", cwd=cwd)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_serve_refuses_several_workers_without_shared_state(
+    deployment: tuple[Path, str],
+) -> None:
+    cwd, _ = deployment
+    r = _run("serve", "--workers", "2", "--port", str(_free_port()), cwd=cwd)
+    assert r.returncode == 1
+    assert "state.url" in r.stderr
+    assert "redis://" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_serve_several_workers_share_redis(deployment: tuple[Path, str], redis_url: str) -> None:
+    cwd, key = deployment
+    config = cwd / "shield.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('url = "memory://"', f'url = "{redis_url}"'), encoding="utf-8")
+    proc, url = _serve(cwd, "--workers", "2")
+    try:
+        took = []
+        with httpx.Client(timeout=10) as client:  # one keep-alive connection: one worker
+            for _ in range(10):  # the default tier allows a burst of 20 requests
+                started = time.perf_counter()
+                assert _predict(url, key, client).status_code == 200
+                took.append(time.perf_counter() - started)
+        for _ in range(6):  # new connections: either worker
+            assert _predict(url, key).status_code == 200
+        took.sort()
+        assert took[len(took) // 2] < 0.04, took  # no 40 ms delayed-ACK stall per answer
+    finally:
+        assert _stop(proc) == 0
+    r = _run("audit", "verify", cwd=cwd)
+    assert r.returncode == 0, r.stdout + r.stderr
