@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ from modelshield.errors import InvalidInputError, ShieldError, UnsupportedModelE
 from modelshield.models import InputSpec, load_model
 from modelshield.obfuscate import (
     EquivalenceError,
+    _api,
     _transforms,
     inspect_model,
     obfuscate,
@@ -145,6 +147,99 @@ def test_level3_stays_within_the_compute_budget(models: dict[str, bytes]) -> Non
     assert 1.0 < roomy.cost_ratio <= 4.0
     assert "pad with an identity layer" not in {c.step for c in tight.changes}
     assert tight.cost_ratio <= 1.0
+
+
+def _widened(report: object) -> list[str]:
+    changes = report.changes  # type: ignore[attr-defined]
+    return [c.detail for c in changes if c.step == "add cancelling units"]
+
+
+def _conv_net(channels: int) -> bytes:
+    """1x8x8 -> conv to ``channels`` -> ReLU -> conv to 16 -> ReLU -> global pool -> dense to 10."""
+    rng = np.random.default_rng(0)
+    pads = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    weights = {
+        "w1": rng.normal(0, 0.5, (channels, 1, 3, 3)),
+        "w2": rng.normal(0, 0.3, (16, channels, 3, 3)),
+        "w3": rng.normal(0, 0.3, (10, 16)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], **pads),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], **pads),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(w.astype(np.float32), k) for k, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def test_level2_fills_the_last_block_of_channels_even_without_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Channels are computed in blocks of 16: filling the block between two convolutions (each
+    reading at least 8 channels) costs nothing, so level 2 does it whatever the budget."""
+    monkeypatch.setattr(_api, "_WIDEN_BUDGET", 0.0)
+    report = obfuscate(_conv_net(8), level=2, seed=0).report
+    assert report.max_abs_diff <= 1e-5
+    assert _widened(report) == ["added 8 cancelling units to link 0 (8 -> 16)"]
+    # a second convolution reading 4 channels reads them unblocked: 16 would cost 4x
+    assert _widened(obfuscate(_conv_net(4), level=2, seed=0).report) == []
+
+
+def test_level2_adds_a_block_of_units_only_within_its_budget(
+    models: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo MLP's 64 units fill four blocks; a fifth would cost 25% of its arithmetic."""
+    assert _widened(obfuscate(models["demo_mlp"], level=2, seed=0).report) == []
+    # the batch-norm model: filling 8 channels and adding a block of 16 units cost 5% in all
+    assert _widened(obfuscate(models["batchnorm"], level=2, seed=0).report) == [
+        "added 8 cancelling units to link 0 (8 -> 16)",
+        "added 16 cancelling units to link 1 (16 -> 32)",
+    ]
+    monkeypatch.setattr(_api, "_WIDEN_BUDGET", 0.0)
+    assert _widened(obfuscate(models["batchnorm"], level=2, seed=0).report) == []
+    monkeypatch.setattr(_api, "_WIDEN_BUDGET", 1.0)
+    assert _widened(obfuscate(models["demo_mlp"], level=2, seed=0).report) == [
+        "added 16 cancelling units to link 0 (64 -> 80)",
+    ]
+
+
+def test_level2_widens_with_fewer_units_when_many_miss_the_tolerance(
+    models: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_add = _transforms.add_cancelling_units
+
+    def add_but_not_many(model: onnx.ModelProto, **kwargs: Any) -> str | None:
+        detail = real_add(model, **kwargs)
+        if kwargs["units"] > 4:  # as if the rounding of many random units missed the tolerance
+            g = _transforms.Graph(model)
+            last = _transforms.find_linears(g)[-1]
+            b = _transforms.get_bias(g, last)
+            b[0] += 1e-4
+            _transforms.set_bias(g, last, b)
+        return detail
+
+    monkeypatch.setattr(_transforms, "add_cancelling_units", add_but_not_many)
+    monkeypatch.setattr(_api, "_WIDEN_BUDGET", 10.0)  # the tolerance decides here, not the cost
+    report = obfuscate(models["cnn"], level=2, seed=11).report
+    assert _widened(report) == [
+        "added 3 cancelling units to link 0 (4 -> 7)",
+        "added 2 cancelling units to link 1 (6 -> 8)",
+    ]
+    dropped = [c.step for c in report.dropped if c.step == "add cancelling units"]
+    assert len(dropped) == 4  # 12 and 6 units, then 10 and 5
+    assert report.max_abs_diff <= 1e-5
 
 
 def test_seed_makes_the_output_reproducible(models: dict[str, bytes]) -> None:

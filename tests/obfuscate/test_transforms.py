@@ -179,3 +179,55 @@ def test_constant_folding_and_noop_removal(models: dict[str, bytes]) -> None:
     cleaned.CopyFrom(demo)
     assert _level1.remove_noops(cleaned) == 2  # Cast float->float and Identity
     _assert_equivalent(demo, cleaned)
+
+
+def test_a_split_dense_layer_adds_its_share_inside_one_gemm(models: dict[str, bytes]) -> None:
+    """``Gemm(x, W - A, C = share)``: no ``Add`` of the two shares, which costs two operators."""
+    before = _prepared(models, "demo_mlp")
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert _transforms.split_layer(after, 0, np.random.default_rng(0), 1.0, rank_fraction=0.0625)
+    _assert_equivalent(before, after)
+    consts = {t.name for t in after.graph.initializer}
+    summing = [
+        n
+        for n in after.graph.node
+        if n.op_type == "Gemm" and n.input[2:] and n.input[2] not in consts
+    ]
+    assert len(summing) == 1
+    adds = [n for n in after.graph.node if n.op_type == "Add"]
+    assert all(any(i in consts for i in n.input) for n in adds)  # bias additions only
+    # the readers still see the main share as a layer, and an analyst still sums the shares
+    assert len(weight_matrices(after)) == len(weight_matrices(before)) + 2
+    summed = weight_matrices(after, undo_splits=True)
+    assert any(np.allclose(m, weight_matrices(before)[0], atol=1e-5) for m in summed)
+
+
+def test_a_split_dense_layer_on_a_batch_of_matrices_keeps_matmul() -> None:
+    """Gemm takes matrices only: a layer applied to ``[N, 3, 12]`` is split with MatMul and Add."""
+    rng = np.random.default_rng(0)
+    inits = [
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (12, 8)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (8, 4)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        onnx.helper.make_node("MatMul", ["input", "w1"], ["m"]),
+        onnx.helper.make_node("Add", ["m", "b1"], ["h"]),
+        onnx.helper.make_node("Relu", ["h"], ["r"]),
+        onnx.helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "sequence",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3, 12])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3, 4])],
+        inits,
+    )
+    before = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert _transforms.split_layer(after, 0, np.random.default_rng(0), 1.0, rank_fraction=0.25)
+    onnx.checker.check_model(after)
+    assert "Gemm" not in {n.op_type for n in after.graph.node}
+    _assert_equivalent(before, after)

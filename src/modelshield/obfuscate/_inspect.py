@@ -80,7 +80,7 @@ def inspect_model(model: bytes | onnx.ModelProto) -> ModelView:
     """Count what the file shows: operators, linear layers and their widths, parameters, names."""
     proto = _model(model)
     g = Graph(proto)
-    layers = find_linears(g)
+    layers = find_linears(g, with_addends=True)
     n_params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
     names = [t.name for t in proto.graph.initializer]
     return ModelView(
@@ -98,13 +98,13 @@ def inspect_model(model: bytes | onnx.ModelProto) -> ModelView:
 def weight_matrices(model: bytes | onnx.ModelProto, *, undo_splits: bool = False) -> list[Array]:
     """Each linear layer's weights as a ``[units, inputs]`` matrix (kernels flattened).
 
-    With ``undo_splits``, branches that read the same tensor and are summed by one ``Add`` (the
-    additive shares of a split layer: a twin layer, or two thin layers in a row) are summed back
-    first, as an analyst would.
+    With ``undo_splits``, branches that read the same tensor and are summed by one ``Add``, or
+    by a ``Gemm`` that adds the other branch as its ``C`` (the additive shares of a split layer: a
+    twin layer, or two thin layers in a row), are summed back first, as an analyst would.
     """
     proto = _model(model)
     g = Graph(proto)
-    layers = find_linears(g)
+    layers = find_linears(g, with_addends=True)
     by_output = {layer.node.output[0]: layer for layer in layers}
     by_output |= {layer.output: layer for layer in layers}
     merged: set[str] = set()
@@ -129,10 +129,17 @@ def weight_matrices(model: bytes | onnx.ModelProto, *, undo_splits: bool = False
         return inner.node.input[0], product, [own, inner.node.output[0]]
 
     if undo_splits:
-        for node in g.graph.node:
-            if node.op_type != "Add" or len(node.input) != 2:
-                continue
-            a, b = branch(node.input[0]), branch(node.input[1])
+        pairs = [
+            (branch(node.input[0]), branch(node.input[1]))
+            for node in g.graph.node
+            if node.op_type == "Add" and len(node.input) == 2
+        ]
+        pairs += [
+            ((layer.node.input[0], get_weight(g, layer), [layer.node.output[0]]), branch(addend))
+            for layer in layers
+            if (addend := layer.addend) is not None
+        ]
+        for a, b in pairs:
             if a is None or b is None or a[0] != b[0] or a[1].shape != b[1].shape:
                 continue
             total = a[1] + b[1]

@@ -55,6 +55,8 @@ class Linear:
     output: str
     n_out: int
     n_in: int
+    #: The computed tensor a ``Gemm`` adds as its ``C`` (the other share of a split layer).
+    addend: str | None = None
 
 
 @dataclass
@@ -68,14 +70,39 @@ class Link:
     block: int = 1
 
 
-def find_linears(g: Graph) -> list[Linear]:
-    """Every linear layer of the graph, in node order."""
+def find_linears(g: Graph, *, with_addends: bool = False) -> list[Linear]:
+    """Every linear layer of the graph, in node order.
+
+    With ``with_addends``, also each ``Gemm`` that adds a computed tensor (``C`` not a constant):
+    the main share of a split dense layer. Only for reading a model: the transforms leave those
+    alone, as their bias slot is taken.
+    """
     layers: list[Linear] = []
     for node in g.graph.node:
         layer = _as_linear(g, node)
+        if layer is None and with_addends:
+            layer = _as_summing_gemm(g, node)
         if layer is not None:
             layers.append(layer)
     return layers
+
+
+def _as_summing_gemm(g: Graph, node: onnx.NodeProto) -> Linear | None:
+    if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or len(node.input) < 3:
+        return None
+    data, weight, addend = node.input[0], node.input[1], node.input[2]
+    if g.is_const(data) or not addend or g.is_const(addend) or not _own_const(g, weight):
+        return None
+    shape = tuple(g.inits[weight].dims)
+    if len(shape) != 2 or attribute(node, "transA", 0):
+        return None
+    if attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0:
+        return None
+    trans_b = bool(attribute(node, "transB", 0))
+    n_out, n_in = (shape[0], shape[1]) if trans_b else (shape[1], shape[0])
+    return Linear(
+        "dense", node, weight, not trans_b, None, None, node.output[0], n_out, n_in, addend
+    )
 
 
 def _own_const(g: Graph, name: str) -> bool:
