@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
+import math
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -98,11 +101,17 @@ def as_batch(inputs: Any, n_features: int | None = None) -> npt.NDArray[np.float
     if x.ndim == 0 or x.dtype.kind not in "fiu":
         raise DetectorError("inputs must be a real-valued array of shape (n, ...)")
     x = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)
-    if n_features is not None and x.shape[1] != n_features:
-        raise DetectorError(f"inputs have {x.shape[1]} features, the detector expects {n_features}")
-    if not np.all(np.isfinite(x)):
+    if n_features is not None:
+        check_width(x, n_features)
+    if np.count_nonzero(np.isfinite(x)) != x.size:
         raise DetectorError("inputs must be finite")
     return x
+
+
+def check_width(x: npt.NDArray[np.float32], n_features: int) -> None:
+    """Refuse a batch whose width is not the ``n_features`` a detector was fitted on."""
+    if x.shape[1] != n_features:
+        raise DetectorError(f"inputs have {x.shape[1]} features, the detector expects {n_features}")
 
 
 def as_labels_and_margins(
@@ -119,12 +128,100 @@ def as_labels_and_margins(
         probs = y.astype(np.float32, copy=False)
         if probs.shape[1] < 2:
             raise DetectorError("probability outputs need at least two classes")
+        if n == 1:
+            row: list[float] = probs[0].tolist()
+            if math.isfinite(sum(row)):  # else numpy's NaN ordering decides, as below
+                top, second = sorted(row)[-2:][::-1]
+                # float32 - float32 rounded once more to float32: the float32 difference
+                return np.array([row.index(top)], np.int64), np.array([top - second], np.float32)
         top2 = np.partition(probs, probs.shape[1] - 2, axis=1)[:, -2:]
         margins = (top2[:, 1] - top2[:, 0]).astype(np.float32)
         return np.argmax(probs, axis=1).astype(np.int64), margins
     if y.ndim == 1 and y.dtype.kind in "iu":
         return y.astype(np.int64), None
     raise DetectorError("outputs must be probabilities (n, K) or integer labels (n,)")
+
+
+class QueryBatch:
+    """One request checked once (:func:`as_batch`, :func:`as_labels_and_margins`) and shared
+    by every detector of a suite, with a cache of its products by fitted matrices (the
+    detectors that use the same seeded projection multiply the batch by it only once)."""
+
+    __slots__ = ("_memos", "_one_rows", "_products", "_row_sq", "labels", "margins", "n", "x")
+
+    def __init__(
+        self,
+        x: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.int64],
+        margins: npt.NDArray[np.float32] | None,
+    ) -> None:
+        self.x = x
+        self.labels = labels
+        self.margins = margins
+        self.n = int(x.shape[0])
+        self._products: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
+        self._one_rows: dict[int, tuple[npt.NDArray[np.float32], ProjectedRow]] = {}
+        self._row_sq: npt.NDArray[np.float32] | None = None
+        self._memos: dict[int, tuple[npt.NDArray[np.float32], dict[Any, Any]]] = {}
+
+    @classmethod
+    def from_request(cls, inputs: Any, outputs: Any, n_features: int | None) -> QueryBatch:
+        """Check ``inputs`` (width ``n_features``) and ``outputs`` as every detector does."""
+        x = as_batch(inputs, n_features)
+        labels, margins = as_labels_and_margins(outputs, x.shape[0])
+        return cls(x, labels, margins)
+
+    def row_sq(self) -> npt.NDArray[np.float32]:
+        """The squared norm of each row of ``x`` (``einsum``, computed once)."""
+        if self._row_sq is None:
+            self._row_sq = np.einsum("ij,ij->i", self.x, self.x)
+        return self._row_sq
+
+    def project(self, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``x @ matrix``, computed once per matrix object (read-only: it may be shared)."""
+        hit = self._products.get(id(matrix))
+        if hit is not None and hit[0] is matrix:
+            return hit[1]
+        product: npt.NDArray[np.float32] = self.x @ matrix
+        product.flags.writeable = False
+        self._products[id(matrix)] = (matrix, product)
+        return product
+
+    def ring_memo(self, matrix: npt.NDArray[np.float32]) -> dict[Any, Any]:
+        """A scratch dict for :class:`RecentRows` fed this batch projected by ``matrix``."""
+        hit = self._memos.get(id(matrix))
+        if hit is not None and hit[0] is matrix:
+            return hit[1]
+        memo: dict[Any, Any] = {}
+        self._memos[id(matrix)] = (matrix, memo)
+        return memo
+
+    def project_one(self, matrix: npt.NDArray[np.float32]) -> ProjectedRow:
+        """The one row of the batch projected for :meth:`RecentRows.check_and_add_one`."""
+        hit = self._one_rows.get(id(matrix))
+        if hit is not None and hit[0] is matrix:
+            return hit[1]
+        row = ProjectedRow(self.x @ matrix)
+        self._one_rows[id(matrix)] = (matrix, row)
+        return row
+
+
+class ProjectedRow:
+    """One projected query ``z`` (shape ``(1, 16)``) with what :class:`RecentRows` derives
+    from it: its squared norm, and the row as stored (rounded to float16) with its norm; and
+    the ``memo`` of the rings it is added to (see :class:`RecentRows`)."""
+
+    __slots__ = ("memo", "stored", "stored_sq", "z", "z_sq")
+
+    def __init__(self, z: npt.NDArray[np.float32]) -> None:
+        self.z = z
+        self.memo: dict[Any, Any] = {}
+        # float32 (the float16 copy widens exactly): the row as queried and as stored
+        both: npt.NDArray[np.float32] = np.concatenate((z, z.astype(np.float16)), dtype=np.float32)
+        # einsum gives each row the same value whether alone or stacked with others; as
+        # Python floats they are still float32 values (and act as such on float32 arrays)
+        self.z_sq, self.stored_sq = np.einsum("ij,ij->i", both, both).tolist()
+        self.stored = both[1]
 
 
 def encode_state(detector: str, arrays: Mapping[str, npt.NDArray[Any]], meta: Any) -> bytes:
@@ -178,6 +275,38 @@ class RunningWindow:
         # O(size) with size in the hundreds: cheaper to re-sum than to track float drift
         self.total = float(self.values.sum(dtype=np.float64))
 
+    @staticmethod
+    def push_rows(
+        windows: Sequence[RunningWindow], block: npt.NDArray[np.float32], values: Sequence[float]
+    ) -> None:
+        """:meth:`extend` each window with one value, where the windows' values are the rows
+        of ``block``: one reduction for all totals (numpy sums each row of a 2-D array as it
+        sums that row alone: the totals are the same)."""
+        for window, value in zip(windows, values, strict=True):
+            size = window.values.shape[0]
+            window.values[window.pos] = value
+            window.pos = (window.pos + 1) % size
+            if window.count < size:
+                window.count += 1
+        totals: list[float] = np.add.reduce(block, axis=1, dtype=np.float64).tolist()
+        for window, total in zip(windows, totals, strict=True):
+            window.total = total
+
+    def push_flag(self, flag: bool) -> None:
+        """:meth:`extend` with one 1.0 or 0.0, for a window that holds only 0/1 flags.
+
+        The running total is then an integer below 2**24, so adding the new flag and
+        subtracting the one it replaces is exact: the same total as re-summing the ring.
+        """
+        size = self.values.shape[0]
+        value = 1.0 if flag else 0.0
+        old = self.values.item(self.pos)
+        self.values[self.pos] = value
+        self.pos = (self.pos + 1) % size
+        if self.count < size:
+            self.count += 1
+        self.total = self.total - old + value
+
     def mean(self) -> float:
         return 0.0 if self.count == 0 else self.total / self.count
 
@@ -212,6 +341,10 @@ class StatefulDetector(Generic[S]):
 
     name: str = "detector"
     states_: dict[str, S]
+    n_features_in_: int
+    # one-row requests take a path with fewer numpy calls and the same results; the tests
+    # switch it off on an instance to compare both paths
+    _fast_single_row = True
 
     def _fitted(self) -> None:
         self.states_ = {}
@@ -223,10 +356,17 @@ class StatefulDetector(Generic[S]):
     def observe(self, client: str, inputs: FloatArray, outputs: Any, now: float) -> Observation:
         """Update ``client``'s state with one batch and return the detector's current view."""
         self._require_fitted()
+        batch = QueryBatch.from_request(inputs, outputs, self.n_features_in_)
+        return self.observe_batch(client, batch, now)
+
+    def observe_batch(self, client: str, batch: QueryBatch, now: float) -> Observation:
+        """:meth:`observe` with a batch already checked (by :class:`DetectorSuite`, once for
+        all its detectors); its width must be :attr:`n_features_in_`."""
+        self._require_fitted()
         state = self.states_.get(client)
         if state is None:
             state = self.states_[client] = self._new_state()
-        self._update(state, inputs, outputs, float(now))
+        self._update(state, batch, float(now))
         return self._observation(client, state)
 
     def peek(self, client: str) -> Observation:
@@ -271,7 +411,7 @@ class StatefulDetector(Generic[S]):
     def _new_state(self) -> S:
         raise NotImplementedError
 
-    def _update(self, state: S, inputs: FloatArray, outputs: Any, now: float) -> None:
+    def _update(self, state: S, batch: QueryBatch, now: float) -> None:
         raise NotImplementedError
 
     def _observation(self, client: str, state: S) -> Observation:
@@ -327,20 +467,43 @@ def duplicate_radius(
     return float(fraction * np.median(np.sqrt(d2.min(axis=1))))
 
 
+@functools.lru_cache(maxsize=64)
+def _as_float32(value: float) -> float:
+    return float(np.float32(value))
+
+
 class RecentRows:
     """The last ``size`` queries of a client, projected to 16 dimensions (float16), with their
-    predicted labels: finds near-duplicates of earlier queries (bounded memory)."""
+    predicted labels: finds near-duplicates of earlier queries (bounded memory).
 
-    __slots__ = ("fill", "labels", "pos", "rows")
+    The rows are stored rounded to float16 (as they are serialised) but held as float32 with
+    their squared norms: converting the ring from float16 and re-taking its norms on every
+    query cost more than the distances themselves.
+
+    ``token`` names the ring's content: rings with equal tokens hold the same rows (two
+    detectors of a suite that project alike and keep as many rows see the same stream). Fed
+    the same batch through a memo (:meth:`QueryBatch.ring_memo`, or the one-row batch's
+    :class:`ProjectedRow`), both get the same new token, and for one-row batches the second
+    such ring reuses the first one's nearest-row search.
+    """
+
+    __slots__ = ("fill", "labels", "pos", "rows", "sq", "token")
+    bytes_per_row = DEDUP_DIM * 4 + 4 + 8  # float32 row, its squared norm, its label
 
     def __init__(self, size: int) -> None:
-        self.rows = np.zeros((size, DEDUP_DIM), np.float16)
+        self.rows = np.zeros((size, DEDUP_DIM), np.float32)
+        self.sq = np.zeros(size, np.float32)
         self.labels = np.full(size, -1, np.int64)
         self.fill = 0
         self.pos = 0
+        self.token: object = ("empty", size)
 
     def check_and_add(
-        self, z: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], radius: float
+        self,
+        z: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.int64],
+        radius: float,
+        memo: dict[Any, Any] | None = None,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """For each row of the batch ``z``: is it a near-duplicate of a recent query (or of an
         earlier row of the batch), and is that nearest duplicate's label different?"""
@@ -352,8 +515,7 @@ class RecentRows:
         else:  # one-row requests are the common case: skip the empty pair matrix
             pairs = np.full((1, 1), np.inf, np.float32)
         if self.fill:
-            ring = self.rows[: self.fill].astype(np.float32)
-            to_ring = sq_distances(z, ring, z_sq, np.einsum("ij,ij->i", ring, ring))
+            to_ring = sq_distances(z, self.rows[: self.fill], z_sq, self.sq[: self.fill])
             d2 = np.concatenate([to_ring, pairs], axis=1)
             known = np.concatenate([self.labels[: self.fill], labels])
         else:
@@ -363,15 +525,54 @@ class RecentRows:
         flip = dup & (known[nearest] != labels)
         keep = min(n, self.rows.shape[0])
         idx = (self.pos + np.arange(keep)) % self.rows.shape[0]
-        self.rows[idx] = z[-keep:]
+        stored = z[-keep:].astype(np.float16).astype(np.float32)
+        self.rows[idx] = stored
+        self.sq[idx] = np.einsum("ij,ij->i", stored, stored)
         self.labels[idx] = labels[-keep:]
         self.pos = int((self.pos + keep) % self.rows.shape[0])
         self.fill = min(self.rows.shape[0], self.fill + keep)
+        self.token = object() if memo is None else memo.setdefault((self.token, "batch"), object())
+        return dup, flip
+
+    def check_and_add_one(self, row: ProjectedRow, label: int, radius: float) -> tuple[bool, bool]:
+        """:meth:`check_and_add` for a batch of one row."""
+        fill = self.fill
+        memo = row.memo
+        key = self.token
+        hit = memo.get(key)
+        if hit is None:
+            nearest_d2, nearest_label = math.inf, None
+            if fill:
+                full = fill == self.sq.shape[0]  # the steady state: no slices to make
+                sq = self.sq if full else self.sq[:fill]
+                rows = self.rows if full else self.rows[:fill]
+                # the same float32 operations as sq_distances, in the same order
+                d2 = row.z_sq + sq
+                d2 -= 2.0 * (row.z @ rows.T)[0]
+                nearest = int(d2.argmin())
+                nearest_d2 = d2.item(nearest)
+                if nearest_d2 < 0.0:  # sq_distances clips at 0: the first such row is nearest
+                    nearest = int(np.flatnonzero(d2 <= 0.0)[0])
+                    nearest_d2 = 0.0
+                nearest_label = self.labels.item(nearest)
+            hit = memo[key] = (nearest_d2, nearest_label, object())
+        nearest_d2, nearest_label, self.token = hit
+        # numpy compares float32 with a Python float rounded to float32
+        dup = nearest_label is not None and nearest_d2 <= _as_float32(radius * radius)
+        flip = dup and nearest_label != label
+        pos = self.pos
+        self.rows[pos] = row.stored
+        self.sq[pos] = row.stored_sq
+        self.labels[pos] = label
+        size = self.rows.shape[0]
+        self.pos = (pos + 1) % size
+        if fill < size:
+            self.fill = fill + 1
         return dup, flip
 
     def pack(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
         return {
-            f"{prefix}rows": self.rows,
+            f"{prefix}rows": self.rows.astype(np.float16),
             f"{prefix}labels": self.labels,
             f"{prefix}scalars": np.array([self.fill, self.pos], dtype=np.int64),
         }
@@ -383,11 +584,16 @@ class RecentRows:
         labels = np.asarray(arrays[f"{prefix}labels"])
         if rows.shape != recent.rows.shape or labels.shape != recent.labels.shape:
             raise ValueError("recent rows have the wrong shape")
-        recent.rows = rows.astype(np.float16)
+        recent.rows = rows.astype(np.float16).astype(np.float32)
+        recent.sq = np.einsum("ij,ij->i", recent.rows, recent.rows)
         recent.labels = labels.astype(np.int64)
         recent.fill, recent.pos = (int(v) for v in arrays[f"{prefix}scalars"])
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (recent.rows, recent.labels, np.array([recent.fill, recent.pos], np.int64)):
+            digest.update(part.tobytes())
+        recent.token = ("state", size, digest.hexdigest())
         return recent
 
     @property
     def nbytes(self) -> int:
-        return int(self.rows.nbytes + self.labels.nbytes) + 16
+        return int(self.rows.nbytes + self.sq.nbytes + self.labels.nbytes) + 16

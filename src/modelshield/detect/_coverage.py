@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from modelshield.detect._base import (
     DetectorError,
     FloatArray,
     Observation,
+    QueryBatch,
     StatefulDetector,
     as_batch,
     as_labels_and_margins,
@@ -85,8 +87,25 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
         self.n_leaves_ = int(leaves.shape[0])
         counts = np.bincount(self._leaves(x), minlength=self.n_leaves_).astype(np.float64)
         self.leaf_p_ = (counts + 0.5) / (counts.sum() + 0.5 * self.n_leaves_)
+        self.log1m_leaf_p_ = np.log1p(-self.leaf_p_)
+        # the tree as Python lists: one row descends it faster without numpy
+        self.node_lists_ = (
+            self.left_.tolist(),
+            self.right_.tolist(),
+            self.feature_.tolist(),
+            self.split_.tolist(),
+            self.leaf_index_.tolist(),
+        )
         self._fitted()
         return self
+
+    def _leaf_one(self, row: npt.NDArray[np.float32]) -> int:
+        """:meth:`_leaves` of one row ``(d,)``: float32 values compared as exact Python floats."""
+        left, right, feature, split, leaf_index = self.node_lists_
+        node = 0
+        while left[node] >= 0:
+            node = left[node] if row.item(feature[node]) <= split[node] else right[node]
+        return int(leaf_index[node])
 
     def _leaves(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
         # vectorised descent (one numpy step per tree level) instead of sklearn's per-call apply
@@ -107,18 +126,25 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
         return float(np.sum(-np.expm1(n * np.log1p(-self.leaf_p_))))
 
     def _expected_and_sd(self, n: int) -> tuple[float, float]:
-        q = -np.expm1(n * np.log1p(-self.leaf_p_))  # P(leaf l covered after n queries)
-        # leaf indicators are negatively correlated: sum q(1 - q) bounds the variance above
-        return float(q.sum()), float(np.sqrt(max(float(np.sum(q * (1.0 - q))), 1e-12)))
+        # q = -expm1(n log(1 - p_l)) = P(leaf l covered after n queries); leaf indicators are
+        # negatively correlated: sum q (1 - q) bounds the variance above. Computed on
+        # m = -q: IEEE rounding is symmetric in sign, so every operation on m gives exactly
+        # the negation of the same operation on q (one numpy call fewer).
+        m = n * self.log1m_leaf_p_
+        np.expm1(m, out=m)
+        spread = 1.0 + m  # = 1 - q
+        spread *= m  # = -(q (1 - q))
+        return -float(np.add.reduce(m)), math.sqrt(max(-float(np.add.reduce(spread)), 1e-12))
 
     def _new_state(self) -> _CoverageState:
         return _CoverageState(np.zeros(self.n_leaves_, np.bool_))
 
-    def _update(self, state: _CoverageState, inputs: FloatArray, outputs: Any, now: float) -> None:
-        x = as_batch(inputs, self.n_features_in_)
-        as_labels_and_margins(outputs, x.shape[0])  # the same checks as every detector
-        state.visited[self._leaves(x)] = True
-        state.n_queries += x.shape[0]
+    def _update(self, state: _CoverageState, batch: QueryBatch, now: float) -> None:
+        if batch.n == 1 and self._fast_single_row:
+            state.visited[self._leaf_one(batch.x[0])] = True
+        else:
+            state.visited[self._leaves(batch.x)] = True
+        state.n_queries += batch.n
 
     def merge(self, target: str, sources: tuple[str, ...]) -> Observation:
         """Set ``target``'s coverage to the union of the ``sources`` clients' coverage."""
@@ -134,7 +160,7 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
 
     def _observation(self, client: str, state: _CoverageState) -> Observation:
         ready = state.n_queries >= self.min_queries
-        covered = int(state.visited.sum())
+        covered = int(np.count_nonzero(state.visited))
         expected, sd = self._expected_and_sd(state.n_queries) if state.n_queries else (0.0, 1.0)
         score = (covered - expected) / sd if state.n_queries else 0.0
         return Observation(

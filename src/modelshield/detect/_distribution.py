@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from modelshield.detect._base import (
     DetectorError,
     FloatArray,
     Observation,
+    QueryBatch,
     RecentRows,
     RunningWindow,
     StatefulDetector,
@@ -30,6 +32,16 @@ class _WindowState:
     recent: RecentRows
     n_queries: int = 0
     n_counted: int = 0
+    # the windows' values as the rows of one array (one reduction updates every total)
+    block: npt.NDArray[np.float32] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.block = np.stack([w.values for w in self.windows])
+        for i, w in enumerate(self.windows):
+            w.values = self.block[i]
+
+
+_TINY = float(np.float32(1e-12))
 
 
 class _WindowDetector(StatefulDetector[_WindowState]):
@@ -99,7 +111,9 @@ class _WindowDetector(StatefulDetector[_WindowState]):
 
     def max_state_bytes(self) -> int:
         """The windows of float32 values, the ring of recent projected rows, counters."""
-        return self._n_windows * (self.window * 4 + 24) + self.recent * (2 * 16 + 8) + 32
+        return (
+            self._n_windows * (self.window * 4 + 24) + self.recent * RecentRows.bytes_per_row + 32
+        )
 
 
 class OutOfDistributionDetector(_WindowDetector):
@@ -212,10 +226,22 @@ class OutOfDistributionDetector(_WindowDetector):
         out: npt.NDArray[np.float32] = (raw - self.center_) / self.scale_
         return out
 
-    def _update(self, state: _WindowState, inputs: FloatArray, outputs: Any, now: float) -> None:
-        x = as_batch(inputs, self.n_features_in_)
-        labels, _ = as_labels_and_margins(outputs, x.shape[0])
-        dup, _ = state.recent.check_and_add(x @ self.projection_, labels, self.radius_)
+    def _update(self, state: _WindowState, batch: QueryBatch, now: float) -> None:
+        if batch.n == 1 and self._fast_single_row:
+            row = batch.project_one(self.projection_)
+            dup_one, _ = state.recent.check_and_add_one(row, int(batch.labels[0]), self.radius_)
+            state.n_queries += 1
+            if not dup_one:
+                RunningWindow.push_rows(state.windows, state.block, self._statistics_one(batch))
+                state.n_counted += 1
+            return
+        x = batch.x
+        dup, _ = state.recent.check_and_add(
+            batch.project(self.projection_),
+            batch.labels,
+            self.radius_,
+            batch.ring_memo(self.projection_),
+        )
         state.n_queries += x.shape[0]
         fresh = x[~dup]
         if fresh.shape[0]:
@@ -224,16 +250,39 @@ class OutOfDistributionDetector(_WindowDetector):
                 w.extend(stats[:, i])
             state.n_counted += fresh.shape[0]
 
+    def _statistics_one(self, batch: QueryBatch) -> list[float]:
+        """:meth:`_statistics` of a batch of one row: the same float32 operations on a
+        3-vector instead of three columns."""
+        centred = batch.x - self.mean_
+        z = centred @ self.components_
+        z_sq = np.einsum("ij,ij->i", z, z)[0]
+        d2 = z_sq + self.reference_sq_
+        d2 -= 2.0 * (z @ self.reference_.T)[0]
+        # sq_distances clips at 0 before the min; clipping after it is the same
+        nn2 = max(float(d2[d2.argmin()]), 0.0)  # argmin is the cheaper way to the min
+        residual = float(np.einsum("ij,ij->i", centred, centred)[0] - z_sq)
+        norm = float(batch.row_sq()[0])
+        # np.maximum(v, float32(1e-12)) on float32 values, NaN kept as it keeps it
+        raw = np.array([max(v, _TINY) for v in (nn2, residual, norm)], np.float32)
+        np.log(raw, out=raw)
+        raw *= 0.5
+        raw -= self.center_
+        raw /= self.scale_
+        values: list[float] = raw.tolist()
+        return values
+
     def _score(self, state: _WindowState) -> float:
         # a z-statistic: a window of few distinct queries (a small re-sent pool) weighs less
         n = state.windows[0].count
-        return max(abs(w.mean()) for w in state.windows) * float(np.sqrt(n))
+        return max([abs(w.mean()) for w in state.windows]) * math.sqrt(n)
 
     def _details(self, state: _WindowState) -> tuple[tuple[str, float], ...]:
-        names = ("mean_log_nn", "mean_log_residual", "mean_log_norm")
+        nn, residual, norm = state.windows
         return (
             ("distinct_queries", float(state.n_counted)),
-            *((n, w.mean()) for n, w in zip(names, state.windows, strict=True)),
+            ("mean_log_nn", nn.mean()),
+            ("mean_log_residual", residual.mean()),
+            ("mean_log_norm", norm.mean()),
         )
 
 
@@ -288,20 +337,26 @@ class BoundaryDetector(_WindowDetector):
             rate = 0.0 if margins is None else float(np.mean(margins < self.low_margin))
         # training data gets more confident answers than new data: never below base_rate
         self.rate_ = min(max(rate, self.base_rate), 0.5)
+        # scores by (n, k): at most (window + 1)**2 of them, shared by every client
+        self.tail_scores_: dict[tuple[int, int], float] = {}
         self._fitted()
         return self
 
     def _score(self, state: _WindowState) -> float:
-        from scipy.special import bdtrc
-
         window = state.windows[0]
         n = window.count
         k = round(window.total)
         if n == 0 or k == 0:
             return 0.0
-        # -log10 P(at least k low-margin queries among n | honest rate): small windows count less
-        tail = float(bdtrc(k - 1, n, self.rate_))
-        return float(-np.log10(max(tail, 1e-300)))
+        score = self.tail_scores_.get((n, k))
+        if score is None:
+            from scipy.special import bdtrc
+
+            # -log10 P(at least k low-margin queries among n | honest rate): small windows
+            # count less
+            tail = float(bdtrc(k - 1, n, self.rate_))
+            score = self.tail_scores_[(n, k)] = float(-np.log10(max(tail, 1e-300)))
+        return score
 
     def _details(self, state: _WindowState) -> tuple[tuple[str, float], ...]:
         return (
@@ -309,11 +364,29 @@ class BoundaryDetector(_WindowDetector):
             ("low_margin_share", state.windows[0].mean()),
         )
 
-    def _update(self, state: _WindowState, inputs: FloatArray, outputs: Any, now: float) -> None:
-        x = as_batch(inputs, self.n_features_in_)
-        labels, margins = as_labels_and_margins(outputs, x.shape[0])
-        dup, flip = state.recent.check_and_add(x @ self.projection_, labels, self.radius_)
-        state.n_queries += x.shape[0]
+    def _update(self, state: _WindowState, batch: QueryBatch, now: float) -> None:
+        margins = batch.margins
+        if batch.n == 1 and self._fast_single_row:
+            row = batch.project_one(self.projection_)
+            dup_one, flip_one = state.recent.check_and_add_one(
+                row, int(batch.labels[0]), self.radius_
+            )
+            state.n_queries += 1
+            if margins is None:
+                if not dup_one or flip_one:
+                    state.windows[0].push_flag(flip_one)
+                    state.n_counted += 1
+            elif not dup_one:
+                state.windows[0].push_flag(bool(margins[0] < self.low_margin))
+                state.n_counted += 1
+            return
+        dup, flip = state.recent.check_and_add(
+            batch.project(self.projection_),
+            batch.labels,
+            self.radius_,
+            batch.ring_memo(self.projection_),
+        )
+        state.n_queries += batch.n
         if margins is None:  # labels only: a step across the boundary is all there is to see
             counted = ~dup | flip
             values = flip[counted]

@@ -3,6 +3,7 @@ Attacks", IEEE EuroS&P 2019), per client, with incremental statistics and BLAS b
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,9 +16,9 @@ from modelshield.detect._base import (
     DetectorError,
     FloatArray,
     Observation,
+    QueryBatch,
     StatefulDetector,
     as_batch,
-    as_labels_and_margins,
     sq_distances,
 )
 
@@ -147,23 +148,30 @@ class PradaDetector(StatefulDetector[_PradaState]):
     def _new_state(self) -> _PradaState:
         return _PradaState(dists=np.zeros(self.max_distances, np.float32))
 
-    def _update(self, state: _PradaState, inputs: FloatArray, outputs: Any, now: float) -> None:
-        x = as_batch(inputs, self.n_features_in_)
-        labels, _ = as_labels_and_margins(outputs, x.shape[0])
-        if self.projection_ is not None:
-            x = x @ self.projection_
+    def _class_set(self, state: _PradaState, c: int) -> _ClassSet | None:
+        g = state.sets.get(c)
+        if g is None:
+            if len(state.sets) >= self.n_classes_:
+                return None  # more classes than fitted: memory stays bounded, these go unseen
+            g = state.sets[c] = _ClassSet(
+                rows=np.zeros((self.max_set_rows, self.dim_), np.float32),
+                sq=np.zeros(self.max_set_rows, np.float32),
+            )
+        return g
+
+    def _update(self, state: _PradaState, batch: QueryBatch, now: float) -> None:
+        if batch.n == 1 and self._fast_single_row:
+            self._update_one(state, batch)
+            return
+        labels = batch.labels
+        x = batch.project(self.projection_) if self.projection_ is not None else batch.x
         x_sq = np.einsum("ij,ij->i", x, x)
         new_d: list[float] = []
         for c in np.unique(labels).tolist():
             idx = np.flatnonzero(labels == c)
-            g = state.sets.get(c)
-            if g is None and len(state.sets) >= self.n_classes_:
-                continue  # more classes than fitted: memory stays bounded, these go unseen
+            g = self._class_set(state, c)
             if g is None:
-                g = state.sets[c] = _ClassSet(
-                    rows=np.zeros((self.max_set_rows, self.dim_), np.float32),
-                    sq=np.zeros(self.max_set_rows, np.float32),
-                )
+                continue
             xc, xc_sq = x[idx], x_sq[idx]
             # one GEMM against the set as it was before the batch, one for pairs in the batch
             to_set = (
@@ -196,6 +204,39 @@ class PradaDetector(StatefulDetector[_PradaState]):
             state.dists[pos] = values
             state.d_pos = int((state.d_pos + k) % self.max_distances)
             state.d_count = min(self.max_distances, state.d_count + len(new_d))
+        self._maybe_test(state)
+
+    def _update_one(self, state: _PradaState, batch: QueryBatch) -> None:
+        """:meth:`_update` for one row: the same float32 operations, without the batch loop."""
+        state.n_queries += 1
+        state.since_test += 1
+        g = self._class_set(state, int(batch.labels[0]))
+        if g is not None:
+            if self.projection_ is not None:
+                x = batch.project(self.projection_)
+                x_sq = float(np.einsum("ij,ij->i", x, x)[0])
+            else:
+                x, x_sq = batch.x, float(batch.row_sq()[0])
+            d2 = math.inf
+            if g.fill:
+                # sq_distances' float32 operations in its order; clipping at 0 after the min
+                # x_sq is a float32 value: numpy adds it to the float32 set as float32
+                to_set = (x_sq + g.sq[: g.fill]) - 2.0 * (x @ g.rows[: g.fill].T)[0]
+                d2 = to_set.item(to_set.argmin())  # the min (NaN first), cheaper
+            if not math.isfinite(d2):  # first query of this class: G_c = {x}
+                g.add(x[0], x_sq)
+            else:
+                d = max(d2, 0.0) ** 0.5
+                if d > g.threshold:
+                    g.add(x[0], x_sq)
+                    g.add_distance(d, self.min_threshold)
+                state.dists[state.d_pos] = d
+                state.d_pos = (state.d_pos + 1) % self.max_distances
+                if state.d_count < self.max_distances:
+                    state.d_count += 1
+        self._maybe_test(state)
+
+    def _maybe_test(self, state: _PradaState) -> None:
         if state.d_count >= self.min_distances and (
             state.since_test >= self.test_every or not state.tested
         ):
@@ -231,7 +272,7 @@ class PradaDetector(StatefulDetector[_PradaState]):
             details=(
                 ("shapiro_w", state.w),
                 ("distances", float(state.d_count)),
-                ("set_rows", float(sum(g.fill for g in state.sets.values()))),
+                ("set_rows", float(sum([g.fill for g in state.sets.values()]))),
             ),
         )
 

@@ -10,7 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from modelshield.detect._base import Detector, DetectorError, FloatArray, Observation
+from modelshield.detect._base import (
+    Detector,
+    DetectorError,
+    FloatArray,
+    Observation,
+    QueryBatch,
+    StatefulDetector,
+    as_batch,
+    as_labels_and_margins,
+    check_width,
+)
 from modelshield.detect._coverage import CoverageDetector
 from modelshield.detect._distribution import BoundaryDetector, OutOfDistributionDetector
 from modelshield.detect._prada import PradaDetector
@@ -81,8 +91,33 @@ class DetectorSuite:
             raise DetectorError(f"detector names must be unique, got {names}")
         for detector in self.detectors:
             detector.fit(reference_inputs, reference_outputs)
+        self._share_projections()
         self.fitted_ = True
         return self
+
+    def _share_projections(self) -> None:
+        # detectors seeded alike draw the same near-duplicate projection: holding one array
+        # (never written to) lets a batch be multiplied by it once for all of them
+        seen: list[Any] = []
+        for detector in self.detectors:
+            matrix = getattr(detector, "projection_", None)
+            if not isinstance(detector, StatefulDetector) or not isinstance(matrix, np.ndarray):
+                continue
+            for other in seen:
+                if other.dtype == matrix.dtype and np.array_equal(other, matrix):
+                    detector.projection_ = other  # type: ignore[attr-defined]
+                    break
+            else:
+                seen.append(matrix)
+
+    def _batch(self, inputs: FloatArray, outputs: Any) -> QueryBatch:
+        # the checks every detector makes, once, in the order the first detector makes them
+        widths = [d.n_features_in_ for d in self.detectors if isinstance(d, StatefulDetector)]
+        x = as_batch(inputs, widths[0] if widths else None)
+        for width in widths[1:]:
+            check_width(x, width)
+        labels, margins = as_labels_and_margins(outputs, x.shape[0])
+        return QueryBatch(x, labels, margins)
 
     def detector(self, name: str) -> Detector:
         """The detector called ``name``."""
@@ -106,16 +141,25 @@ class DetectorSuite:
             raise DetectorError("the detector suite is not fitted: call fit(...) first")
         if client.startswith(GROUP_PREFIX):
             raise DetectorError(f"client names may not start with {GROUP_PREFIX!r}")
+        batch = self._batch(inputs, outputs)
         own = []
         for detector in self.detectors:
             if tier is not None and isinstance(detector, VolumeDetector):
                 detector.set_tier(client, tier)
-            own.append(detector.observe(client, inputs, outputs, now))
+            if isinstance(detector, StatefulDetector):
+                own.append(detector.observe_batch(client, batch, now))
+            else:
+                own.append(detector.observe(client, inputs, outputs, now))
         grouped = []
         if group is not None:
+            key = GROUP_PREFIX + group
             for detector in self.detectors:
-                if detector.name in self.group_detectors:
-                    grouped.append(detector.observe(GROUP_PREFIX + group, inputs, outputs, now))
+                if detector.name not in self.group_detectors:
+                    continue
+                if isinstance(detector, StatefulDetector):
+                    grouped.append(detector.observe_batch(key, batch, now))
+                else:
+                    grouped.append(detector.observe(key, inputs, outputs, now))
         return SuiteResult(client, tuple(own), tuple(grouped))
 
     def state_dict(self, client: str) -> bytes:

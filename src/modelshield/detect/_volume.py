@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,11 +14,11 @@ from modelshield.detect._base import (
     DetectorError,
     FloatArray,
     Observation,
+    QueryBatch,
     RecentRows,
     RunningWindow,
     StatefulDetector,
     as_batch,
-    as_labels_and_margins,
     duplicate_radius,
     random_projection,
 )
@@ -33,6 +34,9 @@ class _VolumeState:
     n_queries: int = 0
     rows_in_window: int = 0
     tier: str = field(default="")
+    # the time slot of the last update, not serialised: while requests stay in it, the rows
+    # in the window grow by the rows of each request and need no re-count
+    last_slot: int | None = None
 
 
 class VolumeDetector(StatefulDetector[_VolumeState]):
@@ -107,23 +111,38 @@ class VolumeDetector(StatefulDetector[_VolumeState]):
             flips=RunningWindow(64),
         )
 
-    def _update(self, state: _VolumeState, inputs: FloatArray, outputs: Any, now: float) -> None:
-        x = as_batch(inputs, self.n_features_in_)
-        labels, _ = as_labels_and_margins(outputs, x.shape[0])
-        n = x.shape[0]
+    def _update(self, state: _VolumeState, batch: QueryBatch, now: float) -> None:
+        n = batch.n
         width = self.window_seconds / self.n_buckets
-        slot = int(np.floor(now / width))
+        slot = math.floor(now / width)
         bucket = slot % self.n_buckets
-        if state.slots[bucket] != slot:
+        recount = state.last_slot != slot
+        if int(state.slots[bucket]) != slot:
             state.slots[bucket] = slot
             state.counts[bucket] = 0
+            recount = True
         state.counts[bucket] += n
-        live = state.slots > slot - self.n_buckets
-        state.rows_in_window = int(state.counts[live].sum())
+        if recount:
+            live = state.slots > slot - self.n_buckets
+            state.rows_in_window = int(state.counts[live].sum())
+        else:  # the same live buckets as at the last update, one of them grew by n
+            state.rows_in_window += n
+        state.last_slot = slot
         state.n_queries += n
-        dup, flip = state.recent.check_and_add(x @ self.projection_, labels, self.radius_)
-        state.dups.extend(dup.astype(np.float32))
-        state.flips.extend(flip.astype(np.float32))
+        if batch.n == 1 and self._fast_single_row:
+            row = batch.project_one(self.projection_)
+            dup_one, flip_one = state.recent.check_and_add_one(
+                row, int(batch.labels[0]), self.radius_
+            )
+            state.dups.push_flag(dup_one)
+            state.flips.push_flag(flip_one)
+        else:
+            z = batch.project(self.projection_)
+            dup, flip = state.recent.check_and_add(
+                z, batch.labels, self.radius_, batch.ring_memo(self.projection_)
+            )
+            state.dups.extend(dup.astype(np.float32))
+            state.flips.extend(flip.astype(np.float32))
 
     def _observation(self, client: str, state: _VolumeState) -> Observation:
         score = state.rows_in_window / self._norm(state.tier)
@@ -182,4 +201,10 @@ class VolumeDetector(StatefulDetector[_VolumeState]):
 
     def max_state_bytes(self) -> int:
         """Bucket counters, the ring of recent projected rows and two 64-value windows."""
-        return self.n_buckets * 16 + self.recent * (2 * 16 + 8) + 16 + 2 * (64 * 4 + 24) + 64
+        return (
+            self.n_buckets * 16
+            + self.recent * RecentRows.bytes_per_row
+            + 16
+            + 2 * (64 * 4 + 24)
+            + 64
+        )
