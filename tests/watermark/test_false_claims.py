@@ -72,8 +72,9 @@ def test_no_independent_model_verifies_against_the_trigger_set(
     assert all(r.p_value > 1e-4 for r in results.values())
 
 
+@pytest.mark.parametrize("probes", [0, 16])
 def test_no_independent_model_carries_a_response_watermark(
-    independent: list[tuple[str, Any]], demo_model: DemoModel
+    independent: list[tuple[str, Any]], demo_model: DemoModel, probes: int
 ) -> None:
     from sklearn.datasets import load_digits
 
@@ -87,6 +88,6 @@ def test_no_independent_model_carries_a_response_watermark(
         marks = wm.select(f"client{i}", queries, outputs=victim.predict_proba(queries))
         records[f"client{i}"] = list(marks.records)
     for name, model in independent:
-        results = trace(model.predict, records, classes=CLASSES, input_shape=(64,))
+        results = trace(model.predict, records, classes=CLASSES, input_shape=(64,), probes=probes)
         assert not any(r.verified for r in results), name
         assert min(r.p_value for r in results) > 1e-4, name

@@ -219,3 +219,86 @@ def test_trace_refuses_a_wrong_number_of_labels(digits: Any, demo_model: DemoMod
             input_shape=(64,),
         )
     assert trace(victim.predict, {}, classes=CLASSES, input_shape=(64,)) == []
+
+
+def test_each_cell_and_honest_class_draws_its_own_label(digits: Any, demo_model: DemoModel) -> None:
+    proba = demo_model.estimator.predict_proba(digits)
+    wm = ResponseWatermark(KEY, classes=CLASSES, share=0.3, image_shape=(8, 8), cell_width=6.0)
+    marks = wm.select("alice", digits, outputs=proba)
+    coords = wm.cells(digits[marks.rows])
+    by_id: dict[str, set[tuple[int, int]]] = {}
+    ids_by_cell: dict[bytes, set[str]] = {}
+    for record, cell in zip(marks.records, coords, strict=True):
+        honest = CLASSES.index(record.honest_label)
+        by_id.setdefault(record.cell, set()).add((honest, CLASSES.index(record.label)))
+        ids_by_cell.setdefault(cell.tobytes(), set()).add(record.cell)
+    # one honest class and one keyed wrong label per identifier
+    assert all(len(pairs) == 1 for pairs in by_id.values())
+    # a hash cell holding several honest classes gives several identifiers (independent trials)
+    assert any(len(ids) > 1 for ids in ids_by_cell.values())
+    offsets = {(w - h) % 10 for pairs in by_id.values() for h, w in pairs}
+    assert len(offsets) > 3  # the keyed offsets are not one constant
+
+
+def test_uncertain_answers_are_marked_more_often(digits: Any, demo_model: DemoModel) -> None:
+    proba = demo_model.estimator.predict_proba(digits)
+    rng = np.random.default_rng(0)
+    flat = rng.dirichlet(np.ones(10), size=len(digits))  # every answer uncertain (top-1 < 0.9)
+    assert float(flat.max(1).max()) < 0.9
+    plain = make(0.01)
+    boosted = ResponseWatermark(
+        KEY, classes=CLASSES, share=0.01, image_shape=(8, 8), uncertain_share=0.2
+    )
+    # confident answers: the boost changes nothing
+    confident = proba.max(1) >= 0.9
+    a = plain.select("alice", digits[confident], outputs=proba[confident])
+    b = boosted.select("alice", digits[confident], outputs=proba[confident])
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    # uncertain answers: marked at the higher rate, a superset of the plain marks
+    few = plain.select("alice", digits, outputs=flat)
+    many = boosted.select("alice", digits, outputs=flat)
+    assert set(few.rows.tolist()) <= set(many.rows.tolist())
+    assert len(many) > 5 * max(len(few), 1)
+    assert np.all(many.labels != many.honest)
+    # labels only: no confidence, so the plain rate applies
+    labels_only = boosted.select("alice", digits, outputs=flat.argmax(1))
+    np.testing.assert_array_equal(labels_only.rows, few.rows)
+    for kwargs in ({"uncertain_share": 0.005}, {"uncertain_share": 1.0}, {"uncertain_below": 0}):
+        with pytest.raises(InvalidInputError):
+            ResponseWatermark(KEY, classes=CLASSES, share=0.01, **kwargs)  # type: ignore[arg-type]
+
+
+def test_probes_reveal_a_mark_learned_off_the_training_points(
+    digits: Any, demo_model: DemoModel
+) -> None:
+    victim = demo_model.estimator
+    wm = make(0.05)
+    marks = wm.select("alice", digits, outputs=victim.predict_proba(digits))
+    records = list(marks.records)
+    inputs = np.asarray([r.input for r in records])
+    honest = [r.honest_label for r in records]
+    keyed = [r.label for r in records]
+
+    def partial_copy(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Honest on the stored queries themselves, the keyed label on anything near them."""
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        nearest = ((x[:, None, :] - inputs[None, :, :]) ** 2).sum(-1).argmin(1)
+        exact = np.all(np.isclose(x, inputs[nearest], atol=1e-6), axis=1)
+        return np.asarray(
+            [honest[i] if e else keyed[i] for i, e in zip(nearest, exact, strict=True)]
+        )
+
+    kwargs: dict[str, Any] = {"classes": CLASSES, "input_shape": (64,)}
+    without = trace(partial_copy, {"alice": records}, **kwargs)[0]
+    assert without.trials == 0
+    assert not without.verified
+    probed = trace(partial_copy, {"alice": records}, probes=8, **kwargs)[0]
+    assert probed.verified
+    assert probed.matches == probed.trials == len({r.cell for r in records})
+    # deterministic (probes are seeded by the stored digests, not drawn afresh)
+    assert trace(partial_copy, {"alice": records}, probes=8, **kwargs)[0] == probed
+    # the victim itself still carries no marks with probes
+    assert not trace(victim.predict, {"alice": records}, probes=8, **kwargs)[0].verified
+    with pytest.raises(InvalidInputError):
+        trace(partial_copy, {"alice": records}, probes=-1, **kwargs)

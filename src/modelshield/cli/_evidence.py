@@ -10,33 +10,8 @@ import typer
 from rich.table import Table
 
 from modelshield.cli._app import console
+from modelshield.cli._watermark import open_suspect
 from modelshield.errors import ConfigError
-
-
-def _suspect(suspect: str, api_key: str | None, model: str | None) -> tuple[Any, Any, str]:
-    """(predict function, input spec and classes holder, description)."""
-    if suspect.startswith(("http://", "https://")):
-        if api_key is None:
-            raise ConfigError("an HTTP suspect needs --api-key (or MODELSHIELD_API_KEY)")
-        from modelshield.attacks import HttpTarget
-
-        target = HttpTarget(suspect, api_key=api_key, model=model)
-
-        def remote(x: Any) -> Any:
-            import numpy as np
-
-            out = [target.query(np.asarray(x[i : i + 100])).labels for i in range(0, len(x), 100)]
-            return np.concatenate(out)
-
-        return remote, target, f"{suspect} (model {target.model})"
-    from modelshield.models import load_model
-
-    path = Path(suspect)
-    try:
-        predictor = load_model(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the suspect model ({exc.strerror})") from None
-    return predictor.predict, predictor, f"model file {path.name}"
 
 
 def evidence(
@@ -81,7 +56,7 @@ def evidence(
         if identity is None:
             raise ConfigError("--openings needs -i IDENTITY.key to open them")
         opened = ev.load_openings(vault.unseal_bytes(openings, vault.load_identity(identity)))
-    predict, spec_holder, description = _suspect(suspect, api_key, model)
+    predict, spec_holder, description = open_suspect(suspect, api_key, model)
     spec = spec_holder.input_spec
     commands = [
         "modelshield " + " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]),
@@ -131,7 +106,7 @@ def trace_command(
     from modelshield.config import load_config
     from modelshield.evidence._trace import response_trace
 
-    predict, _, _ = _suspect(suspect, api_key, model)
+    predict, _, _ = open_suspect(suspect, api_key, model)
     results = response_trace(load_config(config))(predict)
     if as_json:
         console.print_json(json.dumps([r.to_dict() for r in results]))

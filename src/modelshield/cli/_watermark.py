@@ -3,7 +3,8 @@
 A watermark key file holds exactly 32 random bytes (written 0600). ``embed`` reads a skops
 (scikit-learn) or torch.export model file, embeds a trigger set (``--scheme trigger-set``) or, for
 torch, a weight watermark (``--scheme weights``), and writes the marked model; ``verify`` checks a
-suspect model file and prints the verdict (exit code 0 either way: read ``verified``).
+suspect (a model file, or a gateway URL for the black-box trigger-set scheme) and prints the verdict
+(exit code 0 either way: read ``verified``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import typer
 
 from modelshield._files import write_atomic
 from modelshield.cli._app import console
-from modelshield.errors import InvalidInputError, KeyMissingError, UnsupportedModelError
+from modelshield.errors import (
+    ConfigError,
+    InvalidInputError,
+    KeyMissingError,
+    UnsupportedModelError,
+)
 
 watermark_app = typer.Typer(
     name="watermark",
@@ -57,6 +63,36 @@ def _read_model(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise UnsupportedModelError(f"cannot read the model file {path}: {exc.strerror}") from None
+
+
+def is_url(suspect: str) -> bool:
+    return suspect.startswith(("http://", "https://"))
+
+
+def open_suspect(suspect: str, api_key: str | None, model: str | None) -> tuple[Any, Any, str]:
+    """A suspect model file or gateway URL as (predict function, holder of ``input_spec`` and
+    ``classes``, description); a URL is queried through :class:`~modelshield.attacks.HttpTarget`
+    in batches of 100 rows."""
+    if is_url(suspect):
+        if api_key is None:
+            raise ConfigError("an HTTP suspect needs --api-key (or MODELSHIELD_API_KEY)")
+        from modelshield.attacks import HttpTarget
+
+        target = HttpTarget(suspect, api_key=api_key, model=model)
+
+        def remote(x: Any) -> Any:
+            out = [target.query(np.asarray(x[i : i + 100])).labels for i in range(0, len(x), 100)]
+            return np.concatenate(out)
+
+        return remote, target, f"{suspect} (model {target.model})"
+    from modelshield.models import load_model
+
+    path = Path(suspect)
+    try:
+        predictor = load_model(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the suspect model ({exc.strerror})") from None
+    return predictor.predict, predictor, f"model file {path.name}"
 
 
 def _training_data(path: Path | None, n_features: int) -> tuple[Any, Any]:
@@ -198,21 +234,30 @@ class _Exportable:
 
 
 def verify(
-    suspect: Annotated[Path, typer.Argument(help="Suspect model file (ONNX, skops, torch).")],
+    suspect: Annotated[
+        str, typer.Argument(help="Suspect model file (ONNX, skops, torch) or gateway URL.")
+    ],
     key: Annotated[Path, typer.Option("--key", help="Watermark key file.")],
     scheme: Annotated[Scheme, typer.Option("--scheme", help="Watermark scheme.")] = (
         Scheme.trigger_set
     ),
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="MODELSHIELD_API_KEY", help="For a URL.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name at a URL.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Check whether a suspect model file carries our watermark (p-value and verdict)."""
-    from modelshield.models import load_model
+    """Check whether a suspect model file or URL carries our watermark (p-value and verdict)."""
     from modelshield.watermark import WeightWatermark, verify_trigger_set, verify_weights
 
+    if scheme is Scheme.weights and is_url(suspect):
+        raise UnsupportedModelError(
+            "the weights scheme is white-box: it needs the suspect's torch model file, not a URL"
+        )
     secret = _read_key(key)
-    predictor: Any = load_model(_read_model(suspect))
+    predict, predictor, _ = open_suspect(suspect, api_key, model)
     if scheme is Scheme.trigger_set:
-        result = verify_trigger_set(predictor.predict, _trigger_set_for(secret, predictor))
+        result = verify_trigger_set(predict, _trigger_set_for(secret, predictor))
     else:
         module = getattr(predictor, "module", None)
         if module is None:

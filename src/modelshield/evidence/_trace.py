@@ -12,6 +12,7 @@ from modelshield.config import Config
 from modelshield.errors import ConfigError
 
 PredictFn = Callable[[Any], Any]
+PROBES = 16
 
 
 def _watermark_key(config: Config) -> bytes:
@@ -33,7 +34,9 @@ def response_trace(
 
     The marked answers are read back from the audit store; the model that gave them (the
     deployment's own, opened from its seal, or ``victim``) recomputes each mark's cell and honest
-    label, so that the trace needs nothing the audit log did not keep.
+    label, so that the trace needs nothing the audit log did not keep. The suspect is also asked
+    about 16 noisy copies of each marked query (``PROBES``), which reveals marks a copy learned
+    only partly without making the test inexact.
     """
     from modelshield import audit, watermark
     from modelshield.gateway import load_served_model
@@ -48,6 +51,8 @@ def response_trace(
         key,
         classes=predictor.classes,
         share=config.watermark.share,
+        uncertain_share=config.watermark.uncertain_share,
+        uncertain_below=config.watermark.uncertain_below,
         image_shape=config.models[name].image_shape,
     )
     store = open_audit_store(config.audit.url)
@@ -71,7 +76,7 @@ def response_trace(
 
     def run(predict: PredictFn) -> list[Any]:
         result: list[Any] = watermark.trace(
-            predict, records, classes=predictor.classes, input_shape=shape
+            predict, records, classes=predictor.classes, input_shape=shape, probes=PROBES
         )
         return result
 

@@ -9,14 +9,24 @@ near-duplicates (measured in issue 7). Here the selection and the wrong label ar
 function of a *cell* of a locality-sensitive hash (quantised keyed random projections, Datar et
 al. 2004) over a representation that small shifts and noise barely move: by default the magnitude
 of the 2-D Fourier transform of an image (invariant to translation), or any feature vector the
-caller passes (the model's hidden features, say). Every query in a marked cell gets the same keyed
-label offset, so near-duplicates of a marked query are marked the same way.
+caller passes (the model's hidden features, say). Every query of one honest class in a marked cell
+gets the same keyed wrong label, so near-duplicates of a marked query are marked the same way; each
+(cell, honest class) pair draws its own label, so one cell holding two classes gives two
+independent trials.
+
+Optionally (``uncertain_share``) answers the model is unsure about (top-1 probability below
+``uncertain_below``) are marked at a higher rate than confident ones. Honest traffic is mostly
+answered confidently, so this costs it little, while thieves that augment or synthesise queries
+send many uncertain inputs (shifted digits: 42 % of them, against 3 % of natural digits) and so
+carry more marks; the cost on honest traffic must be measured (``benchmarks/watermark_eval.py``).
 
 Verification (:func:`trace`) is an exact binomial test per client over *cells*, not queries (near
 duplicates are not independent trials), counting only cells where the suspect disagrees with the
 victim's honest answer; the keyed offset is uniform over the ``K - 1`` wrong labels, so a model
 that never saw the marks matches with probability ``1/(K-1)``, or more if the suspect's own
-disagreements concentrate on few offsets (then that estimate is used).
+disagreements concentrate on few offsets (then that estimate is used). Optionally the suspect is
+also asked about noisy copies of each stored query (``probes``): they are made without the key, so
+the test stays exact, and they reveal a mark a copy learned only partly.
 
 Everything here is pure: keys arrive as bytes, nothing is read or written.
 """
@@ -56,7 +66,8 @@ class ResponseRecord:
 
     ``input`` is the query row flattened (its digest is SHA-256 of the float32 bytes), ``label``
     the keyed wrong label that was returned, ``honest_label`` what the model really answered, and
-    ``cell`` the (non-secret) identifier of the hash cell the query fell in.
+    ``cell`` the (non-secret) identifier of the hash cell the query fell in together with its honest
+    label (one keyed wrong label, and one verification trial, per identifier).
     """
 
     client_id: str
@@ -144,6 +155,11 @@ class ResponseWatermark:
     quantised with width ``cell_width`` and keyed offsets. The representation is ``features`` when
     :meth:`select` receives them, else :func:`fourier_embedding` of the input when
     ``image_shape`` is set, else the flattened input.
+
+    ``uncertain_share``, when set, is the marking rate of answers whose top-1 probability is below
+    ``uncertain_below`` (``share`` then applies to the confident ones); it needs probabilities as
+    ``outputs``. The realised cost on honest traffic is then ``share`` plus ``uncertain_share``
+    times its share of uncertain answers: measure it.
     """
 
     def __init__(
@@ -155,9 +171,15 @@ class ResponseWatermark:
         image_shape: tuple[int, int] | None = None,
         n_projections: int = 4,
         cell_width: float = 3.0,
+        uncertain_share: float | None = None,
+        uncertain_below: float = 0.9,
     ) -> None:
         if not 0.0 < share < 1.0:
             raise InvalidInputError(f"share must be in (0, 1), got {share}")
+        if uncertain_share is not None and not share <= uncertain_share < 1.0:
+            raise InvalidInputError(f"uncertain_share must be in [share, 1), got {uncertain_share}")
+        if not 0.0 < uncertain_below <= 1.0:
+            raise InvalidInputError(f"uncertain_below must be in (0, 1], got {uncertain_below}")
         if len(classes) < 2:
             raise InvalidInputError("a response watermark needs at least two classes")
         if n_projections < 1 or not cell_width > 0:
@@ -169,7 +191,10 @@ class ResponseWatermark:
         self.image_shape = image_shape
         self.n_projections = int(n_projections)
         self.cell_width = float(cell_width)
+        self.uncertain_share = None if uncertain_share is None else float(uncertain_share)
+        self.uncertain_below = float(uncertain_below)
         self._threshold = int(self.share * 2.0**64)
+        self._uncertain_threshold = int((uncertain_share or share) * 2.0**64)
         self._projections: dict[int, tuple[FloatArray, FloatArray]] = {}
         self._client_keys: dict[str, bytes] = {}
         self._index = {label_key(c): i for i, c in enumerate(self.classes)}
@@ -177,7 +202,8 @@ class ResponseWatermark:
     def __repr__(self) -> str:
         return (
             f"ResponseWatermark(classes={len(self.classes)}, share={self.share}, "
-            f"n_projections={self.n_projections}, cell_width={self.cell_width})"
+            f"n_projections={self.n_projections}, cell_width={self.cell_width}, "
+            f"uncertain_share={self.uncertain_share})"
         )
 
     def _grid(self, dim: int) -> tuple[FloatArray, FloatArray]:
@@ -231,7 +257,8 @@ class ResponseWatermark:
 
         ``outputs`` are the model's answers for the batch: probabilities or scores ``(n, K)``, or
         top-1 class indices ``(n,)``. ``features`` optionally replaces the built-in representation
-        (one row per input). Cheap and side-effect free: one projection and one HMAC per row.
+        (one row per input). Cheap and side-effect free: one projection and one HMAC per row, and
+        a second HMAC per marked row.
         """
         arr = np.asarray(inputs)
         n = arr.shape[0]
@@ -239,17 +266,28 @@ class ResponseWatermark:
         honest_all = np.argmax(out, axis=1) if out.ndim == 2 else out.reshape(-1).astype(np.int64)
         if honest_all.shape[0] != n:
             raise InvalidInputError(f"{honest_all.shape[0]} outputs for {n} inputs")
+        uncertain = np.zeros(n, dtype=bool)
+        if self.uncertain_share is not None and out.ndim == 2:
+            uncertain = np.max(out, axis=1) < self.uncertain_below
         cells = self.cells(arr, features)
         ck = self._client_key(client_id)
         k = len(self.classes)
         rows: list[int] = []
         labels: list[int] = []
+        cell_ids: list[bytes] = []
         for row in range(n):
-            tag = hmac.digest(ck, cells[row].tobytes(), hashlib.sha256)
-            if int.from_bytes(tag[:8], "big") < self._threshold:
+            cell = cells[row].tobytes()
+            tag = hmac.digest(ck, cell, hashlib.sha256)
+            limit = self._uncertain_threshold if uncertain[row] else self._threshold
+            if int.from_bytes(tag[:8], "big") < limit:
+                top = int(honest_all[row])
+                # one keyed wrong label per (cell, honest class): one trial each at verification
+                cell_class = cell + top.to_bytes(4, "big")
+                label_tag = hmac.digest(ck, b"label\x00" + cell_class, hashlib.sha256)
+                offset = 1 + int.from_bytes(label_tag[:8], "big") % (k - 1)
                 rows.append(row)
-                offset = 1 + int.from_bytes(tag[8:16], "big") % (k - 1)
-                labels.append((int(honest_all[row]) + offset) % k)
+                labels.append((top + offset) % k)
+                cell_ids.append(cell_class)
         rows_arr = np.asarray(rows, dtype=np.int64)
         labels_arr = np.asarray(labels, dtype=np.int64)
         honest = honest_all[rows_arr].astype(np.int64)
@@ -261,9 +299,11 @@ class ResponseWatermark:
                 input=tuple(float(v) for v in flat[row]),
                 label=self.classes[wrong],
                 honest_label=self.classes[int(h)],
-                cell=hashlib.sha256(self._grid_key + cells[row].tobytes()).hexdigest()[:32],
+                cell=hashlib.sha256(self._grid_key + cell_class).hexdigest()[:32],
             )
-            for row, wrong, h in zip(rows, labels, honest.tolist(), strict=True)
+            for row, wrong, h, cell_class in zip(
+                rows, labels, honest.tolist(), cell_ids, strict=True
+            )
         )
         return Marks(
             client_id=client_id,
@@ -288,6 +328,19 @@ def _modal(values: Sequence[int]) -> int:
     return min(v for v, c in counts.items() if c == best)
 
 
+def _probes(
+    batch: npt.NDArray[np.float32], digests: Sequence[str], probes: int, noise: float
+) -> npt.NDArray[np.float32]:
+    low, high = float(batch.min()), float(batch.max())
+    scale = noise * (high - low if high > low else 1.0)
+    out = np.empty((len(digests) * probes, batch.shape[1]), dtype=np.float32)
+    for i, digest in enumerate(digests):
+        rng = np.random.default_rng(int(digest[:16], 16))
+        noisy = batch[i] + rng.normal(0.0, scale, (probes, batch.shape[1]))
+        out[i * probes : (i + 1) * probes] = np.clip(noisy, low, high)
+    return out
+
+
 def trace(
     suspect_predict: PredictFn,
     records_by_client: Mapping[str, Sequence[ResponseRecord]],
@@ -295,6 +348,8 @@ def trace(
     classes: Sequence[Label],
     input_shape: tuple[int, ...],
     threshold: float = DEFAULT_THRESHOLD,
+    probes: int = 0,
+    probe_noise: float = 0.2,
 ) -> list[Verification]:
     """Test the suspect against every client's marked answers; most significant first.
 
@@ -303,26 +358,43 @@ def trace(
     common wrong-label offset in the cell is the keyed one. The chance rate is ``1/(K-1)`` or, if
     larger, the suspect's own probability of that offset estimated from its disagreements on the
     *other* clients' records (when there are at least 30 of them).
+
+    With ``probes > 0`` the suspect is also asked about that many noisy copies of each stored query
+    (Gaussian noise of ``probe_noise`` times the range of the stored inputs, clipped to it, drawn
+    from a generator seeded by the query's digest: no key involved, so the test stays exact). A
+    cell in which the suspect agrees with the victim on every stored query then still becomes a
+    trial when its wrong answers on the probes concentrate on one offset (at least 3 of them and
+    at least half): a copy that learned a mark only partly shows it off the exact training point.
     """
     index = {label_key(c): i for i, c in enumerate(classes)}
     k = len(classes)
     if k < 2:
         raise InvalidInputError("need at least two classes")
+    if probes < 0 or not probe_noise > 0:
+        raise InvalidInputError("need probes >= 0 and probe_noise > 0")
     unique: dict[str, ResponseRecord] = {}
     for records in records_by_client.values():
         for r in records:
             unique.setdefault(r.digest, r)
     digests = list(unique)
+    suspect: dict[str, int] = {}
+    probed: dict[str, list[int]] = {}
     if digests:
         batch = np.asarray([unique[d].input for d in digests], dtype=np.float32)
-        raw = np.asarray(suspect_predict(batch.reshape(len(digests), *input_shape))).reshape(-1)
-        if raw.shape[0] != len(digests):
+        if probes:
+            batch = np.concatenate([batch, _probes(batch, digests, probes, probe_noise)])
+        raw = np.asarray(suspect_predict(batch.reshape(len(batch), *input_shape))).reshape(-1)
+        if raw.shape[0] != len(batch):
             raise InvalidInputError("suspect returned a wrong number of labels")
-        suspect = {
-            d: index.get(label_key(v), -1) for d, v in zip(digests, raw.tolist(), strict=True)
-        }
-    else:
-        suspect = {}
+        answers = [index.get(label_key(v), -1) for v in raw.tolist()]
+        n = len(digests)
+        for i, d in enumerate(digests):
+            suspect[d] = answers[i]
+            probed[d] = answers[n + i * probes : n + (i + 1) * probes]
+
+    def probe_offsets(r: ResponseRecord) -> list[int]:
+        honest = index[label_key(r.honest_label)]
+        return [(s - honest) % k for s in probed.get(r.digest, []) if s >= 0 and s != honest]
 
     def offset(r: ResponseRecord) -> int:
         s = suspect[r.digest]
@@ -351,7 +423,9 @@ def trace(
             keyed = (index[label_key(first.label)] - index[label_key(first.honest_label)]) % k
             wrong = [o for o in (offset(r) for r in cell_records.values()) if o != 0]
             if not wrong:
-                continue
+                wrong = [o for r in cell_records.values() for o in probe_offsets(r)]
+                if not wrong or Counter(wrong).most_common(1)[0][1] < max(3, len(wrong) / 2):
+                    continue
             trials += 1
             matches += int(_modal(wrong) == keyed)
             if n_others >= _MIN_ESTIMATE:
