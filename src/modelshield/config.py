@@ -19,7 +19,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import core_schema
 
 from modelshield.errors import ConfigError
@@ -276,7 +283,17 @@ class WatermarkConfig(_Section):
 
     enabled: bool = False
     share: float = Field(default=0.01, gt=0, le=0.1)
+    # answers with top-1 probability below ``uncertain_below`` are marked at this higher rate
+    # (thieves that augment or synthesise queries send many of them; honest clients few)
+    uncertain_share: float | None = Field(default=None, gt=0, le=0.5)
+    uncertain_below: float = Field(default=0.9, gt=0, le=1)
     key: Secret | None = None
+
+    @model_validator(mode="after")
+    def _uncertain_at_least_share(self) -> WatermarkConfig:
+        if self.uncertain_share is not None and self.uncertain_share < self.share:
+            raise ValueError("uncertain_share must be at least share")
+        return self
 
 
 class EvidenceConfig(_Section):

@@ -121,3 +121,12 @@ def test_sqlite_urls_are_resolved_against_the_file(tmp_path: Path) -> None:
 def test_store_url_schemes(tmp_path: Path, text: str, where: str) -> None:
     with pytest.raises(ConfigError, match=rf"{where}: .*scheme"):
         load_config(write(tmp_path, text))
+
+
+def test_watermark_rates(tmp_path: Path) -> None:
+    config = load_config(EXAMPLE)
+    assert config.watermark.share == 0.0035
+    assert config.watermark.uncertain_share == 0.2
+    path = write(tmp_path, "[watermark]\nshare = 0.01\nuncertain_share = 0.005\n")
+    with pytest.raises(ConfigError, match="uncertain_share must be at least share"):
+        load_config(path)

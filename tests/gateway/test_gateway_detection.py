@@ -119,3 +119,18 @@ def test_detection_without_reference_is_a_config_error(
     config = load_config(write_config(tmp_path, "[detection]\nenabled = true\n"))
     with pytest.raises(ConfigError, match=r"detection\.reference"):
         open_gateway(config, models={"digits": load_model(demo_model.onnx_bytes)})
+
+
+def test_watermark_rates_come_from_the_configuration(tmp_path: Path, demo_model: DemoModel) -> None:
+    (tmp_path / "wm.key").write_text("cd" * 32)
+    extra = (
+        "[watermark]\nenabled = true\nshare = 0.002\nuncertain_share = 0.3\n"
+        "uncertain_below = 0.8\nkey = { file = 'wm.key' }\n"
+    )
+    config = load_config(write_config(tmp_path, extra))
+    gateway = open_gateway(config, models={"digits": load_model(demo_model.onnx_bytes)})
+    try:
+        mark = gateway.markers["digits"].watermark  # type: ignore[attr-defined]
+        assert (mark.share, mark.uncertain_share, mark.uncertain_below) == (0.002, 0.3, 0.8)
+    finally:
+        gateway.close()

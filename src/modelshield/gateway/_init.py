@@ -77,10 +77,15 @@ output = ["top_k:1", "round:2"]
 enabled = {detection}
 action = "block"                              # alert | throttle | degrade | block
 {reference}
-# The per-client response watermark: 1% of each client's answers carry its keyed mark.
+# The per-client response watermark: a keyed share of each client's answers carry its keyed
+# mark: 0.35% of confident answers and 20% of those the model is unsure about (top-1 below 0.9),
+# which thieves that augment or synthesise queries send far more often than honest clients
+# (measured on digits: 0.92% of honest answers changed; docs/watermark.md).
 [watermark]
 enabled = true
-share = 0.01
+share = 0.0035
+uncertain_share = 0.2
+uncertain_below = 0.9
 key = {{ file = "keys/response-watermark.key" }}
 
 [logging]

@@ -235,6 +235,8 @@ def _configured_markers(config: Config, served: dict[str, Predictor]) -> dict[st
                 key,
                 classes=predictor.classes,
                 share=config.watermark.share,
+                uncertain_share=config.watermark.uncertain_share,
+                uncertain_below=config.watermark.uncertain_below,
                 image_shape=None if model is None else model.image_shape,
             )
         )
