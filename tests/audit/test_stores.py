@@ -145,3 +145,32 @@ def test_sqlite_audit_file_is_private(tmp_path: Path) -> None:
     finally:
         store.close()
     assert mode == 0o600
+
+
+def test_sqlite_batch_larger_than_one_statement(tmp_path: Path) -> None:
+    """A batch is written with multi-row INSERTs; more rows than one statement may bind are
+    split over several statements, in order, in the same transaction."""
+    from modelshield.audit import WatermarkMark
+
+    key = bytes(range(32))
+    source = MemoryAuditStore()
+    log = AuditLog(source, key, "w")
+    mark = WatermarkMark("a", "m", "ab" * 32, b"\x93NUMPY-row", 3)
+    futures = [log.append(ev(i), [mark]) for i in range(4000)]
+    for future in futures:
+        future.result(timeout=30)
+    log.close()
+    records = list(source.iter_records())
+    marks = list(source.iter_marks())
+    head = source.head(log.segment)
+    assert head is not None
+    assert len(records) == 4002  # 17 columns: 1,927 rows per statement at most
+    assert len(marks) == 4000  # 9 columns: 3,640 rows per statement at most
+    store = SQLiteAuditStore(tmp_path / "audit.db")
+    try:
+        store.append_batch(records, head, marks)
+        assert list(store.iter_records()) == records
+        assert list(store.iter_marks()) == marks
+        assert verify(store, key).ok
+    finally:
+        store.close()

@@ -111,6 +111,23 @@ def record_from_row(row: Sequence[Any]) -> AuditRecord:
     )  # fmt: skip
 
 
+_MAX_VARIABLES = 32766  # SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert ``rows`` with as few statements as SQLite's variable limit allows."""
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    per_statement = max(1, _MAX_VARIABLES // len(columns))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        conn.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * len(chunk)),
+            [value for row in chunk for value in row],
+        )
+
+
 def head_row(h: SegmentHead) -> tuple[Any, ...]:
     return (h.segment, h.seq, h.hash, h.time, int(h.closed), h.mac)
 
@@ -285,10 +302,10 @@ class SQLiteAuditStore:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(
-                    f"INSERT INTO audit_records ({', '.join(RECORD_COLUMNS)}) VALUES"
-                    f" ({', '.join('?' * len(RECORD_COLUMNS))})",
-                    [record_row(r) for r in records],
+                # multi-row INSERTs, not executemany: every SQLite call releases and retakes the
+                # GIL, and each hand-over with the event loop's thread costs more than the insert
+                _insert_rows(
+                    conn, "audit_records", RECORD_COLUMNS, [record_row(r) for r in records]
                 )
                 conn.execute(
                     f"INSERT OR REPLACE INTO audit_heads ({', '.join(HEAD_COLUMNS)})"
@@ -296,11 +313,7 @@ class SQLiteAuditStore:
                     head_row(head),
                 )
                 if marks:
-                    conn.executemany(
-                        f"INSERT INTO audit_marks ({', '.join(MARK_COLUMNS)}) VALUES"
-                        f" ({', '.join('?' * len(MARK_COLUMNS))})",
-                        [mark_row(m) for m in marks],
-                    )
+                    _insert_rows(conn, "audit_marks", MARK_COLUMNS, [mark_row(m) for m in marks])
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
