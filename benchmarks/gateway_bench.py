@@ -11,8 +11,13 @@ request in SQLite (group commit).
 A third server adds every extraction detector (alerting, so that no request is refused) and the
 response watermark: ``ratio_with_detection``.
 
+Each server is also measured with one connection, where a request does not queue behind others:
+``p50_overhead_ms_1conn`` is the median cost of the guarded path (with one fsync-ed commit per
+request, since group commit has nothing to group).
+
 Last line: JSON with guarded_rps, bare_rps, ratio (1 worker), ratio_2w, guarded_p50_ms,
-bare_p50_ms, p50_overhead_ms, guarded_p99_ms (1 worker), ratio_with_detection.
+bare_p50_ms, p50_overhead_ms, guarded_p99_ms (1 worker, 32 connections), guarded_p50_ms_1conn,
+bare_p50_ms_1conn, p50_overhead_ms_1conn, ratio_with_detection.
 """
 
 from __future__ import annotations
@@ -94,13 +99,13 @@ def parse_wrk(text: str) -> tuple[float, float, float]:
 
 
 def run_wrk(
-    url: str, headers: dict[str, str], body: str, seconds: int, workdir: Path
+    url: str, headers: dict[str, str], body: str, seconds: int, workdir: Path, connections: int = 32
 ) -> tuple[float, float, float]:
     script = workdir / "post.lua"
     header_lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n{header_lines}')
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True, timeout=seconds + 30,
     ).stdout  # fmt: skip
     return parse_wrk(out)
@@ -143,14 +148,18 @@ def prepare(workdir: Path, synchronous: str = "FULL") -> dict[str, str]:
 
 def measure(
     kind: str, workers: int, workdir: Path, headers: dict[str, str], body: str, seconds: int
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
+    """Requests per second, median and 99th percentile latency (ms) at 32 connections, and the
+    median latency (ms) at one connection (no queueing: the cost of one request)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
     proc = start(kind, workers, workdir, port)
     try:
         wait_ready(url, proc, headers, body)
         run_wrk(url, headers, body, 2, workdir)  # warm-up
-        return run_wrk(url, headers, body, seconds, workdir)
+        rps, p50, p99 = run_wrk(url, headers, body, seconds, workdir)
+        _, p50_one, _ = run_wrk(url, headers, body, max(2, seconds // 2), workdir, connections=1)
+        return rps, p50, p99, p50_one
     finally:
         proc.terminate()
         try:
@@ -176,7 +185,7 @@ def main() -> None:
     seconds = 4 if args.quick else 10
     rounds = 1 if args.quick else 3
     body = json.dumps({"inputs": [[0.5] * 64]})
-    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    results: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ms-gwbench-") as tmp:
         workdir = Path(tmp)
         headers = prepare(workdir, args.synchronous)
@@ -189,7 +198,7 @@ def main() -> None:
                     results.setdefault((kind, workers), []).append(r)
                     print(
                         f"{kind:8s} workers={workers} rps={r[0]:8.0f} "
-                        f"p50={r[1]:.2f}ms p99={r[2]:.2f}ms"
+                        f"p50={r[1]:.2f}ms p99={r[2]:.2f}ms p50(1 connection)={r[3]:.2f}ms"
                     )
 
     def med(kind: str, workers: int, i: int) -> float:
@@ -205,6 +214,10 @@ def main() -> None:
         "bare_p50_ms": round(med("bare", 1, 1), 3),
         "p50_overhead_ms": round(med("guarded", 1, 1) - med("bare", 1, 1), 3),
         "guarded_p99_ms": round(med("guarded", 1, 2), 3),
+        # one connection: what a request costs without queueing behind 31 others
+        "guarded_p50_ms_1conn": round(med("guarded", 1, 3), 3),
+        "bare_p50_ms_1conn": round(med("bare", 1, 3), 3),
+        "p50_overhead_ms_1conn": round(med("guarded", 1, 3) - med("bare", 1, 3), 3),
     }
     figures["ratio_with_detection"] = round(med("detect", 1, 0) / med("bare", 1, 0), 3)
     figures["detect_rps"] = round(med("detect", 1, 0), 1)
