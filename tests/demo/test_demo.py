@@ -35,6 +35,7 @@ def test_run_demo_writes_private_files(tmp_path: Path) -> None:
     assert report.backup_restored
     assert report.fidelity_undefended >= 0.9
     assert report.fidelity_defended <= report.fidelity_undefended - 0.2
+    assert report.insider_traced  # the insider's copy carries the insider's watermark
     assert not report.independent_traced  # an independent model is never claimed as ours
     assert report.evidence_report is not None
     html = report.evidence_report.read_text()

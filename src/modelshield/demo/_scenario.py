@@ -217,6 +217,18 @@ def _proof_chapter(
     from modelshield.evidence._trace import audit_check, response_trace
     from modelshield.gateway import ServerThread, build_app, open_gateway
 
+    # a partner tier whose detection only alerts (a customer the owner will not cut off), so that
+    # the insider below is served to the end of the story and only the watermark can name them
+    text = config_path.read_text(encoding="utf-8")
+    if "[tiers.partner]" not in text:
+        partner_alerts = 'action = "block"\nactions = { partner = "alert" }'
+        text = text.replace('action = "block"', partner_alerts, 1)
+        text += (
+            "\n# A partner: a large budget, and detection that only alerts (added by the demo).\n"
+            "[tiers.partner]\nrequests_per_second = 1000.0\nburst = 1000\nbudget_rows = 100000\n"
+            'budget_period = "24h"\nmax_batch_rows = 100\noutput = ["top_k:3", "round:2"]\n'
+        )
+        config_path.write_text(text, encoding="utf-8")
     config = load_config(config_path)
     keys = config_path.parent / "keys"
     signing = vault.load_signing_key(keys / "owner.signing.key")
@@ -232,19 +244,27 @@ def _proof_chapter(
     cert_path = workdir / "certificate.json"
     cert_path.write_bytes(evidence.dump_certificate(cert))
     console.print(f"certificate {cert_path.name}: signed by the owner key, model digest bound")
-    # an insider with a valid key collects answers on natural digits, below every alarm
+    # an insider with a partner's key stretches a small pool of natural digits the usual way
+    # (each digit also shifted by one pixel, four times) and trains a copy on the answers
     import httpx
     from sklearn.neural_network import MLPClassifier
 
+    from modelshield.attacks._knockoff import shift_images
+
     with access.open_registry(config.registry.url) as registry:
-        _, key = registry.add("insider", models=["digits"], tier="standard")
-    rows = data.x_test[len(data.x_test) // 2 :]  # natural, held-out digits: honest-looking
+        _, key = registry.add("insider", models=["digits"], tier="partner")
+    pool = data.x_test[len(data.x_test) // 2 :]  # natural, held-out digits
+    shifted = [
+        np.clip(shift_images(pool, image_shape=(8, 8), max_shift=1, random_state=i), 0.0, 1.0)
+        for i in range(4)
+    ]
+    rows = np.concatenate([pool, *shifted])
     answers: list[Any] = []
     with ServerThread(build_app(open_gateway(config, random_state=0))) as server:
-        for start in range(0, len(rows), 15):
+        for start in range(0, len(rows), 100):
             r = httpx.post(
                 f"{server.url}/v1/models/digits/predict",
-                json={"inputs": rows[start : start + 15].tolist()},
+                json={"inputs": rows[start : start + 100].tolist()},
                 headers={"Authorization": f"Bearer {key.reveal()}"},
                 timeout=30,
             )
@@ -252,7 +272,10 @@ def _proof_chapter(
                 break
             answers.extend(r.json()["labels"])
     n = len(answers)
-    console.print(f"an insider collected {n} answers with a valid key and trained a copy on them")
+    console.print(
+        f"an insider with a partner's key sent {len(pool)} natural digits and 4 one-pixel shifts "
+        f"of each ({n} answers) and trained a copy on them"
+    )
     copy = MLPClassifier(hidden_layer_sizes=(128,), max_iter=2000, random_state=0)
     copy.fit(rows[:n], answers)  # trained to convergence on what the insider received
     independent = MLPClassifier(hidden_layer_sizes=(32,), max_iter=2000, random_state=7)
@@ -272,6 +295,11 @@ def _proof_chapter(
             f"answers reproduced, p = {top.p_value:.1e} -> "
             + ("[green]carries the watermark[/green]" if top.verified else "not shown to be ours")
         )
+    console.print(
+        "[dim](shifted digits are answers the model is unsure about, which carry the mark far more"
+        " often; a copy trained on a few hundred natural digits alone carries too few marks to"
+        " name anyone: docs/watermark.md)[/dim]"
+    )
     report = evidence.gather_evidence(
         suspect="the insider's copy (a scikit-learn MLP file)",
         suspect_predict=copy.predict,
