@@ -249,3 +249,15 @@ def test_page_escapes_and_has_no_inline_script() -> None:
     assert 'value="&quot;c&quot;"' in html
     assert re.findall(r"<script(?![^>]*\bsrc=)", html) == []
     assert e(None) == ""
+
+
+def test_every_other_spelling_of_the_last_character_is_refused() -> None:
+    """The last base64url character of a 32-byte MAC carries 2 unused bits: a decoder that
+    ignores them would accept four spellings of one token."""
+    signer = SessionSigner(KEY, ttl=100)
+    token, session = signer.issue("root", "kid", 1000.0)
+    assert signer.check(token, 1001.0) == session
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for c in alphabet:
+        if c != token[-1]:
+            assert signer.check(token[:-1] + c, 1001.0) is None, c

@@ -17,6 +17,7 @@ from modelshield import access, audit
 from modelshield.config import load_config
 from modelshield.demo import DemoData, DemoModel
 from modelshield.detect import ResponsePolicy, Rule, TierPolicy
+from modelshield.errors import ServiceUnavailableError
 from modelshield.gateway import ServerThread, build_app, open_gateway
 from modelshield.gateway._app import Gateway
 from modelshield.gateway._detection import fit_and_calibrate
@@ -201,3 +202,92 @@ def test_the_next_request_is_refused_after_a_flagging_one(
     assert gateway.limits.get_flag("thief") is None  # not observed yet
     assert _post(url, keys["thief"], rows[:1]).status_code == 403  # its rows first, then refused
     assert _post(url, keys["honest"], honest[:5]).status_code == 200
+
+
+@pytest.fixture
+def two_models(
+    tmp_path: Path, victim: Predictor, fitted: Any
+) -> Iterator[tuple[str, dict[str, str], Gateway]]:
+    config = load_config(write_config(tmp_path, BIG_TIER))
+    with access.open_registry(config.registry.url) as registry:
+        key = registry.add("thief", models=["digits", "twin"], tier="big")[1].reveal()
+    gateway = open_gateway(
+        config,
+        models={"digits": victim, "twin": victim},
+        observers={"digits": _observer(fitted), "twin": _observer(fitted)},
+        random_state=0,
+    )
+    gateway.idle_flush_seconds = 60.0  # only a request (or shutdown) flushes
+    with ServerThread(build_app(gateway)) as server:
+        yield server.url, {"thief": key}, gateway
+
+
+def test_rows_sent_to_one_model_flag_the_client_on_another(
+    two_models: tuple[str, dict[str, str], Gateway],
+) -> None:
+    url, keys, gateway = two_models
+    assert gateway.limits.get_flag("thief") is None
+    rows = _noise(np.random.default_rng(5), 300)
+    assert _post(url, keys["thief"], rows).status_code == 200
+    r = httpx.post(
+        f"{url}/v1/models/twin/predict",
+        json={"inputs": rows[:1].tolist()},
+        headers={"Authorization": f"Bearer {keys['thief']}"},
+        timeout=30,
+    )
+    assert r.status_code == 403  # flags are per client: the digits rows were observed first
+
+
+class FlakyFlags:
+    """The real in-memory limit store whose flag writes fail while ``down`` (a store outage)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def set_flag(self, client: str, flag: str | None) -> None:
+        if self.down:
+            raise ServiceUnavailableError("state store unavailable")
+        self.inner.set_flag(client, flag)
+
+
+def test_a_flag_that_could_not_be_set_is_set_once_the_store_returns(
+    served: tuple[str, dict[str, str], Gateway, Any],
+) -> None:
+    url, keys, gateway, _ = served
+    gateway.idle_flush_seconds = 60.0
+    flaky = FlakyFlags(gateway.limits)
+    gateway.limits = flaky
+    rows = _noise(np.random.default_rng(6), 300)
+    assert _post(url, keys["thief"], rows).status_code == 200
+    flaky.down = True
+    assert _post(url, keys["thief"], rows[:1]).status_code == 503  # the rows were observed now
+    flaky.down = False
+    assert _post(url, keys["thief"], rows[:1]).status_code == 403  # and their flag is not lost
+
+
+def test_shutdown_observes_what_is_still_deferred(
+    tmp_path: Path, victim: Predictor, fitted: Any
+) -> None:
+    config = load_config(write_config(tmp_path, BIG_TIER))
+    with access.open_registry(config.registry.url) as registry:
+        key = registry.add("thief", models=["digits"], tier="big")[1].reveal()
+    gateway = open_gateway(
+        config, models={"digits": victim}, observers={"digits": _observer(fitted)}
+    )
+    gateway.idle_flush_seconds = 60.0
+    limits = gateway.limits
+    with ServerThread(build_app(gateway)) as server:
+        assert _post(server.url, key, _noise(np.random.default_rng(7), 300)).status_code == 200
+        assert limits.get_flag("thief") is None
+    assert limits.get_flag("thief") == "block"
+    store = open_audit_store(config.audit.url)
+    try:
+        detected = [r for r in audit.export(store, client="thief") if r["decision"] == "detect"]
+    finally:
+        store.close()
+    assert len(detected) == 1
+    assert detected[0]["extra"]["flag"] == "block"

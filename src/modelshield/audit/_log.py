@@ -186,7 +186,8 @@ class AuditLog:
         afuture: asyncio.Future[AuditRecord] = loop.create_future()
         staged = self._staged.get(loop)
         if staged is None:
-            staged = self._staged.setdefault(loop, [])
+            with self._cond:
+                staged = self._staged.setdefault(loop, [])
         staged.append(_Pending(event, tuple(marks), None, afuture, loop))
         if len(staged) == 1:
             loop.call_soon(self._hand_over, staged)
@@ -194,11 +195,11 @@ class AuditLog:
 
     def _hand_over(self, staged: list[_Pending]) -> None:
         """Move one loop's staged appends to the writer's queue (runs on that loop)."""
-        items = staged[:]
-        del staged[: len(items)]
-        if not items:
-            return
-        with self._cond:
+        with self._cond:  # close() may hand over from another thread: take each item once
+            items = staged[:]
+            del staged[: len(items)]  # appends only add at the end, without the lock
+            if not items:
+                return
             if not self._closing:
                 queue = self._queue
                 was_empty = not queue
@@ -214,7 +215,9 @@ class AuditLog:
         Raises :class:`~modelshield.errors.ServiceUnavailableError` if the closing record could
         not be written (the segment then stays "not closed", which ``verify`` reports).
         """
-        for staged in list(self._staged.values()):
+        with self._cond:
+            all_staged = list(self._staged.values())
+        for staged in all_staged:
             self._hand_over(staged)  # appends staged on a loop that will not run again
         with self._cond:
             self._closing = True

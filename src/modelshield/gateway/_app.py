@@ -213,6 +213,10 @@ class Gateway:
     idle_flush_seconds: float = IDLE_FLUSH_SECONDS
     _idle_flush: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
     _detached: set[asyncio.Future[None]] = field(default_factory=set, init=False, repr=False)
+    # client -> a flag (and its evidence) found but not yet set: the state store was down
+    _unapplied: dict[str, tuple[str, dict[str, Any]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     async def read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -284,12 +288,10 @@ class Gateway:
         inputs = parse_inputs(body, request.headers.get("content-type", ""))
         batch = validate(predictor, inputs)
         entry["rows"] = int(batch.shape[0])
+        self._observe_earlier(client.name, entry)  # their flag acts on this very request
+        decision = admit(self.limits, client.name, tier, batch.shape[0], now)
         observer = self.observers.get(model_name)
         deferred = _deferred(observer)
-        if deferred is not None:  # this client's earlier rows first: their flag acts right now
-            flag, evidence = deferred.flush(client.name, released_only=True)
-            self._escalate(client.name, flag, evidence, entry, look_up=True)
-        decision = admit(self.limits, client.name, tier, batch.shape[0], now)
         degraded = decision.flag == "degrade"
         marker = self.markers.get(model_name)
         if batch.shape[0] > _THREADPOOL_ROWS:
@@ -338,18 +340,37 @@ class Gateway:
         store when ``look_up``; escalate only: a flag is cleared by an admin, never by quieter
         traffic) and note it in the audit ``entry``."""
         if flag is not None:
-            if look_up:
-                current = self.limits.get_flag(client)
-            if _SEVERITY[flag] > _SEVERITY.get(current or "", 0):
-                self.limits.set_flag(client, flag)
-                entry["extra"] = {"flag": flag, "evidence": evidence}
-                return
+            try:
+                if look_up:
+                    current = self.limits.get_flag(client)
+                if _SEVERITY[flag] > _SEVERITY.get(current or "", 0):
+                    self.limits.set_flag(client, flag)
+                    entry["extra"] = {"flag": flag, "evidence": evidence}
+                    return
+            except Exception:
+                # the rows that raised it are observed already: keep the flag until it is set
+                kept = self._unapplied.get(client)
+                if kept is None or _SEVERITY[flag] >= _SEVERITY[kept[0]]:
+                    self._unapplied[client] = (flag, evidence)
+                raise
         if "flag" in entry.get("extra", {}):
             return
         if evidence.get("alert"):
             entry["extra"] = {"flag": "alert", "evidence": evidence["alert"]}
         elif evidence.get("scores"):
             entry["extra"] = {"scores": evidence["scores"]}  # for the dashboard's charts
+
+    def _observe_earlier(self, client: str, entry: dict[str, Any]) -> None:
+        """Before admitting ``client``: set a flag that could not be set earlier, then observe the
+        client's deferred rows of every model (flags are per client, not per model)."""
+        kept = self._unapplied.pop(client, None)
+        if kept is not None:
+            self._escalate(client, kept[0], kept[1], entry, look_up=True)
+        for observer in self.observers.values():
+            deferred = _deferred(observer)
+            if deferred is not None:
+                flag, evidence = deferred.flush(client, released_only=True)
+                self._escalate(client, flag, evidence, entry, look_up=True)
 
     def _schedule_idle_flush(self) -> None:
         if self._idle_flush is None:
@@ -361,33 +382,61 @@ class Gateway:
         a flag found here is set at once and audited in a record of its own."""
         self._idle_flush = None
         now = self.clock()
+        for client in list(self._unapplied):
+            kept = self._unapplied.pop(client)
+            entry: dict[str, Any] = {}
+            try:
+                self._escalate(client, kept[0], kept[1], entry, look_up=True)
+            except Exception:  # kept again by _escalate; retried at the client's next request
+                _log.warning("cannot set the detection flag of a client yet")
+                continue
+            self._record_detection(client, None, now, entry)
         for model_name, observer in self.observers.items():
             deferred = _deferred(observer)
             if deferred is None:
                 continue
             for client in deferred.pending_clients():
+                entry = {}
                 try:
                     flag, evidence = deferred.flush(client)
-                    entry: dict[str, Any] = {}
                     self._escalate(client, flag, evidence, entry, look_up=True)
-                except Exception:  # the next request of this client flushes again
+                except Exception:  # a flag found is kept and set at the next chance
                     _log.exception("deferred extraction detection failed")
                     continue
-                if "extra" in entry:
-                    record = AuditEntry(
-                        time=now, client=client, key_id=None, model=model_name, body=b"",
-                        rows=0, output_summary="", decision="detect", reason="detection",
-                        status=0, extra=entry["extra"],
-                    )  # fmt: skip
-                    task = asyncio.ensure_future(self._record_detached(record))
-                    self._detached.add(task)
-                    task.add_done_callback(self._detached.discard)
+                self._record_detection(client, model_name, now, entry)
+
+    def _record_detection(
+        self, client: str, model: str | None, now: float, entry: dict[str, Any]
+    ) -> None:
+        """Audit what a flush off the request path found, in a record of its own."""
+        if "extra" not in entry:
+            return
+        record = AuditEntry(
+            time=now, client=client, key_id=None, model=model, body=b"", rows=0,
+            output_summary="", decision="detect", reason="detection", status=0,
+            extra=entry["extra"],
+        )  # fmt: skip
+        task = asyncio.ensure_future(self._record_detached(record))
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
 
     async def _record_detached(self, record: AuditEntry) -> None:
         try:
             await self.audit.record(record)
-        except ServiceUnavailableError:
-            _log.error("audit store unavailable: a detection result was not recorded")
+        except Exception:  # the flag is set; only its record is missing: say so loudly
+            _log.error(
+                "audit store unavailable: the detection result for client %s was not recorded "
+                "(flag %s)", record.client, record.extra.get("flag"),
+            )  # fmt: skip
+
+    async def drain(self) -> None:
+        """Observe every deferred batch and wait for the records of what that found (call
+        before :meth:`close` on shutdown, on the serving loop)."""
+        if self._idle_flush is not None:
+            self._idle_flush.cancel()
+        self._flush_idle()
+        if self._detached:
+            await asyncio.gather(*self._detached, return_exceptions=True)
 
     async def _finish(
         self, response: Response, entry: dict[str, Any], model: str | None, started: float
@@ -507,7 +556,10 @@ def build_app(gateway: Gateway) -> Any:
         try:
             yield
         finally:
-            gateway.close()
+            try:
+                await gateway.drain()
+            finally:
+                gateway.close()
 
     app = Starlette(
         routes=routes,

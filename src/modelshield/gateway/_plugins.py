@@ -116,6 +116,8 @@ class DetectionObserver:
             return None, out
         evidence = strongest.to_dict()
         evidence["scores"] = latest
+        if alert is not None:
+            evidence["alert"] = out["alert"]  # audited even when the flag does not escalate
         return flag, evidence
 
     def defer(

@@ -281,6 +281,7 @@ def run_uvicorn(
     request instead of about 1 ms). The socket bound here has ``TCP_NODELAY``, which accepted
     connections inherit on Linux.
     """
+    import inspect
     import socket
 
     import uvicorn
@@ -304,7 +305,11 @@ def run_uvicorn(
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        if "target" in inspect.signature(Multiprocess).parameters:  # older uvicorn releases
+            supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock])  # type: ignore[call-arg,unused-ignore]
+        else:
+            supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
     finally:
         sock.close()
 

@@ -111,15 +111,14 @@ def record_from_row(row: Sequence[Any]) -> AuditRecord:
     )  # fmt: skip
 
 
-_MAX_VARIABLES = 32766  # SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32
-
-
 def _insert_rows(
     conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> None:
-    """Insert ``rows`` with as few statements as SQLite's variable limit allows."""
+    """Insert ``rows`` with as few statements as this SQLite's variable limit allows (999 before
+    3.32, 32,766 by default since; builds may set it lower)."""
     one = "(" + ", ".join("?" * len(columns)) + ")"
-    per_statement = max(1, _MAX_VARIABLES // len(columns))
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per_statement = max(1, limit // len(columns))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         conn.execute(
