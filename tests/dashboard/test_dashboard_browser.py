@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+# screenshots go to docs/img only when asked (MODELSHIELD_SCREENSHOTS=1): a test run must not
+# rewrite tracked files; otherwise they are still taken, into a temporary folder
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+SHOTS = (
+    DOCS_IMG
+    if os.environ.get("MODELSHIELD_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "modelshield-dashboard-shots"
+)
 TIMEOUT_MS = 15_000
 
 
