@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +55,22 @@ def redis_url() -> str:
 def postgres_dsn() -> str:
     require_service("PostgreSQL", POSTGRES_ADDR)
     return "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+CliRun = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def modelshield_cli() -> CliRun:
+    """``modelshield ARGS...`` in a subprocess, as a user runs it: ``run(*args, cwd=None)``."""
+
+    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelshield", *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=300,
+        )
+
+    return run

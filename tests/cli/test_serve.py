@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,23 +22,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelshield", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
 @pytest.fixture
-def deployment(tmp_path: Path) -> tuple[Path, str]:
+def deployment(tmp_path: Path, modelshield_cli: Any) -> tuple[Path, str]:
     """A deployment made by `modelshield init`, and an API key for the demo model."""
-    r = _run("init", "deploy", cwd=tmp_path)
+    r = modelshield_cli("init", "deploy", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     name = f"serve-{uuid.uuid4().hex[:8]}"  # unique in a shared Redis
-    r = _run("clients", "add", name, "--models", "digits", "--json", cwd=tmp_path / "deploy")
+    r = modelshield_cli(
+        "clients", "add", name, "--models", "digits", "--json", cwd=tmp_path / "deploy"
+    )
     assert r.returncode == 0, r.stderr
     return tmp_path / "deploy", json.loads(r.stdout)["api_key"]
 
@@ -85,7 +78,9 @@ def _predict(url: str, key: str, client: httpx.Client | None = None) -> httpx.Re
     return httpx.post(f"{url}/v1/models/digits/predict", json=body, headers=headers, timeout=10)
 
 
-def test_serve_one_worker_answers_and_stops_cleanly(deployment: tuple[Path, str]) -> None:
+def test_serve_one_worker_answers_and_stops_cleanly(
+    deployment: tuple[Path, str], modelshield_cli: Any
+) -> None:
     cwd, key = deployment
     proc, url = _serve(cwd)
     try:
@@ -95,22 +90,24 @@ def test_serve_one_worker_answers_and_stops_cleanly(deployment: tuple[Path, str]
         assert _predict(url, "msk_not_a_key").status_code == 401
     finally:
         assert _stop(proc) == 0
-    r = _run("audit", "verify", cwd=cwd)
+    r = modelshield_cli("audit", "verify", cwd=cwd)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_serve_refuses_several_workers_without_shared_state(
-    deployment: tuple[Path, str],
+    deployment: tuple[Path, str], modelshield_cli: Any
 ) -> None:
     cwd, _ = deployment
-    r = _run("serve", "--workers", "2", "--port", str(_free_port()), cwd=cwd)
+    r = modelshield_cli("serve", "--workers", "2", "--port", str(_free_port()), cwd=cwd)
     assert r.returncode == 1
     assert "state.url" in r.stderr
     assert "redis://" in r.stderr
     assert "Traceback" not in r.stderr
 
 
-def test_serve_several_workers_share_redis(deployment: tuple[Path, str], redis_url: str) -> None:
+def test_serve_several_workers_share_redis(
+    deployment: tuple[Path, str], redis_url: str, modelshield_cli: Any
+) -> None:
     cwd, key = deployment
     config = cwd / "shield.toml"
     text = config.read_text(encoding="utf-8")
@@ -129,5 +126,5 @@ def test_serve_several_workers_share_redis(deployment: tuple[Path, str], redis_u
         assert took[len(took) // 2] < 0.04, took  # no 40 ms delayed-ACK stall per answer
     finally:
         assert _stop(proc) == 0
-    r = _run("audit", "verify", cwd=cwd)
+    r = modelshield_cli("audit", "verify", cwd=cwd)
     assert r.returncode == 0, r.stdout + r.stderr

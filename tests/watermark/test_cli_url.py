@@ -29,15 +29,6 @@ class Served:
     api_key: str
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelshield", "watermark", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture
 def served(tmp_path: Path, demo_model: DemoModel, marked_estimator: Any) -> Iterator[Served]:
     """A gateway serving the trigger-marked digits model as ``marked`` and the unmarked one as
@@ -67,10 +58,10 @@ def served(tmp_path: Path, demo_model: DemoModel, marked_estimator: Any) -> Iter
         yield Served(server.url, key_file, api_key.reveal())
 
 
-def test_verify_through_a_gateway_url(served: Served) -> None:
-    ours = run(
-        "verify", served.url, "--key", str(served.key_file), "--api-key", served.api_key,
-        "--model", "marked", "--json",
+def test_verify_through_a_gateway_url(served: Served, modelshield_cli: Any) -> None:
+    ours = modelshield_cli(
+        "watermark", "verify", served.url, "--key", str(served.key_file),
+        "--api-key", served.api_key, "--model", "marked", "--json",
     )  # fmt: skip
     assert ours.returncode == 0, ours.stderr
     verdict = json.loads(ours.stdout.strip().splitlines()[-1])
@@ -78,9 +69,9 @@ def test_verify_through_a_gateway_url(served: Served) -> None:
     assert verdict["p_value"] < 1e-6
     assert verdict["trials"] == 100
 
-    plain = run(
-        "verify", served.url, "--key", str(served.key_file), "--api-key", served.api_key,
-        "--model", "plain", "--json",
+    plain = modelshield_cli(
+        "watermark", "verify", served.url, "--key", str(served.key_file),
+        "--api-key", served.api_key, "--model", "plain", "--json",
     )  # fmt: skip
     assert plain.returncode == 0, plain.stderr
     verdict = json.loads(plain.stdout.strip().splitlines()[-1])
@@ -103,10 +94,10 @@ def test_api_key_from_the_environment(served: Served) -> None:
     assert "VERIFIED" in result.stdout
 
 
-def test_bad_api_key_is_one_line_and_exits_non_zero(served: Served) -> None:
-    result = run(
-        "verify", served.url, "--key", str(served.key_file), "--api-key", "ms_not-a-key",
-        "--model", "marked",
+def test_bad_api_key_is_one_line_and_exits_non_zero(served: Served, modelshield_cli: Any) -> None:
+    result = modelshield_cli(
+        "watermark", "verify", served.url, "--key", str(served.key_file),
+        "--api-key", "ms_not-a-key", "--model", "marked",
     )  # fmt: skip
     assert result.returncode == 3
     assert "Traceback" not in result.stderr
@@ -128,9 +119,9 @@ def test_a_url_without_api_key_is_a_clear_error(served: Served) -> None:
     assert "--api-key" in result.stderr
 
 
-def test_weights_scheme_on_a_url_is_refused(served: Served) -> None:
-    result = run(
-        "verify", served.url, "--scheme", "weights", "--key", str(served.key_file),
+def test_weights_scheme_on_a_url_is_refused(served: Served, modelshield_cli: Any) -> None:
+    result = modelshield_cli(
+        "watermark", "verify", served.url, "--scheme", "weights", "--key", str(served.key_file),
         "--api-key", served.api_key,
     )  # fmt: skip
     assert result.returncode == 1
