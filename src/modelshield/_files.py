@@ -1,23 +1,29 @@
 """Atomic, private file writes: a temporary file in the destination folder, fsync, rename.
 
 The one implementation every module that writes a file uses (vault, keys, certificates,
-deployments, obfuscated models): nothing half-written ever carries the final name.
+deployments, obfuscated models): nothing half-written ever carries the final name. Also the
+one ``.npy`` encoder (audit marks, deployment reference rows).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from modelshield.errors import InvalidInputError
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or new entry in ``folder`` durable (best effort where folders cannot be
+    fsync-ed)."""
     # The rename is durable only once the folder's entry is on disk (POSIX); some systems cannot
     # open a folder for fsync, and the data itself is already synced, so that case is skipped.
     try:
@@ -30,6 +36,13 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def npy_bytes(array: Any) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
 
 
 def refuse_existing(path: Path) -> None:
@@ -69,7 +82,7 @@ def atomic_output(
             os.replace(tmp, dst)
         else:
             _link_no_clobber(tmp, dst)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

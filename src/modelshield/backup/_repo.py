@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import logging
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from modelshield import vault
+from modelshield._files import fsync_dir
 from modelshield.backup._config import RetentionPolicy
 from modelshield.backup._manifest import Entry, Snapshot, decode_snapshot, safe_relative
 from modelshield.backup._policy import select_snapshots
@@ -237,15 +237,6 @@ class RestoreReport:
     notes: tuple[str, ...]
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _fetch(store: BackupStore, snap: Snapshot, entry: Entry, dst: Path) -> None:
     """Copy one object to ``dst`` (0600), checking its digest and size on the way."""
     name = object_name(entry.digest)
@@ -345,7 +336,7 @@ def restore_snapshot(
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(staging, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         staging.with_name(staging.name + ".fetch").unlink(missing_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import secrets
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from modelshield._files import write_atomic
+from modelshield._files import npy_bytes, write_atomic
 from modelshield.errors import InvalidInputError
 
 _TEMPLATE = """\
@@ -111,12 +110,6 @@ def _model_name(path: Path) -> str:
     return name
 
 
-def _npy_bytes(array: Any) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
 def init_deployment(
     directory: Path,
     model: Path | None = None,
@@ -176,10 +169,10 @@ def init_deployment(
     write_atomic(keys / "response-watermark.key", secrets.token_bytes(32).hex().encode())
     detection_lines = '# reference = "models/NAME.reference.npy"   # training rows (.npy)\n'
     if ref_rows is not None:
-        write_atomic(directory / "models" / f"{name}.reference.npy", _npy_bytes(ref_rows))
+        write_atomic(directory / "models" / f"{name}.reference.npy", npy_bytes(ref_rows))
         detection_lines = f'reference = "models/{name}.reference.npy"\n'
         if cal_rows is not None:
-            write_atomic(directory / "models" / f"{name}.calibration.npy", _npy_bytes(cal_rows))
+            write_atomic(directory / "models" / f"{name}.calibration.npy", npy_bytes(cal_rows))
             detection_lines += f'calibration = "models/{name}.calibration.npy"\n'
     text = _TEMPLATE.format(
         name=name,

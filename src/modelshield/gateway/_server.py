@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 
+from modelshield._files import npy_bytes
 from modelshield.config import Config, ModelConfig, load_config
 from modelshield.errors import ConfigError, KeyMissingError, ServiceUnavailableError, ShieldError
 from modelshield.gateway._admin import admin_routes
@@ -107,18 +107,12 @@ class AuditLogSink:
                 client=entry.client or "",
                 model=entry.model or "",
                 input_digest=audit.input_digest(self._key, np.ascontiguousarray(row).tobytes()),
-                row=_npy(row),
+                row=npy_bytes(row),
                 label=label,
             )
             for row, label in entry.marks
         ]
         return event, marks
-
-
-def _npy(row: Any) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(row), allow_pickle=False)
-    return buf.getvalue()
 
 
 def open_gateway(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from modelshield._files import fsync_dir
 from modelshield.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -17,20 +18,6 @@ if TYPE_CHECKING:
 __all__ = ["FolderBackupStore", "open_backup_store"]
 
 _CHUNK = 1 << 20
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable once the folder entry is on disk; some systems cannot fsync a folder.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class FolderBackupStore:
@@ -72,7 +59,7 @@ class FolderBackupStore:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
