@@ -74,3 +74,12 @@ def modelshield_cli() -> CliRun:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where browser tests save their screenshots: docs/img only with MODELSHIELD_SCREENSHOTS=1
+    (a test run must not rewrite tracked files), a temporary folder otherwise."""
+    if os.environ.get("MODELSHIELD_SCREENSHOTS") == "1":
+        return Path(__file__).resolve().parents[1] / "docs" / "img"
+    return tmp_path_factory.mktemp("screenshots")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# screenshots go to docs/img only when asked (MODELSHIELD_SCREENSHOTS=1): a test run must not
-# rewrite tracked files; otherwise they are still taken, into a temporary folder
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-SHOTS = (
-    DOCS_IMG
-    if os.environ.get("MODELSHIELD_SCREENSHOTS") == "1"
-    else Path(tempfile.gettempdir()) / "modelshield-dashboard-shots"
-)
 TIMEOUT_MS = 15_000
 
 
@@ -92,9 +83,12 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-def _shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"dashboard-{name}.png"), full_page=True)
+def _shooter(folder: Path) -> Any:
+    def shot(page: Any, name: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / f"dashboard-{name}.png"), full_page=True)
+
+    return shot
 
 
 def _sign_in(page: Any, dep: Deployment, code: str) -> None:
@@ -104,7 +98,10 @@ def _sign_in(page: Any, dep: Deployment, code: str) -> None:
     page.click("#login button[type=submit]")
 
 
-def test_attack_flag_block_and_audit_in_chromium(deployment: Deployment, browser: Any) -> None:
+def test_attack_flag_block_and_audit_in_chromium(
+    deployment: Deployment, browser: Any, screenshot_dir: Path
+) -> None:
+    _shot = _shooter(screenshot_dir)
     from playwright.sync_api import expect
 
     dep = deployment

@@ -19,7 +19,6 @@ pytestmark = pytest.mark.slow
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,11 @@ def chromium() -> Iterator[Any]:
 
 
 def test_evidence_report_renders_with_every_section(
-    tmp_path: Path, demo_model: DemoModel, demo_data: DemoData, chromium: Any
+    tmp_path: Path,
+    demo_model: DemoModel,
+    demo_data: DemoData,
+    chromium: Any,
+    screenshot_dir: Path,
 ) -> None:
     key = watermark.generate_key()
     trigger = watermark.make_trigger_set(key, shape=(64,), classes=tuple(range(10)))
@@ -92,8 +95,8 @@ def test_evidence_report_renders_with_every_section(
     assert "the suspect is a copy of the certified model" in text
     assert "trigger set" in text
     assert "Example Labs Ltd" in text
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "evidence-report.png"), full_page=True)
+    screenshot_dir.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot_dir / "evidence-report.png"), full_page=True)
     pdf = page.pdf()
     assert pdf.startswith(b"%PDF")
     assert errors == []
