@@ -291,3 +291,31 @@ def test_shutdown_observes_what_is_still_deferred(
         store.close()
     assert len(detected) == 1
     assert detected[0]["extra"]["flag"] == "block"
+
+
+class RefusingDetectionRecords:
+    """The gateway's real audit sink, refusing the records of off-request detections (an audit
+    store that fails just then)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def record(self, entry: Any) -> None:
+        if entry.decision == "detect":
+            raise ServiceUnavailableError("audit store unavailable")
+        await self.inner.record(entry)
+
+
+def test_a_flag_whose_record_cannot_be_written_is_still_set_and_logged(
+    served: tuple[str, dict[str, str], Gateway, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, keys, gateway, _ = served
+    gateway.audit = RefusingDetectionRecords(gateway.audit)
+    with caplog.at_level(logging.ERROR, logger="modelshield.gateway._app"):
+        assert _post(url, keys["thief"], _noise(np.random.default_rng(8), 300)).status_code == 200
+        deadline = time.monotonic() + 5.0
+        while not any("was not recorded" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no error logged for the lost record"
+            time.sleep(0.02)
+    assert gateway.limits.get_flag("thief") == "block"  # fail closed: the flag holds
+    assert _post(url, keys["thief"], _noise(np.random.default_rng(9), 1)).status_code == 403
