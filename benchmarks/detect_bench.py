@@ -96,6 +96,7 @@ def measure(dim: int, history: int, batch: int, reps: int, naive_reps: int, seed
             single.append(time.perf_counter() - t0)
             t += 0.25
     state = suite.state_dict("c")
+    shared = measure_shared(suite, "c", max(reps // 4, 10))
     # the peer: sizes of an unbounded PRADA after the same history
     prada = suite.detector("prada")
     sizes = {c: g.n + 1 for c, g in prada.states_["c"].sets.items()}  # type: ignore[attr-defined]
@@ -123,6 +124,49 @@ def measure(dim: int, history: int, batch: int, reps: int, naive_reps: int, seed
         "naive_set_rows": int(sum(sizes.values())),
         "bytes_per_client": suite.max_state_bytes(),
         "state_blob_bytes": len(state),
+        **shared,
+    }
+
+
+def measure_shared(suite: DetectorSuite, client: str, reps: int) -> dict:
+    """What sharing ``client``'s state through Redis adds to one observation (the gateway's
+    replicas do this once per observed batch): the check that nobody else wrote it, encoding it
+    and saving it with compare-and-set; and what a replica that does not hold the client pays
+    to read it in. Empty when no Redis answers on 127.0.0.1:6379."""
+    from modelshield.errors import ServiceUnavailableError
+    from modelshield.stores import ABSENT, RedisDetectorStateStore
+
+    store = RedisDetectorStateStore(
+        "redis://127.0.0.1:6379/0", prefix=f"modelshield-bench-{os.getpid()}", timeout=1.0
+    )
+    key = f"bench:{client}"
+    try:
+        saved = store.save({key: (ABSENT, suite.state_dict(client))})
+    except ServiceUnavailableError:
+        store.close()
+        return {}
+    try:
+        assert saved is not None
+        version = saved[key]
+        per_observation, read_in = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            current, _ = store.load(key, version)
+            saved = store.save({key: (current, suite.state_dict(client))})
+            per_observation.append(time.perf_counter() - t0)
+            assert saved is not None
+            version = saved[key]
+            t0 = time.perf_counter()
+            _, data = store.load(key, "?")
+            assert data is not None
+            suite.load_state_dict(client, data)
+            read_in.append(time.perf_counter() - t0)
+    finally:
+        store.delete(key)
+        store.close()
+    return {
+        "shared_ms": 1e3 * float(np.median(per_observation)),
+        "shared_read_in_ms": 1e3 * float(np.median(read_in)),
     }
 
 
@@ -171,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         "bytes_per_client": out[784]["bytes_per_client"],
         "bytes_per_client_64d": out[64]["bytes_per_client"],
         "state_blob_bytes_784d": out[784]["state_blob_bytes"],
+        "state_blob_bytes_64d": out[64]["state_blob_bytes"],
+        # sharing the state through Redis, per observed batch (absent without a Redis server)
+        **{
+            f"{k}_{dim}d": round(out[dim][k], 3)
+            for dim in (64, 784)
+            for k in ("shared_ms", "shared_read_in_ms")
+            if k in out[dim]
+        },
         "quick": bool(args.quick),
     }
     print(json.dumps(summary))

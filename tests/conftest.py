@@ -6,7 +6,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,18 @@ def redis_url() -> str:
 def postgres_dsn() -> str:
     require_service("PostgreSQL", POSTGRES_ADDR)
     return "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def pg_schema(postgres_dsn: str) -> Iterator[tuple[str, str]]:
+    """``(dsn, schema)``: a schema of this test's own, dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    schema = f"ms_test_{uuid.uuid4().hex[:12]}"
+    yield postgres_dsn, schema
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 CliRun = Callable[..., subprocess.CompletedProcess[str]]

@@ -265,6 +265,9 @@ class DetectionConfig(_Section):
     (log and webhook only), ``throttle`` (a tenth of the request rate), ``degrade`` (labels only)
     or ``block`` (suspend the key). ``reference`` is a ``.npy`` file of honest inputs that the
     detectors are fitted on (the gateway falls back to the model's declared input range).
+    ``state_url`` is where the detectors' per-client state is shared between replicas:
+    ``redis://``, ``postgresql://`` or ``memory://`` (each process its own); by default it
+    follows ``[state] url``.
     """
 
     enabled: bool = False
@@ -276,6 +279,14 @@ class DetectionConfig(_Section):
     calibration: Path | None = None  # held-out honest rows (.npy) the thresholds are set on
     webhook: str | None = None
     group: str | None = None  # "*": also watch all clients together (colluding Sybil keys)
+    state_url: str | None = None
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _check_store_url(value, ("memory", "redis", "rediss", "postgresql", "postgres"))
 
 
 class WatermarkConfig(_Section):

@@ -7,7 +7,6 @@ afterwards).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,17 +16,6 @@ from modelshield.access import RegistryStore
 from modelshield.stores import MemoryRegistryStore, PostgresRegistryStore, SQLiteRegistryStore
 
 StoreFactory = Callable[[], RegistryStore]
-
-
-@pytest.fixture
-def pg_schema(postgres_dsn: str) -> Iterator[tuple[str, str]]:
-    import psycopg
-    from psycopg import sql
-
-    schema = f"ms_test_{uuid.uuid4().hex[:12]}"
-    yield postgres_dsn, schema
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])

@@ -313,7 +313,7 @@ def test_memory_url_opens_a_fresh_store() -> None:
 def terminate(dsn: str, store: object) -> None:
     import psycopg
 
-    pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
+    pid = store._session._conn.info.backend_pid  # type: ignore[attr-defined]
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
@@ -333,15 +333,15 @@ def test_postgres_connection_loss_fails_closed_then_recovers(
         terminate(dsn, store)
         assert registry.authenticate(key, T0 + 1).name == "alice"
         # while the server cannot be reached: fail closed (503), never a stale answer
-        real_dsn = store._dsn
-        store._dsn = "postgresql://postgres@127.0.0.1:1/postgres"
+        real_dsn = store._session._dsn
+        store._session._dsn = "postgresql://postgres@127.0.0.1:1/postgres"
         terminate(dsn, store)
         with pytest.raises(ServiceUnavailableError):
             registry.authenticate(key, T0 + 2)
         with pytest.raises(ServiceUnavailableError):
             registry.revoke("alice")
         # and recovery without a restart once it is back
-        store._dsn = real_dsn
+        store._session._dsn = real_dsn
         assert registry.authenticate(key, T0 + 3).name == "alice"
     finally:
         registry.close()

@@ -67,9 +67,19 @@ def test_state_round_trip_and_bounds(fitted, reference, held_out) -> None:
     blob = fitted.state_dict("s")
     other = DetectorSuite.default().fit(*reference)
     other.load_state_dict("s", blob)
-    assert fitted.observe("s", x[200:260], p[200:260], 1.0) == other.observe(
-        "s", x[200:260], p[200:260], 1.0
-    )
+    original = fitted.observe("s", x[200:260], p[200:260], 1.0)
+    restored = other.observe("s", x[200:260], p[200:260], 1.0)
+    # same verdicts and counts; float32 statistics equal to rounding only: numpy's SIMD loops
+    # (einsum) round by the alignment of freshly allocated temporaries, which varies by run
+    for a, b in zip(original.observations, restored.observations, strict=True):
+        assert (a.detector, a.flagged, a.ready, a.queries_seen) == (
+            b.detector,
+            b.flagged,
+            b.ready,
+            b.queries_seen,
+        )
+        assert b.score == pytest.approx(a.score, rel=1e-5, abs=1e-9)
+        assert dict(b.details) == pytest.approx(dict(a.details), rel=1e-4, abs=1e-6)
     assert len(blob) < fitted.max_state_bytes() + 16_384
     with pytest.raises(DetectorError):
         other.load_state_dict("s", b"garbage")

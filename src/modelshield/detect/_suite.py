@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +18,8 @@ from modelshield.detect._base import (
     as_batch,
     as_labels_and_margins,
     check_width,
+    decode_state,
+    encode_state,
 )
 from modelshield.detect._coverage import CoverageDetector
 from modelshield.detect._distribution import BoundaryDetector, OutOfDistributionDetector
@@ -27,6 +27,7 @@ from modelshield.detect._prada import PradaDetector
 from modelshield.detect._volume import VolumeDetector
 
 GROUP_PREFIX = "group:"
+_SUITE = "suite"
 
 
 @dataclass(frozen=True)
@@ -162,26 +163,28 @@ class DetectorSuite:
                     grouped.append(detector.observe(key, inputs, outputs, now))
         return SuiteResult(client, tuple(own), tuple(grouped))
 
+    def state_keys(self, client: str, group: str | None = None) -> tuple[str, ...]:
+        """The keys whose state :meth:`observe` of ``client`` (in ``group``) changes: what a
+        shared state store must load before and save after it."""
+        return (client,) if group is None else (client, GROUP_PREFIX + group)
+
     def state_dict(self, client: str) -> bytes:
-        """Every detector's state of ``client`` in one ``.npz`` blob."""
-        buffer = io.BytesIO()
-        blobs: dict[str, Any] = {
-            d.name: np.frombuffer(d.state_dict(client), np.uint8) for d in self.detectors
-        }
-        np.savez(buffer, **blobs)
-        return buffer.getvalue()
+        """Every detector's state of ``client`` in one blob (:func:`encode_state`)."""
+        blobs = {d.name: np.frombuffer(d.state_dict(client), np.uint8) for d in self.detectors}
+        return encode_state(_SUITE, blobs, None)
 
     def load_state_dict(self, client: str, data: bytes) -> None:
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`. On an error ``client`` has no state left in any detector
+        (never a mix of old and new parts)."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                blobs = {name: bytes(npz[name]) for name in npz.files}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise DetectorError(f"cannot read suite state: {exc}") from None
-        for detector in self.detectors:
-            if detector.name not in blobs:
-                raise DetectorError(f"suite state has no {detector.name!r} part")
-            detector.load_state_dict(client, blobs[detector.name])
+            blobs, _ = decode_state(_SUITE, data)
+            for detector in self.detectors:
+                if detector.name not in blobs:
+                    raise DetectorError(f"suite state has no {detector.name!r} part")
+                detector.load_state_dict(client, blobs[detector.name].tobytes())
+        except DetectorError:
+            self.forget(client)
+            raise
 
     def forget(self, client: str) -> None:
         """Drop ``client``'s state in every detector."""

@@ -25,6 +25,7 @@ from modelshield.config import Config
 from modelshield.errors import ConfigError
 from modelshield.gateway._plugins import DetectionObserver, WatermarkMarker
 from modelshield.models import Predictor
+from modelshield.stores import DetectorStateStore, open_detector_state_store
 
 _log = logging.getLogger(__name__)
 
@@ -134,8 +135,15 @@ def _webhook(url: str | None) -> Callable[[dict[str, Any]], None] | None:
     return post
 
 
-def build_observer(config: Config, predictor: Predictor) -> DetectionObserver:
-    """The gateway's detection for one model, from ``[detection]``."""
+def build_observer(
+    config: Config,
+    predictor: Predictor,
+    *,
+    name: str = "",
+    state: DetectorStateStore | None = None,
+) -> DetectionObserver:
+    """The gateway's detection for model ``name``, from ``[detection]``; ``state`` shares the
+    detectors' state with other replicas (see :func:`detector_state_store`)."""
     if config.detection.reference is None:
         raise ConfigError(
             f"{config.source or 'configuration'}: detection.reference: detection needs a .npy of "
@@ -152,7 +160,18 @@ def build_observer(config: Config, predictor: Predictor) -> DetectionObserver:
         response_policy(config),
         group=config.detection.group,
         webhook=_webhook(config.detection.webhook),
+        state=state,
+        namespace=name,
     )
+
+
+def detector_state_store(config: Config) -> DetectorStateStore | None:
+    """Where the detectors' state is shared: ``[detection] state_url``, else ``[state] url``
+    when that is Redis; ``None`` (each process its own) for ``memory://``."""
+    url = config.detection.state_url or config.state.url
+    if url.startswith("memory://"):
+        return None
+    return open_detector_state_store(url)
 
 
 def detection_factory(

@@ -12,12 +12,20 @@ Detection may follow the response: the gateway hands each answered batch to
 admitting that client's next request, so a flag still acts on the next request while the detectors
 see the rows of several requests in one batch (their cost per row falls about tenfold). Rows that
 no next request flushes are observed by the gateway's idle flush shortly after.
+
+Shared state (several replicas): with a :class:`~modelshield.stores.DetectorStateStore`, each
+observation first brings the client's (and its group's) state up to date from the store when
+another replica has written it since, observes, and saves with compare-and-set; when another
+replica saved in between, it reloads and observes again. So a client whose requests are spread
+over replicas is observed on all of its rows. While the store is unreachable, each replica goes on
+with the state it holds and saves it once the store answers again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +33,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from modelshield.detect import DetectorError
+from modelshield.errors import ServiceUnavailableError
 from modelshield.models._base import FloatArray
+from modelshield.stores import DetectorStateStore
 
 _log = logging.getLogger(__name__)
 
@@ -33,6 +44,11 @@ _FLAG_OF = {"throttle": "throttle", "degrade": "degrade", "block": "block"}
 
 #: Deferred rows per client past which the gateway observes at once instead of later.
 MAX_PENDING_ROWS = 4096
+
+#: Local version of a key whose state must be read from the shared store before use.
+_STALE = "?"
+#: Observations of one batch at most, when other replicas keep saving the same keys first.
+_MAX_ATTEMPTS = 5
 
 
 @dataclass(slots=True)
@@ -59,6 +75,11 @@ class DetectionObserver:
     next request is admitted, does nothing while none of them has been released: a request sent
     while the earlier ones were still being answered is not their "next request", and skipping it
     is what lets one observation cover many concurrent requests.
+
+    ``state`` (optional) shares the detectors' state with other replicas under keys prefixed
+    ``namespace`` (the model's name); see the module docstring. Then at most ``max_cached``
+    clients' states are kept in this process (least recently observed dropped first: the store
+    holds them).
     """
 
     def __init__(
@@ -69,12 +90,20 @@ class DetectionObserver:
         group: str | None = "*",
         webhook: Callable[[dict[str, Any]], None] | None = None,
         alert_interval: float = 60.0,
+        state: DetectorStateStore | None = None,
+        namespace: str = "",
+        max_cached: int = 1024,
     ) -> None:
         self.suite = suite
         self.policy = policy
         self.group = group
         self.webhook = webhook
         self.alert_interval = alert_interval
+        self.state = state
+        self.namespace = namespace
+        self.max_cached = max_cached
+        self._versions: dict[str, str] = {}  # key -> version of the store this state matches
+        self._cached: OrderedDict[str, None] = OrderedDict()  # clients, least recent first
         self._lock = threading.Lock()
         self._alerted: dict[str, float] = {}  # client -> time of its last alert
         self._pending: dict[str, list[_Deferred]] = {}
@@ -85,9 +114,12 @@ class DetectionObserver:
         self, client: str, inputs: FloatArray, scores: FloatArray, now: float, tier: str = ""
     ) -> tuple[str | None, dict[str, Any]]:
         with self._lock:  # detector state is per process; batches of one client stay ordered
-            result = self.suite.observe(
-                client, inputs, scores, now, group=self.group, tier=tier or None
-            )
+            if self.state is None:
+                result = self.suite.observe(
+                    client, inputs, scores, now, group=self.group, tier=tier or None
+                )
+            else:
+                result = self._observe_shared(self.state, client, inputs, scores, now, tier)
             observations = tuple(result.observations) + tuple(result.group_observations)
             actions = self.policy.decide(
                 client=client, tier=tier or "standard", observations=observations, now=now
@@ -119,6 +151,77 @@ class DetectionObserver:
         if alert is not None:
             evidence["alert"] = out["alert"]  # audited even when the flag does not escalate
         return flag, evidence
+
+    def _observe_shared(
+        self,
+        store: DetectorStateStore,
+        client: str,
+        inputs: FloatArray,
+        scores: FloatArray,
+        now: float,
+        tier: str,
+    ) -> Any:
+        keys = self.suite.state_keys(client, self.group)
+        result = None
+        for _ in range(_MAX_ATTEMPTS):
+            for key in keys:
+                self._sync(store, key)
+            result = self.suite.observe(
+                client, inputs, scores, now, group=self.group, tier=tier or None
+            )
+            updates = {
+                f"{self.namespace}:{key}": (
+                    self._versions.get(key, _STALE),
+                    self.suite.state_dict(key),
+                )
+                for key in keys
+            }
+            try:
+                saved = store.save(updates)
+            except ServiceUnavailableError as exc:
+                # go on with this state; it is saved (same expected versions) once the store
+                # answers, unless another replica wrote these keys in the meantime
+                _log.warning("detector state not shared: %s", exc)
+                break
+            if saved is not None:
+                for key in keys:
+                    self._versions[key] = saved[f"{self.namespace}:{key}"]
+                break
+            for key in keys:  # another replica saved first: observe again on its state
+                self._versions[key] = _STALE
+        else:
+            _log.warning(
+                "detector state of client %s kept changing on other replicas: this "
+                "observation is not shared",
+                client,
+            )
+        self._cached[client] = None
+        self._cached.move_to_end(client)
+        while len(self._cached) > self.max_cached:
+            old, _ = self._cached.popitem(last=False)
+            self.suite.forget(old)
+            self._versions.pop(old, None)
+        return result
+
+    def _sync(self, store: DetectorStateStore, key: str) -> None:
+        """Make the local state of ``key`` the store's, when the store has a newer one."""
+        known = self._versions.get(key, _STALE)
+        try:
+            version, data = store.load(f"{self.namespace}:{key}", known)
+        except ServiceUnavailableError as exc:
+            _log.warning("detector state not shared: %s", exc)
+            return  # observe on what this process holds
+        if version == known:
+            return
+        self._versions[key] = version
+        if data is None:  # absent from the store (new, expired or deleted)
+            self.suite.forget(key)
+            return
+        try:
+            self.suite.load_state_dict(key, data)
+        except DetectorError as exc:
+            # the suite dropped the key; the next save replaces the unreadable state
+            _log.error("unreadable detector state in the store for %s: %s", key, exc)
 
     def defer(
         self, client: str, inputs: FloatArray, scores: FloatArray, now: float, tier: str = ""

@@ -142,9 +142,12 @@ def open_gateway(
     # built before any store is opened, so that a bad [watermark] or [detection] leaks nothing
     if markers is None:
         markers = _configured_markers(config, served)
+    own_observers = observers is None
     if observers is None:
         observers = _configured_observers(config, served)
     closers: list[Any] = []
+    if own_observers and observers:
+        closers.append(_closer_of_observers(observers))
     try:
         store = open_audit_store(config.audit.url)
         closers.append(store.close)
@@ -237,13 +240,37 @@ def _configured_markers(config: Config, served: dict[str, Predictor]) -> dict[st
     return out
 
 
+def _closer_of_observers(observers: dict[str, Observer]) -> Any:
+    """Close the detector state store the observers share (once)."""
+
+    def close() -> None:
+        closed: set[int] = set()
+        for observer in observers.values():
+            state = getattr(observer, "state", None)
+            if state is not None and id(state) not in closed:
+                closed.add(id(state))
+                state.close()
+
+    return close
+
+
 def _configured_observers(config: Config, served: dict[str, Predictor]) -> dict[str, Observer]:
     """Extraction detection for every served model, when ``[detection] enabled``."""
     if not config.detection.enabled:
         return {}
-    from modelshield.gateway._detection import build_observer
+    from modelshield.gateway._detection import build_observer, detector_state_store
 
-    return {name: build_observer(config, predictor) for name, predictor in served.items()}
+    state = detector_state_store(config)  # one store (one connection) for every model
+    try:
+        observers: dict[str, Observer] = {
+            name: build_observer(config, predictor, name=name, state=state)
+            for name, predictor in served.items()
+        }
+    except BaseException:
+        if state is not None:
+            state.close()
+        raise
+    return observers
 
 
 def create_app() -> Any:

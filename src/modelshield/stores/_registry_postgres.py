@@ -1,15 +1,14 @@
 """The registry store in PostgreSQL: several gateway replicas share clients, admins and TOTP state.
 
-Needs the ``postgres`` extra (psycopg 3). One connection per store object, used under a lock and
-re-opened after a failure, so that the gateway recovers without a restart when the server
-returns; while it is down every call raises :class:`~modelshield.errors.ServiceUnavailableError`.
+Needs the ``postgres`` extra (psycopg 3). One connection per store object
+(:class:`~modelshield.stores._postgres.PostgresSession`): while the server is down every call
+raises :class:`~modelshield.errors.ServiceUnavailableError`, and the store recovers by itself.
 TOTP secrets are stored in clear: PostgreSQL's access control (roles, ``pg_hba.conf``, TLS) is
 what protects them.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,7 +20,7 @@ from modelshield.access import (
     StoredAdmin,
     StoredClient,
 )
-from modelshield.errors import ServiceUnavailableError
+from modelshield.stores._postgres import PostgresSession
 
 if TYPE_CHECKING:
     import psycopg
@@ -113,82 +112,23 @@ class PostgresRegistryStore:
     """
 
     def __init__(self, dsn: str, *, schema: str | None = None, timeout: float = 5.0) -> None:
-        try:
-            import psycopg
-        except ImportError:  # pragma: no cover - depends on the installed extras
-            raise ServiceUnavailableError(
-                "PostgreSQL needs the postgres extra: pip install 'modelshield[postgres]'"
-            ) from None
-        self._psycopg = psycopg
-        self._dsn = dsn
-        self._schema = schema
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._run(self._create_schema)
-
-    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        from psycopg import sql
-
-        conn = self._psycopg.connect(
-            self._dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
-        )
-        try:
-            conn.execute(f"SET statement_timeout = {int(self._timeout * 1000)}")
-            if self._schema is not None:
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema))
-                )
-                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _create_schema(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in _SCHEMA:
-                conn.execute(statement)
+        self._session = PostgresSession(dsn, what="registry", schema=schema, timeout=timeout)
+        self._session.create_schema(_SCHEMA_LOCK, _SCHEMA)
 
     def _run(
         self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], _T], *, retry: bool = False
     ) -> _T:
-        """Run ``fn`` on the connection (re-opened if needed); store errors become 503s.
-
-        With ``retry`` (reads only) a connection found broken is replaced and ``fn`` run once
-        more, so that a server restart costs no request.
-        """
-        errors = self._psycopg.errors
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                elif retry:
-                    try:
-                        return fn(self._conn)
-                    except self._psycopg.OperationalError:
-                        self._conn.close()
-                        self._conn = self._connect()
-                return fn(self._conn)
-            except errors.UniqueViolation:
-                raise DuplicateNameError("this name is already taken") from None
-            except self._psycopg.Error as exc:
-                if self._conn is not None and (
-                    self._conn.closed or isinstance(exc, self._psycopg.OperationalError)
-                ):
-                    self._conn.close()
-                    self._conn = None
-                raise ServiceUnavailableError(
-                    f"registry store error: {type(exc).__name__}"
-                ) from None
+        """Run ``fn`` (see :meth:`PostgresSession.run`); a taken name is a
+        :class:`DuplicateNameError`."""
+        unique = self._session.psycopg.errors.UniqueViolation
+        try:
+            return self._session.run(fn, retry=retry, passthrough=(unique,))
+        except unique:
+            raise DuplicateNameError("this name is already taken") from None
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._session.close()
 
     def _one(self, query: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> tuple[Any, ...] | None:

@@ -1,0 +1,261 @@
+"""Detector state shared between replicas through a state store (Redis, PostgreSQL).
+
+Each "replica" is a DetectionObserver with its own copy of the fitted suite; they share only the
+store. The last test runs two real gateways on loopback ports against real Redis.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from modelshield import access
+from modelshield.config import load_config
+from modelshield.demo import DemoData, DemoModel
+from modelshield.detect import ResponsePolicy, Rule, TierPolicy
+from modelshield.errors import ServiceUnavailableError
+from modelshield.gateway import ServerThread, build_app, open_gateway
+from modelshield.gateway._detection import fit_and_calibrate
+from modelshield.gateway._plugins import DetectionObserver
+from modelshield.models import Predictor, load_model
+from modelshield.stores import (
+    ABSENT,
+    DetectorStateStore,
+    MemoryDetectorStateStore,
+    RedisDetectorStateStore,
+)
+
+from .conftest import write_config
+
+BLOCK = ResponsePolicy(
+    {"standard": TierPolicy((Rule("alert"), Rule("block")))}, default_tier="standard"
+)
+
+
+@pytest.fixture(scope="module")
+def victim(demo_model: DemoModel) -> Predictor:
+    return load_model(demo_model.onnx_bytes)
+
+
+@pytest.fixture(scope="module")
+def fitted(victim: Predictor, demo_data: DemoData) -> Any:
+    return fit_and_calibrate(victim, demo_data.x_train, demo_data.x_test[:225])
+
+
+@pytest.fixture
+def redis_store(redis_url: str) -> Iterator[RedisDetectorStateStore]:
+    import redis
+
+    prefix = f"ms-test-{uuid.uuid4().hex[:12]}"
+    store = RedisDetectorStateStore(redis_url, prefix=prefix)
+    yield store
+    store.close()
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+def _replica(fitted: Any, store: DetectorStateStore | None, **kw: Any) -> DetectionObserver:
+    return DetectionObserver(
+        copy.deepcopy(fitted), BLOCK, group="*", state=store, namespace="digits", **kw
+    )
+
+
+def _batches(victim: Predictor, n: int, size: int, seed: int) -> list[tuple[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = rng.random((size, 64))
+        out.append((x, victim.predict_proba(x)))
+    return out
+
+
+def _seen(observer: DetectionObserver, client: str) -> int:
+    return int(observer.suite.detector("prada").peek(client).queries_seen)
+
+
+def _first_flag(observers: list[DetectionObserver], batches: list[tuple[Any, Any]]) -> int | None:
+    for i, (x, p) in enumerate(batches):
+        flag, _ = observers[i % len(observers)].observe("thief", x, p, float(i))
+        if flag is not None:
+            return i
+    return None
+
+
+def test_a_client_spread_over_two_replicas_is_observed_on_all_its_rows(
+    fitted: Any, victim: Predictor, redis_store: RedisDetectorStateStore
+) -> None:
+    batches = _batches(victim, 12, 10, seed=1)
+    alone = _first_flag([_replica(fitted, None)], batches)
+    assert alone is not None
+    a, b = _replica(fitted, redis_store), _replica(fitted, redis_store)
+    assert _first_flag([a, b], batches) == alone  # flagged on the same row as one process
+    # and without the shared store each replica sees half of the rows and flags later or never
+    c, d = _replica(fitted, None), _replica(fitted, None)
+    split = _first_flag([c, d], batches)
+    assert split is None or split > alone
+    # every row is in the shared state: a third replica picks it up from the store
+    a.observe("thief", *batches[0], 100.0)
+    fresh = _replica(fitted, redis_store)
+    x, p = batches[1]
+    fresh.observe("thief", x, p, 101.0)
+    assert _seen(fresh, "thief") == 10 * (alone + 1) + 20
+
+
+class HookedStore:
+    """A memory store that runs ``before_save`` once, just before the next save."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryDetectorStateStore()
+        self.before_save: Callable[[], None] | None = None
+        self.down = False
+        self.saves = 0
+
+    def load(self, key: str, known: str) -> tuple[str, bytes | None]:
+        if self.down:
+            raise ServiceUnavailableError("detector state store unavailable: test")
+        return self.inner.load(key, known)
+
+    def save(self, updates: Mapping[str, tuple[str, bytes]]) -> dict[str, str] | None:
+        if self.down:
+            raise ServiceUnavailableError("detector state store unavailable: test")
+        hook, self.before_save = self.before_save, None
+        if hook is not None:
+            hook()
+        self.saves += 1
+        return self.inner.save(updates)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_save_that_lost_the_race_is_observed_again_on_the_winner_state(
+    fitted: Any, victim: Predictor
+) -> None:
+    store = HookedStore()
+    a, b = _replica(fitted, store), _replica(fitted, store)
+    (x1, p1), (x2, p2), (x3, p3) = _batches(victim, 3, 7, seed=2)
+    a.observe("alice", x1, p1, 0.0)
+    # b saves alice's state between a's load and a's save
+    store.before_save = lambda: b.observe("alice", x2, p2, 1.0)
+    a.observe("alice", x3, p3, 2.0)
+    assert store.saves == 4  # a, b, a refused, a again
+    check = _replica(fitted, store)
+    check.observe("alice", x1[:1], p1[:1], 3.0)
+    assert _seen(check, "alice") == 7 + 7 + 7 + 1  # nothing lost, nothing counted twice
+
+
+def test_an_outage_of_the_store_keeps_detection_going_and_is_saved_after(
+    fitted: Any, victim: Predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = HookedStore()
+    a = _replica(fitted, store)
+    batches = _batches(victim, 3, 5, seed=3)
+    a.observe("alice", *batches[0], 0.0)
+    store.down = True
+    with caplog.at_level(logging.WARNING, logger="modelshield.gateway._plugins"):
+        a.observe("alice", *batches[1], 1.0)
+    assert "detector state not shared" in caplog.text
+    assert _seen(a, "alice") == 10  # observed on the state this replica holds
+    store.down = False
+    a.observe("alice", *batches[2], 2.0)
+    check = _replica(fitted, store)
+    check.observe("alice", *batches[0], 3.0)
+    assert _seen(check, "alice") == 20  # the rows of the outage reached the store
+
+
+def test_at_most_max_cached_clients_stay_in_memory(fitted: Any, victim: Predictor) -> None:
+    store = MemoryDetectorStateStore()
+    a = _replica(fitted, store, max_cached=2)
+    x, p = _batches(victim, 1, 4, seed=4)[0]
+    for client in ("c1", "c2", "c3"):
+        a.observe(client, x, p, 0.0)
+    prada = a.suite.detector("prada")
+    assert set(prada.clients()) == {"c2", "c3"}
+    a.observe("c1", x, p, 1.0)  # back from the store, not from zero
+    assert _seen(a, "c1") == 8
+
+
+def test_an_unreadable_state_in_the_store_is_replaced(
+    fitted: Any, victim: Predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryDetectorStateStore()
+    assert store.save({"digits:alice": (ABSENT, b"not a detector state")}) is not None
+    a = _replica(fitted, store)
+    x, p = _batches(victim, 1, 4, seed=5)[0]
+    with caplog.at_level(logging.ERROR, logger="modelshield.gateway._plugins"):
+        a.observe("alice", x, p, 0.0)
+    assert "unreadable detector state" in caplog.text
+    assert _seen(a, "alice") == 4
+    check = _replica(fitted, store)
+    check.observe("alice", x, p, 1.0)
+    assert _seen(check, "alice") == 8  # the store now holds a valid state
+
+
+def _npy(path: Path, rows: np.ndarray) -> None:
+    np.save(path, rows)
+
+
+def test_two_gateways_on_redis_block_a_thief_who_alternates_between_them(
+    tmp_path: Path, demo_model: DemoModel, demo_data: DemoData, redis_url: str
+) -> None:
+    thief = f"thief-{uuid.uuid4().hex[:8]}"
+    tier = (
+        "[tiers.open]\nrequests_per_second = 100000.0\nburst = 100000\nbudget_rows = 1000000\n"
+        "max_batch_rows = 100\noutput = ['probabilities']\n"
+        f"[state]\nurl = '{redis_url}'\n"
+        "[detection]\nenabled = true\nreference = 'ref.npy'\ncalibration = 'cal.npy'\n"
+    )
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    configs = []
+    for d in dirs:
+        d.mkdir()
+        _npy(d / "ref.npy", demo_data.x_train)
+        _npy(d / "cal.npy", demo_data.x_test[:225])
+        configs.append(load_config(write_config(d, tier)))
+    with access.open_registry(configs[0].registry.url) as registry:
+        key = registry.add(thief, models=["digits"], tier="open")[1].reveal()
+    shutil.copy(dirs[0] / "state" / "registry.db", dirs[1] / "state" / "registry.db")
+    predictor = load_model(demo_model.onnx_bytes)
+    gateways = [open_gateway(c, models={"digits": predictor}, random_state=0) for c in configs]
+    observers = [g.observers["digits"] for g in gateways]
+    assert all(o.state is not None for o in observers)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    statuses: list[int] = []
+    try:
+        with ServerThread(build_app(gateways[0])) as s0, ServerThread(build_app(gateways[1])) as s1:
+            urls = [s0.url, s1.url]
+            for i in range(20):  # 10 rows of noise per request, alternating, at most 200 rows
+                r = httpx.post(
+                    f"{urls[i % 2]}/v1/models/digits/predict",
+                    json={"inputs": rng.random((10, 64)).tolist()},
+                    headers={"Authorization": f"Bearer {key}"},
+                    timeout=30,
+                )
+                statuses.append(r.status_code)
+                if r.status_code != 200:
+                    break
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        for k in client.scan_iter(f"modelshield*{thief}*"):
+            client.delete(k)
+        client.close()
+    assert statuses[-1] == 403, statuses
+    # both gateways' detectors saw the thief's rows: the state in the store counts all of them
+    seen = [_seen(o, thief) for o in observers]  # type: ignore[arg-type]
+    assert max(seen) == 10 * (len(statuses) - 1)
