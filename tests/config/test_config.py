@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from modelshield import ConfigError, Secret, load_config
+from modelshield.errors import ServiceUnavailableError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "shield.example.toml"
 
@@ -116,11 +117,32 @@ def test_sqlite_urls_are_resolved_against_the_file(tmp_path: Path) -> None:
         ('[audit]\nurl = "mysql://x"\n', "audit.url"),
         ('[registry]\nurl = "redis://x"\n', "registry.url"),
         ('[state]\nurl = "postgresql://x"\n', "state.url"),
+        ('[detection]\nstate_url = "sqlite:///x.db"\n', "detection.state_url"),
     ],
 )
 def test_store_url_schemes(tmp_path: Path, text: str, where: str) -> None:
     with pytest.raises(ConfigError, match=rf"{where}: .*scheme"):
         load_config(write(tmp_path, text))
+
+
+def test_detector_state_follows_the_state_store_unless_named(tmp_path: Path) -> None:
+    from modelshield.gateway._detection import detector_state_store
+    from modelshield.stores import RedisDetectorStateStore
+
+    assert detector_state_store(load_config(EXAMPLE)) is None  # memory://: each process its own
+    redis_state = load_config(write(tmp_path, '[state]\nurl = "redis://127.0.0.1:1/0"\n'))
+    store = detector_state_store(redis_state)  # opening connects lazily: no server needed
+    assert isinstance(store, RedisDetectorStateStore)
+    store.close()
+    own = load_config(
+        write(tmp_path, '[state]\nurl = "redis://x"\n[detection]\nstate_url = "memory://"\n')
+    )
+    assert detector_state_store(own) is None
+    pg = load_config(
+        write(tmp_path, '[detection]\nstate_url = "postgresql://postgres@127.0.0.1:1/x"\n')
+    )
+    with pytest.raises(ServiceUnavailableError):  # PostgreSQL connects at once, fails closed
+        detector_state_store(pg)
 
 
 def test_watermark_rates(tmp_path: Path) -> None:
