@@ -134,3 +134,37 @@ def test_watermark_rates_come_from_the_configuration(tmp_path: Path, demo_model:
         assert (mark.share, mark.uncertain_share, mark.uncertain_below) == (0.002, 0.3, 0.8)
     finally:
         gateway.close()
+
+
+def test_a_cleared_flag_starts_the_client_afresh(
+    guarded: tuple[str, dict[str, str], object],
+) -> None:
+    import pyotp
+
+    url, keys, config = guarded
+    rng = np.random.default_rng(1)
+
+    def requests_until_refused() -> int:
+        for n in range(1, 31):  # 10 rows of noise per request, at most 300 rows
+            r = _post(url, keys["thief"], rng.random((10, 64)))
+            if r.status_code != 200:
+                assert r.status_code == 403
+                return n
+        raise AssertionError("the thief was never refused")
+
+    first = requests_until_refused()
+    assert first >= 3  # the detectors need a few requests' rows
+    with access.open_admin_registry(config.registry.url) as admins:  # type: ignore[attr-defined]
+        enrollment = admins.enroll("root")
+    r = httpx.delete(
+        f"{url}/v1/admin/flags/thief",
+        headers={
+            "Authorization": f"Bearer {enrollment.admin_key.reveal()}",
+            "X-TOTP-Code": pyotp.TOTP(enrollment.totp_secret.reveal()).now(),
+        },
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    # the detectors forgot the thief: it is refused again only once it has sent as many rows,
+    # not on the request after the one the old state would have flagged
+    assert requests_until_refused() >= 3

@@ -55,3 +55,30 @@ def test_flags_need_a_shared_state_store(tmp_path: Path) -> None:
     r = run("flags", "list", "--config", str(path), cwd=tmp_path)
     assert r.returncode == 1
     assert "admin API" in r.stderr
+
+
+def test_clearing_a_flag_resets_the_shared_detector_state(tmp_path: Path, redis_url: str) -> None:
+    from modelshield.stores import ABSENT, RedisDetectorStateStore
+
+    path = write_config(tmp_path, f"[state]\nurl = '{redis_url}'\n[detection]\nenabled = true\n")
+    client = f"flagged-{uuid.uuid4().hex[:8]}"
+    state = RedisDetectorStateStore(redis_url)
+    try:
+        assert state.save({f"digits:{client}": (ABSENT, b"state")}) is not None
+        assert state.save({f"digits:{client}-other": (ABSENT, b"state")}) is not None
+        r = run("flags", "clear", client, "--config", str(path), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "detector state reset" in r.stdout
+        assert state.load(f"digits:{client}", "?") == (ABSENT, None)
+        assert state.load(f"digits:{client}-other", "?")[1] == b"state"  # only that client
+    finally:
+        state.delete(f"digits:{client}-other")
+        state.close()
+    config = load_config(path)
+    log = open_audit_store(config.audit.url)
+    try:
+        records = list(audit.export(log))
+    finally:
+        log.close()
+    cleared = [r for r in records if r["reason"] == f"flag:{client}:clear"]
+    assert cleared[0]["extra"]["detector_state_reset"] is True

@@ -259,3 +259,20 @@ def test_two_gateways_on_redis_block_a_thief_who_alternates_between_them(
     # both gateways' detectors saw the thief's rows: the state in the store counts all of them
     seen = [_seen(o, thief) for o in observers]  # type: ignore[arg-type]
     assert max(seen) == 10 * (len(statuses) - 1)
+
+
+def test_forget_drops_the_client_here_and_in_the_store(fitted: Any, victim: Predictor) -> None:
+    store = MemoryDetectorStateStore()
+    a, b = _replica(fitted, store), _replica(fitted, store)
+    x, p = _batches(victim, 1, 4, seed=6)[0]
+    a.observe("alice", x, p, 0.0)
+    a.observe("bob", x, p, 0.0)
+    a.defer("alice", x, p, 1.0)
+    a.forget("alice")
+    assert "alice" not in a.suite.detector("prada").clients()
+    assert a.pending_clients() == []
+    assert store.load("digits:alice", "?") == (ABSENT, None)
+    b.observe("alice", x, p, 2.0)
+    assert _seen(b, "alice") == 4  # afresh
+    b.observe("bob", x, p, 2.0)
+    assert _seen(b, "bob") == 8  # others untouched

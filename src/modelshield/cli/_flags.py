@@ -67,6 +67,7 @@ def clear_flag(
         store.set_flag(client, None)
     finally:
         store.close()
+    forgotten = _forget_detector_state(settings, client)
     key = audit.audit_key_from_config(settings)
     log_store = open_audit_store(settings.audit.url)
     try:
@@ -83,12 +84,31 @@ def clear_flag(
                     decision="admin",
                     reason=f"flag:{client}:clear",
                     status=200,
-                    extra={"previous": previous},
+                    extra={"previous": previous, "detector_state_reset": forgotten},
                 )
             ).result(timeout=30)
     finally:
         log_store.close()
-    console.print(f"cleared {client}'s flag ({previous or 'none'}); audited")
+    reset = "; detector state reset" if forgotten else ""
+    console.print(f"cleared {client}'s flag ({previous or 'none'}){reset}; audited")
+
+
+def _forget_detector_state(config: Config, client: str) -> bool:
+    """Delete ``client``'s shared detector state for every model (its detectors would raise the
+    flag again); ``False`` when detection is off or its state is per process."""
+    from modelshield.gateway._detection import detector_state_store
+
+    if not config.detection.enabled:
+        return False
+    state = detector_state_store(config)
+    if state is None:
+        return False
+    try:
+        for model in config.models:
+            state.delete(f"{model}:{client}")
+    finally:
+        state.close()
+    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -139,6 +139,13 @@ def admin_routes(
     async def list_clients(request: Request, entry: dict[str, Any]) -> Any:
         return {"clients": [_client_json(c) for c in clients.list(include_revoked=True)]}
 
+    def _forget(name: str) -> None:
+        # a cleared flag starts the client afresh: its detector state would raise it again
+        for observer in gateway.observers.values():
+            forget = getattr(observer, "forget", None)
+            if callable(forget):
+                forget(name)
+
     def status_change(kind: str) -> AdminAction:
         async def run(request: Request, entry: dict[str, Any]) -> Any:
             name = str(request.path_params["client"])
@@ -148,6 +155,7 @@ def admin_routes(
                 gateway.limits.set_flag(client.name, "block")
             elif kind == "resume":
                 gateway.limits.set_flag(client.name, None)
+                _forget(client.name)
             return {"client": _client_json(client)}
 
         return run
@@ -165,12 +173,15 @@ def admin_routes(
         if flag is not None and flag not in FLAGS:
             raise HttpError(422, "invalid_input", f"flag must be one of {', '.join(FLAGS)} or null")
         gateway.limits.set_flag(name, flag)
+        if flag is None:
+            _forget(name)
         entry["reason"] = f"flag:{name}:{flag or 'clear'}"
         return {"client": name, "flag": flag}
 
     async def clear_flag(request: Request, entry: dict[str, Any]) -> Any:
         name = str(request.path_params["client"])
         gateway.limits.set_flag(name, None)
+        _forget(name)
         entry["reason"] = f"flag:{name}:clear"
         return {"client": name, "flag": None}
 

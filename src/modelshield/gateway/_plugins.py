@@ -223,6 +223,20 @@ class DetectionObserver:
             # the suite dropped the key; the next save replaces the unreadable state
             _log.error("unreadable detector state in the store for %s: %s", key, exc)
 
+    def forget(self, client: str) -> None:
+        """Start ``client`` afresh (an admin cleared its flag): drop its deferred rows, its
+        detector state here and in the shared store, and its alert time."""
+        with self._lock:
+            self._pending.pop(client, None)
+            self._pending_rows.pop(client, None)
+            self._released.pop(client, None)
+            self._alerted.pop(client, None)
+            self.suite.forget(client)
+            self._cached.pop(client, None)
+            self._versions.pop(client, None)
+            if self.state is not None:
+                self.state.delete(f"{self.namespace}:{client}")
+
     def defer(
         self, client: str, inputs: FloatArray, scores: FloatArray, now: float, tier: str = ""
     ) -> bool:

@@ -107,13 +107,14 @@ return 1
 class RedisDetectorStateStore:
     """Detector state in Redis: one hash (version, data) per key, idle keys expire after
     ``ttl`` seconds. One script call per load and per save; the keys of one save must live on
-    one Redis server (no cluster slots are computed)."""
+    one Redis server (no cluster slots are computed). The default ``prefix`` keeps these keys
+    apart from the limit store's ``modelshield:KIND:CLIENT`` keys."""
 
     def __init__(
         self,
         url: str,
         *,
-        prefix: str = "modelshield:detect",
+        prefix: str = "modelshield-detect",
         ttl: float = DEFAULT_TTL_SECONDS,
         timeout: float = 1.0,
     ) -> None:
