@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from modelshield import vault
 from modelshield.errors import InvalidInputError, KeyMissingError
+from modelshield.vault._recipients import x25519_unwrap, x25519_wrap
 
 
 def mode(path: Path) -> int:
@@ -91,3 +94,39 @@ def test_local_key_provider_file(tmp_path: Path) -> None:
     assert isinstance(provider, vault.KeyProvider)
     with pytest.raises(InvalidInputError):
         vault.LocalKeyProvider.generate(tmp_path / "kek")
+
+
+def test_cached_public_halves_match_a_fresh_derivation(tmp_path: Path) -> None:
+    """Identity, Recipient and VerifyingKey derive their public bytes and key ids once; the
+    cached values are what the private key gives when asked again."""
+    identity, signer = vault.generate_identity(), vault.generate_signing_key()
+    identity.save(tmp_path / "x.key")
+    for ident in (identity, vault.load_identity(tmp_path / "x.key")):
+        fresh = ident.private_key.public_key()
+        assert ident.recipient.raw == fresh.public_bytes_raw()
+        spki = fresh.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        assert ident.recipient.key_id_bytes == hashlib.sha256(spki).digest()[:8]
+        assert ident.key_id == ident.recipient.key_id
+        assert ident.recipient == vault.Recipient(fresh)
+    verifying = signer.verifying_key
+    spki = signer.private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert verifying.key_id_bytes == hashlib.sha256(spki).digest()[:8]
+    # nothing cached shows in a repr
+    assert repr(identity) == f"Identity(key_id={identity.key_id!r})"
+    assert repr(identity.recipient) == f"Recipient(key_id={identity.key_id!r})"
+    assert repr(verifying) == f"VerifyingKey(key_id={verifying.key_id!r})"
+
+
+def test_unwrap_with_and_without_the_cached_public_key() -> None:
+    """x25519_unwrap gives the same key whether it is handed the raw public key or derives it."""
+    identity = vault.generate_identity()
+    share, wrapped = x25519_wrap(b"k" * 32, identity.recipient.public_key)
+    key = identity.private_key
+    assert x25519_unwrap(share, wrapped, key) == b"k" * 32
+    assert x25519_unwrap(share, wrapped, key, public=identity.recipient.raw) == b"k" * 32
+    other = vault.generate_identity().recipient.raw
+    assert x25519_unwrap(share, wrapped, key, public=other) is None

@@ -6,6 +6,7 @@ import io
 import os
 import stat
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from modelshield import vault
 from modelshield.errors import IntegrityError, InvalidInputError
+from modelshield.vault import _api
 
 SEG = 64
 FIRST, FULL = SEG - 40 - 16, SEG - 16
@@ -44,6 +46,25 @@ def test_roundtrip_around_segment_boundaries(
     vault.unseal(sealed, folder / "out", identity)
     assert (folder / "out").read_bytes() == plain
     assert vault.verify(sealed, signer.verifying_key, identity).segments_checked
+
+
+def test_unseal_bytes_reads_small_files_whole_and_streams_larger_ones(
+    tmp_path: Path, identity: vault.Identity, signer: vault.SigningKey
+) -> None:
+    """Files up to _READ_WHOLE bytes are read in one call, larger ones segment by segment: both
+    give the plaintext, on either side of the limit, signed or not."""
+    plain = os.urandom(5000)
+    sealed = tmp_path / "m.sealed"
+    info = vault.seal_bytes(plain, sealed, identity.recipient, signer, segment_size=SEG)
+    for limit in (info.file_size, info.file_size - 1):
+        with mock.patch.object(_api, "_READ_WHOLE", limit):
+            assert vault.unseal_bytes(sealed, identity) == plain
+            assert (
+                vault.unseal_bytes(sealed, identity, require_signer=signer.verifying_key) == plain
+            )
+    one = tmp_path / "one.sealed"
+    vault.seal_bytes(plain, one, identity.recipient)  # one default-size segment
+    assert vault.unseal_bytes(one, identity) == plain
 
 
 def test_seal_from_a_file_matches_seal_bytes(tmp_path: Path, identity: vault.Identity) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -131,8 +132,9 @@ def test_a_recipient_cannot_forge_a_signed_payload(
         vault.verify(signed, signer.verifying_key)
     with pytest.raises(IntegrityError):
         vault.verify(signed, signer.verifying_key, identity)
-    with pytest.raises(IntegrityError):
-        vault.unseal_bytes(signed, identity, require_signer=signer.verifying_key)
+    for whole in (_api._READ_WHOLE, 0):  # read whole and decrypted in memory, or streamed
+        with mock.patch.object(_api, "_READ_WHOLE", whole), pytest.raises(IntegrityError):
+            vault.unseal_bytes(signed, identity, require_signer=signer.verifying_key)
     with pytest.raises(IntegrityError):
         vault.SealedReader(signed, identity, require_signer=signer.verifying_key)
     # without a signer to require, a key holder's content is what the key opens (docs/vault.md)

@@ -6,11 +6,13 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from modelshield import vault
 from modelshield.errors import IntegrityError
+from modelshield.vault import _api
 
 SEG = 64
 FIRST, FULL = SEG - 40 - 16, SEG - 16
@@ -48,8 +50,9 @@ def assert_rejected(data: bytes, folder: Path, identity: vault.Identity) -> None
     assert str(info.value) == "cannot open: wrong key or damaged file"
     assert sorted(os.listdir(folder)) == before
     assert not out.exists()
-    with pytest.raises(IntegrityError):
-        vault.unseal_bytes(src, identity)
+    for whole in (_api._READ_WHOLE, 0):  # read whole and decrypted in memory, or streamed
+        with mock.patch.object(_api, "_READ_WHOLE", whole), pytest.raises(IntegrityError):
+            vault.unseal_bytes(src, identity)
 
 
 def test_the_untampered_file_opens(
@@ -57,6 +60,8 @@ def test_the_untampered_file_opens(
 ) -> None:
     (tmp_path / "m").write_bytes(original)
     assert vault.unseal_bytes(tmp_path / "m", identity) == PLAIN
+    with mock.patch.object(_api, "_READ_WHOLE", 0):
+        assert vault.unseal_bytes(tmp_path / "m", identity) == PLAIN
 
 
 def test_a_flipped_bit_anywhere(original: bytes, tmp_path: Path, identity: vault.Identity) -> None:

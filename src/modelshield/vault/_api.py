@@ -34,10 +34,20 @@ from modelshield.vault._format import (
 )
 from modelshield.vault._keys import SigningKey, VerifyingKey
 from modelshield.vault._recipients import OpenWith, Passphrase, SealTo, unwrap, wrap
-from modelshield.vault._stream import Progress, copy_payload, decrypt_payload, encrypt_payload
+from modelshield.vault._stream import (
+    Progress,
+    copy_payload,
+    decrypt_buffer,
+    decrypt_payload,
+    encrypt_payload,
+)
 
 PathLike = str | os.PathLike[str]
 Trusted = VerifyingKey | Sequence[VerifyingKey]
+
+# unseal_bytes reads a file up to this size in one call and decrypts it in memory; larger ones
+# stream segment by segment (the digest then overlaps decryption in a worker thread).
+_READ_WHOLE = 2 << 20
 
 
 def _items(value: Any) -> tuple[Any, ...]:
@@ -127,14 +137,31 @@ def _info(header: Header, file_size: int) -> SealedInfo:
 
 def _read_header(src: BinaryIO) -> tuple[Header, int]:
     """Parse the header of the file ``src``, check the file size, leave ``src`` at the payload."""
+    header, file_size, _ = _read_start(src, whole=False)
+    return header, file_size
+
+
+def _read_start(src: BinaryIO, *, whole: bool) -> tuple[Header, int, memoryview | None]:
+    """Like :func:`_read_header`; with ``whole``, a file of at most :data:`_READ_WHOLE` bytes is
+    read in one call and its payload returned (``src`` is then at the end of the file)."""
     src.seek(0, io.SEEK_END)
     file_size = src.tell()
     src.seek(0)
-    header = parse_header(src.read(MAX_HEADER_SIZE))
+    whole = whole and file_size <= _READ_WHOLE
+    want = file_size if whole else MAX_HEADER_SIZE
+    data = src.read(want)
+    while data and len(data) < min(want, file_size):  # an unbuffered read may come up short
+        more = src.read(want - len(data))
+        if not more:
+            break
+        data += more
+    header = parse_header(data)
     if file_size != header.size + header.manifest.payload_size:
         fail("file size does not match the header (truncated or extended)")
+    if whole and len(data) == file_size:
+        return header, file_size, memoryview(data)[header.size :]
     src.seek(header.size)
-    return header, file_size
+    return header, file_size, None
 
 
 def _unlock(header: Header, identities: tuple[OpenWith, ...]) -> bytes:
@@ -168,11 +195,23 @@ def _check_signer(header: Header, trusted: Trusted) -> VerifyingKey:
 def _open(
     src: BinaryIO, identity: OpenWith | Sequence[OpenWith], require_signer: Trusted | None
 ) -> tuple[Header, int, bytes]:
-    header, file_size = _read_header(src)
+    header, file_size, key, _ = _open_start(src, identity, require_signer, whole=False)
+    return header, file_size, key
+
+
+def _open_start(
+    src: BinaryIO,
+    identity: OpenWith | Sequence[OpenWith],
+    require_signer: Trusted | None,
+    *,
+    whole: bool,
+) -> tuple[Header, int, bytes, memoryview | None]:
+    """:func:`_open`, with the payload of a small file as :func:`_read_start` returns it."""
+    header, file_size, payload = _read_start(src, whole=whole)
     if require_signer is not None:
         _check_signer(header, require_signer)
     key = _unlock(header, _items(identity))
-    return header, file_size, key
+    return header, file_size, key, payload
 
 
 # -- recipes --------------------------------------------------------------------------------------
@@ -296,8 +335,15 @@ def unseal_bytes(
     Nothing is returned before every segment (and, with ``require_signer``, the signed payload
     digest) has been checked.
     """
-    with open(src, "rb") as handle:
-        header, _, key = _open(handle, identity, require_signer)
+    with open(src, "rb", buffering=0) as handle:  # no read-ahead buffer: whole reads
+        header, _, key, payload = _open_start(handle, identity, require_signer, whole=True)
+        if payload is not None:
+            plaintext = decrypt_buffer(
+                payload, header.manifest, key, check_digest=require_signer is not None
+            )
+            if handle.read(1):
+                fail("bytes after the last segment")
+            return plaintext
         plain = bytearray(header.manifest.plaintext_size)
         decrypt_payload(
             handle, header.manifest, key, into=plain, check_digest=require_signer is not None

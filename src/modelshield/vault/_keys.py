@@ -25,7 +25,6 @@ KEY_ID_SIZE = 8
 _PEM = serialization.Encoding.PEM
 _DER = serialization.Encoding.DER
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
-_RAW_PUB = serialization.PublicFormat.Raw
 _PKCS8 = serialization.PrivateFormat.PKCS8
 
 
@@ -57,15 +56,22 @@ class Recipient:
     """An X25519 public key that artifacts can be sealed for (``NAME.pub``)."""
 
     public_key: X25519PublicKey = field(repr=False)
+    # Derived once: opening an artifact compares key ids and feeds the raw key to HKDF.
+    _raw: bytes = field(init=False, repr=False)
+    _key_id_bytes: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_raw", self.public_key.public_bytes_raw())
+        object.__setattr__(self, "_key_id_bytes", _key_id(self.public_key))
 
     @property
     def raw(self) -> bytes:
         """The 32-byte public key."""
-        return self.public_key.public_bytes(serialization.Encoding.Raw, _RAW_PUB)
+        return self._raw
 
     @property
     def key_id_bytes(self) -> bytes:
-        return _key_id(self.public_key)
+        return self._key_id_bytes
 
     @property
     def key_id(self) -> str:
@@ -94,10 +100,15 @@ class Identity:
     """An X25519 private key: opens what is sealed for its :attr:`recipient` (``NAME.key``)."""
 
     private_key: X25519PrivateKey = field(repr=False)
+    # The public half (key, DER encoding, key id) is derived once, not on every open.
+    _recipient: Recipient = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_recipient", Recipient(self.private_key.public_key()))
 
     @property
     def recipient(self) -> Recipient:
-        return Recipient(self.private_key.public_key())
+        return self._recipient
 
     @property
     def key_id(self) -> str:
@@ -119,10 +130,14 @@ class VerifyingKey:
     """An Ed25519 public key that checks signatures (``NAME.signing.pub``)."""
 
     public_key: Ed25519PublicKey = field(repr=False)
+    _key_id_bytes: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key_id_bytes", _key_id(self.public_key))
 
     @property
     def key_id_bytes(self) -> bytes:
-        return _key_id(self.public_key)
+        return self._key_id_bytes
 
     @property
     def key_id(self) -> str:

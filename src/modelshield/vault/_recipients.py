@@ -64,13 +64,20 @@ def x25519_wrap(file_key: bytes, recipient: X25519PublicKey) -> tuple[bytes, byt
     return share, ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None)
 
 
-def x25519_unwrap(share: bytes, wrapped: bytes, identity: X25519PrivateKey) -> bytes | None:
-    """The key that :func:`x25519_wrap` wrapped for ``identity``, or ``None``."""
+def x25519_unwrap(
+    share: bytes, wrapped: bytes, identity: X25519PrivateKey, *, public: bytes | None = None
+) -> bytes | None:
+    """The key that :func:`x25519_wrap` wrapped for ``identity``, or ``None``.
+
+    ``public`` is ``identity``'s raw public key when the caller already holds it.
+    """
     try:
         shared = identity.exchange(X25519PublicKey.from_public_bytes(share))
     except ValueError:  # a low-order point gives an all-zero secret: refused, as age does
         return None
-    wrap_key = _x25519_wrap_key(shared, share, identity.public_key().public_bytes_raw())
+    if public is None:
+        public = identity.public_key().public_bytes_raw()
+    wrap_key = _x25519_wrap_key(shared, share, public)
     try:
         return ChaCha20Poly1305(wrap_key).decrypt(_ZERO_NONCE, wrapped, None)
     except InvalidTag:
@@ -228,10 +235,13 @@ def unwrap(identity: OpenWith, stanza: Stanza) -> bytes | None:
     :class:`IntegrityError`: the caller decides, after trying every stanza)."""
     key: bytes | None = None
     if isinstance(identity, Identity):
+        recipient = identity.recipient
         if isinstance(stanza, X25519Stanza) and hmac.compare_digest(
-            stanza.key_id, identity.recipient.key_id_bytes
+            stanza.key_id, recipient.key_id_bytes
         ):
-            key = x25519_unwrap(stanza.ephemeral, stanza.wrapped, identity.private_key)
+            key = x25519_unwrap(
+                stanza.ephemeral, stanza.wrapped, identity.private_key, public=recipient.raw
+            )
     elif isinstance(identity, Passphrase):
         if isinstance(stanza, ScryptStanza):
             wrap_key = identity._wrap_key(stanza.salt, stanza.log_n, stanza.r, stanza.p)

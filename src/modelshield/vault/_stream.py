@@ -3,7 +3,8 @@
 Memory stays bounded (a few segments) whatever the file size. The payload digest (SHA-256 of the
 ciphertext) is computed in the same pass as the encryption or decryption: each ciphertext segment
 goes to a worker thread that hashes it while the main thread encrypts, decrypts and writes the
-next (hashlib, pyca and file writes release the GIL on large buffers).
+next (hashlib, pyca and file writes release the GIL on large buffers). A small payload already
+read whole is decrypted by :func:`decrypt_buffer` without the thread.
 """
 
 from __future__ import annotations
@@ -195,6 +196,43 @@ def decrypt_payload(
             fail("payload digest does not match the manifest")
     finally:
         hasher.close()
+
+
+def decrypt_buffer(
+    payload: bytes | memoryview, manifest: Manifest, data_key: bytes, *, check_digest: bool
+) -> bytes:
+    """The plaintext of a whole payload already in memory, every segment checked.
+
+    The in-memory counterpart of :func:`decrypt_payload` for small artifacts (one read, no
+    worker thread, no copy for a single segment). With ``check_digest`` the payload's SHA-256
+    must be the manifest's before anything is decrypted. Raises :class:`IntegrityError` on a
+    wrong size, a digest mismatch or a bad segment.
+    """
+    if len(payload) != manifest.payload_size:
+        fail("payload size does not match the manifest")
+    if check_digest and not hmac.compare_digest(
+        hashlib.sha256(payload).digest(), manifest.payload_digest
+    ):
+        fail("payload digest does not match the manifest")
+    streaming = AesGcmHkdfStreaming(data_key, manifest.segment_size)
+    start = streaming.HEADER_SIZE
+    decrypter = streaming.new_decrypter(bytes(payload[:start]), PAYLOAD_AD)
+    view = memoryview(payload)
+    count = manifest.segment_count
+    if count == 1:
+        return decrypter.decrypt_segment(view[start:], 0, True)
+    layout = streaming.layout
+    plain = bytearray(manifest.plaintext_size)
+    out = memoryview(plain)
+    done = 0
+    for index in range(count):
+        size = min(layout.plaintext_segment_size(index), manifest.plaintext_size - done)
+        end = start + size + streaming.TAG_SIZE
+        decrypter.decrypt_segment_into(
+            view[start:end], index, index == count - 1, out[done : done + size]
+        )
+        start, done = end, done + size
+    return bytes(plain)
 
 
 def copy_payload(src: BinaryIO, dst: BinaryIO | None, manifest: Manifest) -> None:
