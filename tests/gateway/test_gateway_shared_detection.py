@@ -276,3 +276,25 @@ def test_forget_drops_the_client_here_and_in_the_store(fitted: Any, victim: Pred
     assert _seen(b, "alice") == 4  # afresh
     b.observe("bob", x, p, 2.0)
     assert _seen(b, "bob") == 8  # others untouched
+
+
+class AlwaysRacing(HookedStore):
+    """Every save loses the race: another replica always wrote first."""
+
+    def save(self, updates: Mapping[str, tuple[str, bytes]]) -> dict[str, str] | None:
+        self.saves += 1
+        return None
+
+
+def test_a_batch_that_never_wins_the_race_is_still_observed_and_logged(
+    fitted: Any, victim: Predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = AlwaysRacing()
+    a = _replica(fitted, store)
+    x, p = _batches(victim, 1, 30, seed=7)[0]
+    with caplog.at_level(logging.WARNING, logger="modelshield.gateway._plugins"):
+        _, evidence = a.observe("alice", x, p, 0.0)
+    assert store.saves == 5  # bounded: it gives up after five tries
+    assert "kept changing on other replicas" in caplog.text
+    assert _seen(a, "alice") == 30  # observed once on the last state read, not five times
+    assert evidence["scores"]  # and the verdict of that observation is returned
