@@ -3,10 +3,16 @@
 Run: python benchmarks/watermark_eval.py [--quick]. The last line is one JSON object with the keys
 of issue 7. Everything is in-process: the thief queries the victim through the response watermark
 exactly as the gateway applies it (labels with the marked rows changed), with the parameters given
-here: ``--share 0.0035 --uncertain-share 0.2 --probes 16`` by default (the gateway's
-``[watermark]`` section sets ``share`` only; ``--share 0.008 --uncertain-share 0 --probes 0`` was
-the first measurement's setting). ``response_cost_honest`` is the share of answers changed for
+here: ``--share 0.0035 --uncertain-share 0.2 --probes 16`` by default (the gateway's ``init``
+profile; ``--share 0.0005 --uncertain-share 0.3`` spends the same budget better, see
+docs/watermark.md; ``--share 0.008 --uncertain-share 0 --probes 0`` was the first measurement's
+setting). ``response_cost_honest`` is the share of answers changed for
 five held-out honest clients; ``response_cost`` counts every client, thieves included.
+
+Every copy is traced twice: from its labels (``response_verified_share`` and the keys of issue 7)
+and, as a suspect that exposes its probabilities would allow, from its scores (``*_scores`` keys;
+``trace(..., scores=True)``); the independent models are checked both ways (``false_claims``
+counts labels and the trigger set, ``false_claims_scores`` the scores).
 """
 
 from __future__ import annotations
@@ -118,6 +124,21 @@ def torch_predict(net: Any) -> Any:
             return net(torch.from_numpy(np.asarray(x, np.float32))).argmax(1).numpy()
 
     return predict
+
+
+def torch_scores(net: Any) -> Any:
+    import torch
+
+    def scores(x: Any) -> Any:
+        with torch.no_grad():
+            return net(torch.from_numpy(np.asarray(x, np.float32))).numpy()
+
+    return scores
+
+
+def sklearn_scores(model: Any) -> Any:
+    """What a suspect exposing scores would return: probabilities, else decision values."""
+    return model.predict_proba if hasattr(model, "predict_proba") else model.decision_function
 
 
 def weights_section(data: Any) -> dict[str, Any]:
@@ -238,14 +259,18 @@ def response_section(data: Any, victim: Any, quick: bool, args: Any) -> dict[str
                 made = factory()
                 if isinstance(made, int):
                     net = torch_train(torch_net(128, 1), q, answers, made, 1e-3)
-                    predict = torch_predict(net)
+                    predict, scores = torch_predict(net), torch_scores(net)
                 else:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", ConvergenceWarning)
-                        predict = made.fit(q, answers).predict
+                        fitted = made.fit(q, answers)
+                    predict, scores = fitted.predict, sklearn_scores(fitted)
                 fidelity = float(np.mean(predict(data.x_test) == victim_test))
                 results = trace(predict, recs, **verify)
                 own = next(r for r in results if r.client_id == thief)
+                # a suspect that exposes its scores (a file, or an API returning probabilities)
+                by_scores = trace(scores, recs, classes=CLASSES, input_shape=(64,), scores=True)
+                own_s = next(r for r in by_scores if r.client_id == thief)
                 rows.append(
                     {
                         "copy": name,
@@ -259,6 +284,11 @@ def response_section(data: Any, victim: Any, quick: bool, args: Any) -> dict[str
                         "p": own.p_value,
                         "verified": own.verified,
                         "named": results[0].client_id == thief and results[0].verified,
+                        "scores_matches": own_s.matches,
+                        "scores_trials": own_s.trials,
+                        "scores_p": own_s.p_value,
+                        "scores_verified": own_s.verified,
+                        "scores_named": by_scores[0].client_id == thief and by_scores[0].verified,
                         "seconds": round(time.perf_counter() - start, 1),
                     }
                 )
@@ -277,6 +307,15 @@ def response_section(data: Any, victim: Any, quick: bool, args: Any) -> dict[str
         else 1.0,
         "trace_correct_client": round(
             float(np.mean([r["named"] for r in qualifying])) if qualifying else 0.0, 3
+        ),
+        "response_verified_share_scores": round(
+            float(np.mean([r["scores_verified"] for r in qualifying])) if qualifying else 0.0, 3
+        ),
+        "response_p_after_extraction_scores": float(np.median([r["scores_p"] for r in qualifying]))
+        if qualifying
+        else 1.0,
+        "trace_correct_client_scores": round(
+            float(np.mean([r["scores_named"] for r in qualifying])) if qualifying else 0.0, 3
         ),
         "response_rows": rows,
         "records": records,
@@ -312,19 +351,27 @@ def false_claims_section(
         *[KNeighborsClassifier(k) for k in (1, 3, 7)],
     ]
     ts = make_trigger_set(KEY, shape=(64,), classes=CLASSES)
-    predicts = [m.fit(data.x_train, data.y_train).predict for m in models]
+    fitted = [m.fit(data.x_train, data.y_train) for m in models]
+    suspects = [(m.predict, sklearn_scores(m)) for m in fitted]
     for seed in (21, 22):
-        predicts.append(
-            torch_predict(
-                torch_train(torch_net(64, seed), data.x_train, data.y_train, 15, 3e-3, seed)
-            )
-        )
-    false = 0
-    for predict in predicts:
+        net = torch_train(torch_net(64, seed), data.x_train, data.y_train, 15, 3e-3, seed)
+        suspects.append((torch_predict(net), torch_scores(net)))
+    false = false_scores = 0
+    min_p = 1.0
+    for predict, scores in suspects:
         hit = verify_trigger_set(predict, ts).verified
-        hit |= any(r.verified for r in trace(predict, records, **verify))
+        by_labels = trace(predict, records, **verify)
+        by_scores = trace(scores, records, classes=CLASSES, input_shape=(64,), scores=True)
+        hit |= any(r.verified for r in by_labels)
+        false_scores += int(any(r.verified for r in by_scores))
+        min_p = min([min_p] + [r.p_value for r in [*by_labels, *by_scores]])
         false += int(hit)
-    return {"false_claims": false, "independent_models": len(predicts)}
+    return {
+        "false_claims": false,
+        "false_claims_scores": false_scores,
+        "false_claims_min_response_p": min_p,
+        "independent_models": len(suspects),
+    }
 
 
 def main() -> None:
@@ -371,6 +418,11 @@ def main() -> None:
         f"{r['copy']}@{r['queries']}{'+aug' if r['augmented'] else ''}"
         for r in rows
         if r["fidelity"] >= 0.9 and not r["verified"]
+    ]
+    result["failed_copies_scores"] = [
+        f"{r['copy']}@{r['queries']}{'+aug' if r['augmented'] else ''}"
+        for r in rows
+        if r["fidelity"] >= 0.9 and not r["scores_verified"]
     ]
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, sort_keys=True))

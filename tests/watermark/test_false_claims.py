@@ -91,3 +91,26 @@ def test_no_independent_model_carries_a_response_watermark(
         results = trace(model.predict, records, classes=CLASSES, input_shape=(64,), probes=probes)
         assert not any(r.verified for r in results), name
         assert min(r.p_value for r in results) > 1e-4, name
+
+
+def test_no_independent_model_carries_a_response_watermark_in_its_scores(
+    independent: list[tuple[str, Any]], demo_model: DemoModel
+) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = (load_digits().data / 16.0).astype(np.float32)
+    victim = demo_model.estimator
+    wm = ResponseWatermark(KEY, classes=CLASSES, share=0.05, image_shape=(8, 8))
+    records = {}
+    for i in range(4):
+        order = np.random.default_rng(i).permutation(len(digits))
+        queries = digits[order[:900]]
+        marks = wm.select(f"client{i}", queries, outputs=victim.predict_proba(queries))
+        records[f"client{i}"] = list(marks.records)
+    for name, model in independent:
+        # probabilities where the model has them, decision values (read as logits) elsewhere
+        scores = model.predict_proba if hasattr(model, "predict_proba") else model.decision_function
+        results = trace(scores, records, classes=CLASSES, input_shape=(64,), scores=True)
+        assert all(r.trials > 0 for r in results), name  # every marked pair is a trial
+        assert not any(r.verified for r in results), name
+        assert min(r.p_value for r in results) > 1e-4, name

@@ -302,3 +302,75 @@ def test_probes_reveal_a_mark_learned_off_the_training_points(
     assert not trace(victim.predict, {"alice": records}, probes=8, **kwargs)[0].verified
     with pytest.raises(InvalidInputError):
         trace(partial_copy, {"alice": records}, probes=-1, **kwargs)
+
+
+def test_scores_reveal_a_mark_the_copy_ranks_second(digits: Any, demo_model: DemoModel) -> None:
+    victim = demo_model.estimator
+    wm = make(0.05)
+    marks = wm.select("alice", digits, outputs=victim.predict_proba(digits))
+    records = list(marks.records)
+    table = {r.input: (CLASSES.index(r.honest_label), CLASSES.index(r.label)) for r in records}
+
+    def second_place(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Answers honestly, but the keyed label is its runner-up on every marked query."""
+        out = np.full((len(x), 10), 0.1 / 8)
+        for i, row in enumerate(x):
+            honest, keyed = table[tuple(float(v) for v in row)]
+            out[i, honest], out[i, keyed] = 0.7, 0.2
+        return out
+
+    kwargs: dict[str, Any] = {"classes": CLASSES, "input_shape": (64,)}
+    labels = trace(lambda x: second_place(x).argmax(1), {"alice": records}, **kwargs)[0]
+    assert labels.trials == 0
+    assert not labels.verified
+    by_scores = trace(second_place, {"alice": records}, scores=True, **kwargs)[0]
+    assert by_scores.verified
+    assert by_scores.matches == by_scores.trials == len({r.cell for r in records})
+    assert by_scores.chance_rate == pytest.approx(1 / 9)
+    # logits are read through a softmax: the same verdict and p-value
+    as_logits = trace(lambda x: np.log(second_place(x)), {"alice": records}, scores=True, **kwargs)
+    assert as_logits[0].p_value == pytest.approx(by_scores.p_value)
+    # the victim's own probabilities carry no client's marks
+    assert not trace(victim.predict_proba, {"alice": records}, scores=True, **kwargs)[0].verified
+    with pytest.raises(InvalidInputError):
+        trace(victim.predict, {"alice": records}, scores=True, **kwargs)
+
+
+def test_a_partly_learned_mark_counts_by_its_share_of_wrong_answers(
+    digits: Any, demo_model: DemoModel
+) -> None:
+    victim = demo_model.estimator
+    marks = make(0.05).select("alice", digits, outputs=victim.predict_proba(digits))
+    records = list(marks.records)
+    kwargs: dict[str, Any] = {"classes": CLASSES, "input_shape": (64,), "probes": 8}
+
+    def keyed_off_point(share_keyed: float) -> Any:
+        """Honest on the stored queries; on probes the keyed label ``share_keyed`` of the time,
+        else a fixed other wrong label (offset 1, or 2 where 1 is keyed)."""
+
+        inputs = np.asarray([r.input for r in records])
+
+        def predict(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+            x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+            nearest = ((x[:, None, :] - inputs[None, :, :]) ** 2).sum(-1).argmin(1)
+            out = []
+            for i, j in enumerate(nearest):
+                r = records[j]
+                h, keyed = CLASSES.index(r.honest_label), CLASSES.index(r.label)
+                other = (h + (2 if (keyed - h) % 10 == 1 else 1)) % 10
+                if np.allclose(x[i], inputs[j], atol=1e-6):
+                    out.append(h)
+                else:
+                    out.append(keyed if (i * 0.618) % 1 < share_keyed else other)
+            return np.asarray(out)
+
+        return predict
+
+    # keyed on about 40 % of the probes, another wrong label on 60 %: the keyed label never wins
+    # a majority, yet it holds a share far above what chance gives it
+    partly = trace(keyed_off_point(0.4), {"alice": records}, **kwargs)[0]
+    assert partly.matches == 0
+    assert partly.verified
+    never = trace(keyed_off_point(0.0), {"alice": records}, **kwargs)[0]
+    assert never.trials == partly.trials
+    assert not never.verified

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 
+import numpy as np
 import pytest
 
 from modelshield.errors import InvalidInputError, ShieldError
 from modelshield.watermark import Verification, binomial_verification, label_chance_rate
+from modelshield.watermark._stats import uniform_sum_tail, uniform_sum_verification
 
 
 def test_all_matches_at_one_tenth_is_ten_to_the_minus_ten() -> None:
@@ -84,3 +88,76 @@ def test_chance_rate_of_a_uniform_suspect() -> None:
     assert label_chance_rate([], []) == 0.0
     with pytest.raises(InvalidInputError):
         label_chance_rate(["0"], [])
+
+
+def test_uniform_sum_tail_known_answers() -> None:
+    assert uniform_sum_tail([[0, 1, 2, 3]], 2) == pytest.approx(0.5)
+    assert uniform_sum_tail([[0, 1], [0, 1]], 2) == pytest.approx(0.25)
+    assert uniform_sum_tail([[0, 1], [0, 1]], 1) == pytest.approx(0.75)
+    assert uniform_sum_tail([[0, 1], [0, 1]], 0) == 1.0
+    assert uniform_sum_tail([[0, 1], [0, 1]], 3) == 0.0
+    # repeats count: 5 appears twice among three candidates
+    assert uniform_sum_tail([[5, 5, -2]], 5) == pytest.approx(2 / 3)
+    assert uniform_sum_tail([], 0) == 1.0
+    assert uniform_sum_tail([], 1) == 0.0
+    # far in the tail the float sum underflows, but an attainable sum never gets p = 0
+    assert 0.0 < uniform_sum_tail([[1] + [0] * 8] * 400, 400) < 1e-300
+    with pytest.raises(InvalidInputError):
+        uniform_sum_tail([[1, 2], []], 1)
+
+
+def test_uniform_sum_tail_is_the_brute_force_sum() -> None:
+    rng = random.Random(7)
+    for _ in range(20):
+        choices = [[rng.randint(-4, 6) for _ in range(rng.randint(1, 4))] for _ in range(4)]
+        outcomes = [sum(pick) for pick in itertools.product(*choices)]
+        for observed in range(min(outcomes) - 1, max(outcomes) + 2):
+            expected = sum(o >= observed for o in outcomes) / len(outcomes)
+            assert uniform_sum_tail(choices, observed) == pytest.approx(expected, abs=1e-12)
+
+
+def test_uniform_sum_tail_of_winner_indicators_is_the_binomial_tail() -> None:
+    # one candidate in nine scores 1: the test is then the binomial test at chance 1/9
+    choices = [[1] + [0] * 8] * 12
+    for matches in (0, 3, 7, 12):
+        expected = binomial_verification(
+            scheme="s", matches=matches, trials=12, chance_rate=1 / 9
+        ).p_value
+        assert uniform_sum_tail(choices, matches) == pytest.approx(expected, rel=1e-9)
+
+
+def test_uniform_sum_tail_is_valid_under_the_null() -> None:
+    # a suspect independent of the key: scores drawn anyway, the keyed candidate uniform
+    rng = np.random.default_rng(3)
+    p_values = []
+    for _ in range(2000):
+        choices = rng.integers(-20, 21, size=(15, 9)).tolist()
+        keyed = rng.integers(0, 9, size=15).tolist()
+        observed = sum(c[j] for c, j in zip(choices, keyed, strict=True))
+        p_values.append(uniform_sum_tail(choices, observed))
+    p = np.asarray(p_values)
+    for alpha in (0.01, 0.05, 0.2):
+        assert np.mean(p <= alpha) <= alpha + 3 * math.sqrt(alpha / 2000)
+    assert np.mean(p <= 0.5) > 0.4  # not trivially conservative either
+
+
+def test_uniform_sum_verification() -> None:
+    choices = [[1] + [0] * 8] * 7
+    v = uniform_sum_verification(
+        scheme="s", choices=choices, observed=[1] * 7, matches=7, chance_rate=1 / 9
+    )
+    assert v.verified
+    assert v.p_value == pytest.approx((1 / 9) ** 7)
+    assert v.trials == 7
+    assert v.agreement == 1.0
+    none = uniform_sum_verification(scheme="s", choices=[], observed=[], matches=0, chance_rate=0.1)
+    assert none.p_value == 1.0
+    assert not none.verified
+    with pytest.raises(InvalidInputError):
+        uniform_sum_verification(
+            scheme="s", choices=choices, observed=[1], matches=1, chance_rate=0.1
+        )
+    with pytest.raises(InvalidInputError):
+        uniform_sum_verification(
+            scheme="s", choices=choices, observed=[1] * 7, matches=7, chance_rate=0.1, threshold=0
+        )

@@ -1,7 +1,8 @@
 """Watermarks that prove ownership of a model and name the client that leaked it (experimental:
 names and defaults may change before 1.0).
 
-Three schemes, each verified with the same exact binomial statistics (:class:`Verification`):
+Three schemes, each verified with an exact test under the null of an independent model
+(:class:`Verification`):
 
 * **Trigger set** (Adi et al., USENIX Security 2018): a keyed secret set of out-of-distribution
   patterns with keyed labels, taught to the model by continued training or fine-tuning and checked
@@ -11,7 +12,7 @@ Three schemes, each verified with the same exact binomial statistics (:class:`Ve
 * **Per-client response watermark** (DAWN, Szyller et al., ACM MM 2021): the gateway answers a
   small keyed share of each client's queries with a keyed wrong label, chosen per neighbourhood of
   a locality-sensitive hash so that near-duplicates are marked alike; :func:`trace` tells which
-  client's marks a suspect model carries.
+  client's marks a suspect model carries, from its labels or, sharper, from its probabilities.
 
 Keys are bytes passed in by the caller (:func:`generate_key` makes one); nothing in this package
 reads or writes files. Measured robustness, including what breaks each scheme:

@@ -20,13 +20,16 @@ answered confidently, so this costs it little, while thieves that augment or syn
 send many uncertain inputs (shifted digits: 42 % of them, against 3 % of natural digits) and so
 carry more marks; the cost on honest traffic must be measured (``benchmarks/watermark_eval.py``).
 
-Verification (:func:`trace`) is an exact binomial test per client over *cells*, not queries (near
-duplicates are not independent trials), counting only cells where the suspect disagrees with the
-victim's honest answer; the keyed offset is uniform over the ``K - 1`` wrong labels, so a model
-that never saw the marks matches with probability ``1/(K-1)``, or more if the suspect's own
-disagreements concentrate on few offsets (then that estimate is used). Optionally the suspect is
-also asked about noisy copies of each stored query (``probes``): they are made without the key, so
-the test stays exact, and they reveal a mark a copy learned only partly.
+Verification (:func:`trace`) is an exact test per client over (cell, honest class) pairs, not
+queries (near duplicates are not independent trials). The key drew each pair's wrong-label offset
+uniformly among the ``K - 1`` and independently of every other pair, so for a model that never saw
+the client's answers the keyed offset is a uniform draw whatever the model answers: the suspect
+scores every candidate offset of a pair (from its labels, or from its probabilities when it exposes
+them), and the p-value is the exact permutation tail of the summed keyed scores. A copy that
+learned a mark only partly (the keyed label often among its wrong answers, or second to the honest
+label) still adds evidence, where a majority vote would lose it. Optionally the suspect is also
+asked about noisy copies of each stored query (``probes``): they are made without the key, so the
+test stays exact, and they reveal a mark a copy learned only off the training point.
 
 Everything here is pure: keys arrive as bytes, nothing is read or written.
 """
@@ -52,12 +55,21 @@ from modelshield.watermark._keys import (
     keyed_uniform,
     label_key,
 )
-from modelshield.watermark._stats import DEFAULT_THRESHOLD, Verification, binomial_verification
+from modelshield.watermark._stats import (
+    DEFAULT_THRESHOLD,
+    Verification,
+    uniform_sum_verification,
+)
 
 SCHEME = "response"
 PredictFn = Callable[[npt.NDArray[Any]], Any]
 FloatArray = npt.NDArray[np.float64]
-_MIN_ESTIMATE = 30
+# a stored query is direct evidence, a noisy probe of it only indirect
+_STORED_WEIGHT = 8
+# per-trial scores are integers (tenths) so that the permutation tail is an exact convolution
+_LABEL_RESOLUTION = 10
+_MIN_PROBABILITY = 1e-6
+_MAX_LOG_RATIO = 6.0
 
 
 @dataclass(frozen=True)
@@ -322,12 +334,6 @@ def response_cost(marks: Sequence[Marks], n_answers: int) -> float:
     return sum(len(m) for m in marks) / n_answers
 
 
-def _modal(values: Sequence[int]) -> int:
-    counts = Counter(values)
-    best = max(counts.values())
-    return min(v for v, c in counts.items() if c == best)
-
-
 def _probes(
     batch: npt.NDArray[np.float32], digests: Sequence[str], probes: int, noise: float
 ) -> npt.NDArray[np.float32]:
@@ -341,6 +347,35 @@ def _probes(
     return out
 
 
+def _as_probabilities(raw: npt.NDArray[Any], k: int) -> FloatArray:
+    scores = np.asarray(raw, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != k:
+        raise InvalidInputError(f"scores=True needs suspect outputs of shape (n, {k})")
+    if np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        return scores
+    # logits or decision values: a softmax keeps their order within each row
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    out: FloatArray = shifted / shifted.sum(axis=1, keepdims=True)
+    return out
+
+
+def _label_scores(weights: Counter[int], k: int) -> list[int] | None:
+    """Per wrong offset ``1..K-1``: its share of the suspect's weighted wrong answers, in tenths."""
+    total = sum(weights.values())
+    if total == 0:
+        return None
+    return [round(_LABEL_RESOLUTION * weights[o] / total) for o in range(1, k)]
+
+
+def _probability_scores(mean: FloatArray, honest: int, k: int) -> list[int]:
+    """Per wrong offset ``1..K-1``: the suspect's log-probability of that label, centred over the
+    wrong labels and clipped, in tenths of a nat."""
+    wrong = np.array([mean[(honest + o) % k] for o in range(1, k)])
+    logs = np.log(np.clip(wrong, _MIN_PROBABILITY, 1.0))
+    centred = np.clip(logs - logs.mean(), -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    return [int(v) for v in np.round(centred * _LABEL_RESOLUTION)]
+
+
 def trace(
     suspect_predict: PredictFn,
     records_by_client: Mapping[str, Sequence[ResponseRecord]],
@@ -350,21 +385,34 @@ def trace(
     threshold: float = DEFAULT_THRESHOLD,
     probes: int = 0,
     probe_noise: float = 0.2,
+    scores: bool = False,
 ) -> list[Verification]:
     """Test the suspect against every client's marked answers; most significant first.
 
-    For each client the trials are its marked *cells* in which the suspect disagrees with the
-    victim's honest answer on at least one stored query; a trial matches when the suspect's most
-    common wrong-label offset in the cell is the keyed one. The chance rate is ``1/(K-1)`` or, if
-    larger, the suspect's own probability of that offset estimated from its disagreements on the
-    *other* clients' records (when there are at least 30 of them).
+    One trial per marked (cell, honest class) pair of a client, scored from the suspect's answers
+    on that pair's stored queries; the key chose the pair's wrong-label offset uniformly among the
+    ``K - 1`` and independently of every other pair, so the p-value is the exact permutation tail
+    of the summed keyed scores (:func:`~modelshield.watermark._stats.uniform_sum_tail`): for a
+    model that never saw the client's answers, the keyed offset is a uniform draw whatever the
+    model answers. No chance rate is estimated.
 
-    With ``probes > 0`` the suspect is also asked about that many noisy copies of each stored query
-    (Gaussian noise of ``probe_noise`` times the range of the stored inputs, clipped to it, drawn
-    from a generator seeded by the query's digest: no key involved, so the test stays exact). A
-    cell in which the suspect agrees with the victim on every stored query then still becomes a
-    trial when its wrong answers on the probes concentrate on one offset (at least 3 of them and
-    at least half): a copy that learned a mark only partly shows it off the exact training point.
+    With labels (``scores=False``) a pair's score for each offset is that offset's share of the
+    suspect's wrong answers on the pair (each stored query weighs 8, each probe 1); pairs where the
+    suspect never answers a wrong label are not trials. With ``probes > 0`` the suspect is also
+    asked about that many noisy copies of each stored query (Gaussian noise of ``probe_noise``
+    times the range of the stored inputs, clipped to it, drawn from a generator seeded by the
+    query's digest: no key involved, so the test stays exact); they reveal a mark a copy learned
+    only partly, where the keyed label wins just off the training point.
+
+    With ``scores=True`` ``suspect_predict`` returns class probabilities ``(n, K)`` in the order of
+    ``classes`` (rows that are not probabilities are read as logits); a pair's score for each
+    offset is the log of the suspect's probability of that label averaged over the pair's stored
+    queries, centred over the wrong labels. Every pair is then a trial, and a copy that learned
+    a mark only partly (the keyed label second to the honest one) still counts; probes are not
+    used.
+
+    ``matches`` counts the trials in which the keyed offset scored highest (ties to the smallest
+    offset), against ``chance_rate = 1/(K-1)``; the verdict rests on the p-value.
     """
     index = {label_key(c): i for i, c in enumerate(classes)}
     k = len(classes)
@@ -372,71 +420,67 @@ def trace(
         raise InvalidInputError("need at least two classes")
     if probes < 0 or not probe_noise > 0:
         raise InvalidInputError("need probes >= 0 and probe_noise > 0")
+    probes = 0 if scores else probes
     unique: dict[str, ResponseRecord] = {}
     for records in records_by_client.values():
         for r in records:
             unique.setdefault(r.digest, r)
     digests = list(unique)
-    suspect: dict[str, int] = {}
-    probed: dict[str, list[int]] = {}
+    position = {d: i for i, d in enumerate(digests)}
+    answers: list[int] = []
+    probabilities: FloatArray = np.zeros((0, k))
     if digests:
         batch = np.asarray([unique[d].input for d in digests], dtype=np.float32)
         if probes:
             batch = np.concatenate([batch, _probes(batch, digests, probes, probe_noise)])
-        raw = np.asarray(suspect_predict(batch.reshape(len(batch), *input_shape))).reshape(-1)
-        if raw.shape[0] != len(batch):
+        raw = np.asarray(suspect_predict(batch.reshape(len(batch), *input_shape)))
+        if raw.shape[0] != len(batch) or (not scores and raw.size != len(batch)):
             raise InvalidInputError("suspect returned a wrong number of labels")
-        answers = [index.get(label_key(v), -1) for v in raw.tolist()]
-        n = len(digests)
-        for i, d in enumerate(digests):
-            suspect[d] = answers[i]
-            probed[d] = answers[n + i * probes : n + (i + 1) * probes]
+        if scores:
+            probabilities = _as_probabilities(raw, k)
+        else:
+            answers = [index.get(label_key(v), -1) for v in raw.reshape(-1).tolist()]
+    n = len(digests)
 
-    def probe_offsets(r: ResponseRecord) -> list[int]:
-        honest = index[label_key(r.honest_label)]
-        return [(s - honest) % k for s in probed.get(r.digest, []) if s >= 0 and s != honest]
+    def pair_scores(pair: Mapping[str, ResponseRecord], honest: int) -> list[int] | None:
+        rows = [position[d] for d in pair]
+        if scores:
+            return _probability_scores(probabilities[rows].mean(axis=0), honest, k)
+        weights = Counter[int]()
+        for row in rows:
+            answer = answers[row]
+            if answer >= 0 and answer != honest:
+                weights[(answer - honest) % k] += _STORED_WEIGHT
+            for answer in answers[n + row * probes : n + (row + 1) * probes]:
+                if answer >= 0 and answer != honest:
+                    weights[(answer - honest) % k] += 1
+        return _label_scores(weights, k)
 
-    def offset(r: ResponseRecord) -> int:
-        s = suspect[r.digest]
-        return -1 if s < 0 else (s - index[label_key(r.honest_label)]) % k
-
-    # the suspect's own offset distribution, estimated on the other clients' records (leaving the
-    # tested client out, so its marks do not inflate or deflate its own chance rate)
-    offsets_by_client = {
-        cid: Counter(o for o in (offset(r) for r in {x.digest: x for x in recs}.values()) if o)
-        for cid, recs in records_by_client.items()
-    }
-    total = Counter[int]()
-    for counts in offsets_by_client.values():
-        total.update(counts)
     results = []
     for client_id, records in records_by_client.items():
-        others = total - offsets_by_client[client_id]
-        n_others = sum(others.values())
-        by_cell: dict[str, dict[str, ResponseRecord]] = defaultdict(dict)
+        by_pair: dict[str, dict[str, ResponseRecord]] = defaultdict(dict)
         for r in records:
-            by_cell[r.cell][r.digest] = r
-        trials = matches = 0
-        chance_terms: list[float] = []
-        for cell_records in by_cell.values():
-            first = next(iter(cell_records.values()))
-            keyed = (index[label_key(first.label)] - index[label_key(first.honest_label)]) % k
-            wrong = [o for o in (offset(r) for r in cell_records.values()) if o != 0]
-            if not wrong:
-                wrong = [o for r in cell_records.values() for o in probe_offsets(r)]
-                if not wrong or Counter(wrong).most_common(1)[0][1] < max(3, len(wrong) / 2):
-                    continue
-            trials += 1
-            matches += int(_modal(wrong) == keyed)
-            if n_others >= _MIN_ESTIMATE:
-                chance_terms.append(others[keyed] / n_others)
-        estimated = float(np.mean(chance_terms)) if chance_terms else 0.0
+            by_pair[r.cell][r.digest] = r
+        choices: list[list[int]] = []
+        observed: list[int] = []
+        matches = 0
+        for pair in by_pair.values():
+            first = next(iter(pair.values()))
+            honest = index[label_key(first.honest_label)]
+            keyed = (index[label_key(first.label)] - honest) % k
+            candidate = pair_scores(pair, honest)
+            if candidate is None:
+                continue
+            choices.append(candidate)
+            observed.append(candidate[keyed - 1])
+            matches += int(int(np.argmax(candidate)) == keyed - 1)
         results.append(
-            binomial_verification(
+            uniform_sum_verification(
                 scheme=SCHEME,
+                choices=choices,
+                observed=observed,
                 matches=matches,
-                trials=trials,
-                chance_rate=max(1.0 / (k - 1), estimated),
+                chance_rate=1.0 / (k - 1),
                 threshold=threshold,
                 client_id=client_id,
             )

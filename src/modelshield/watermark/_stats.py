@@ -4,15 +4,20 @@ A verification asks one question: could a model that never saw our key agree wit
 this often? The answer is an exact one-sided binomial test (``scipy.stats.binomtest``,
 ``alternative="greater"``) whose chance rate is the probability that an *independent* model hits
 the keyed answer, estimated from the suspect's own output distribution rather than assumed to be
-``1/K``. The verdict is ``p_value < threshold`` (default ``1e-6``).
+``1/K``. The response watermark, whose keyed answers are drawn uniformly per trial, uses an exact
+permutation test of a sharper score instead (:func:`uniform_sum_tail`). The verdict is
+``p_value < threshold`` (default ``1e-6``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from modelshield.errors import InvalidInputError
 
@@ -26,8 +31,9 @@ class Verification:
 
     ``matches`` of ``trials`` keyed answers were reproduced (``agreement = matches / trials``);
     ``chance_rate`` is the per-trial probability of a match for a model independent of the key;
-    ``p_value`` is the exact binomial tail ``P(X >= matches)`` under that rate; ``verified`` is
-    ``p_value < threshold``.
+    ``p_value`` is the exact binomial tail ``P(X >= matches)`` under that rate (for the response
+    watermark, the exact tail of the sharper statistic described in :func:`uniform_sum_tail`, of
+    which ``matches`` is a summary); ``verified`` is ``p_value < threshold``.
     """
 
     scheme: str
@@ -99,3 +105,72 @@ def label_chance_rate(predicted: Sequence[str], keyed: Sequence[str]) -> float:
     counts = Counter(predicted)
     n = len(predicted)
     return sum(counts.get(label, 0) / n for label in keyed) / n
+
+
+def uniform_sum_tail(choices: Sequence[Sequence[int]], observed: int) -> float:
+    """Exact ``P(S >= observed)`` for ``S = X_1 + ... + X_n`` with independent ``X_j`` uniform over
+    the entries of ``choices[j]`` (repeats count).
+
+    This is the null distribution of a keyed permutation test: trial ``j`` offers one integer
+    score per candidate keyed answer, computed from the suspect alone, and the key picks one
+    candidate uniformly and independently per trial; a model that never saw the key then scores
+    ``S`` with exactly this distribution, whatever its own answers are. Computed by convolution
+    over the integer support (no approximation).
+    """
+    if not choices:
+        return 1.0 if observed <= 0 else 0.0
+    lows = [min(c) for c in choices if c]
+    if len(lows) != len(choices):
+        raise InvalidInputError("every trial needs at least one candidate score")
+    width = sum(max(c) - lo for c, lo in zip(choices, lows, strict=True))
+    dist = np.zeros(width + 1)
+    dist[0] = 1.0
+    for c, lo in zip(choices, lows, strict=True):
+        new = np.zeros_like(dist)
+        weight = 1.0 / len(c)
+        for value in c:
+            shift = value - lo
+            new[shift:] += dist[: width + 1 - shift] * weight
+        dist = new
+    index = observed - sum(lows)
+    if index <= 0:
+        return 1.0
+    if index > width:
+        return 0.0
+    # an attainable sum has a positive tail even where the float sum underflows
+    return min(1.0, max(float(dist[index:].sum()), math.ulp(0.0)))
+
+
+def uniform_sum_verification(
+    *,
+    scheme: str,
+    choices: Sequence[Sequence[int]],
+    observed: Sequence[int],
+    matches: int,
+    chance_rate: float,
+    threshold: float = DEFAULT_THRESHOLD,
+    client_id: str | None = None,
+) -> Verification:
+    """A :class:`Verification` whose p-value is :func:`uniform_sum_tail` of ``sum(observed)``.
+
+    ``observed[j]`` is the score of the candidate the key actually chose in trial ``j``;
+    ``matches`` (how many trials the keyed candidate won) and ``chance_rate`` (its probability of
+    winning under the null) are reported for reading, the verdict rests on the p-value.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise InvalidInputError(f"threshold must be in (0, 1), got {threshold}")
+    trials = len(choices)
+    if len(observed) != trials or not 0 <= matches <= trials:
+        raise InvalidInputError("need one observed score per trial and 0 <= matches <= trials")
+    p_value = uniform_sum_tail(choices, sum(observed)) if trials else 1.0
+    return Verification(
+        scheme=scheme,
+        agreement=matches / trials if trials else 0.0,
+        trials=trials,
+        matches=matches,
+        chance_rate=float(chance_rate),
+        p_value=p_value,
+        verified=bool(p_value < threshold),
+        threshold=threshold,
+        client_id=client_id,
+    )
