@@ -208,6 +208,30 @@ def test_duplicates_do_not_count_twice(digits: Any, demo_model: DemoModel) -> No
     assert once.verified
 
 
+def test_p_values_are_corrected_for_the_number_of_clients_tested(
+    digits: Any, demo_model: DemoModel
+) -> None:
+    victim = demo_model.estimator
+    wm = make(0.05)
+    records = {
+        name: list(wm.select(name, part, outputs=victim.predict_proba(part)).records)
+        for name, part in (("alice", digits[:300]), ("bob", digits[300:600]))
+    }
+    rng = np.random.default_rng(0)
+    answers = rng.integers(0, 10, len(digits))  # an unrelated suspect: a fixed answer per row
+    table = {tuple(float(v) for v in row): a for row, a in zip(digits, answers, strict=True)}
+
+    def suspect(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return np.asarray([table.get(tuple(float(v) for v in row), 0) for row in x])
+
+    alone = trace(suspect, {"alice": records["alice"]}, classes=CLASSES, input_shape=(64,))[0]
+    both = {r.client_id: r for r in trace(suspect, records, classes=CLASSES, input_shape=(64,))}
+    assert alone.trials > 0
+    assert alone.p_value < 0.5  # so that doubling it is visible
+    assert both["bob"].trials > 0  # two clients tested
+    assert both["alice"].p_value == pytest.approx(min(1.0, 2 * alone.p_value))
+
+
 def test_trace_refuses_a_wrong_number_of_labels(digits: Any, demo_model: DemoModel) -> None:
     victim = demo_model.estimator
     marks = make(0.05).select("alice", digits, outputs=victim.predict_proba(digits))

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from modelshield.cli._app import console
-from modelshield.cli._watermark import open_suspect
+from modelshield.cli._watermark import is_url, open_suspect
 from modelshield.errors import ConfigError
 
 
@@ -78,7 +78,9 @@ def evidence(
                 0.0 if spec.min_value is None else spec.min_value,
                 1.0 if spec.max_value is None else spec.max_value,
             ),
-            response_trace=None if settings is None else response_trace(settings),
+            response_trace=None
+            if settings is None
+            else _with_scores(response_trace(settings), suspect, spec_holder),
             audit_check=None if settings is None else audit_check(settings),
             commands=commands,
         )
@@ -89,6 +91,23 @@ def evidence(
     console.print(f"report: {output}")
     if as_json:
         console.print_json(json.dumps(report.to_dict(), default=str))
+
+
+def suspect_scores(suspect: str, holder: Any) -> tuple[Any, Any]:
+    """A model-file suspect's ``predict_proba`` and classes; ``(None, None)`` for a URL (a
+    gateway's tier may round, truncate or withhold probabilities: its labels are traced)."""
+    if is_url(suspect):
+        return None, None
+    return holder.predict_proba, holder.classes
+
+
+def _with_scores(run: Any, suspect: str, holder: Any) -> Any:
+    proba, proba_classes = suspect_scores(suspect, holder)
+
+    def traced(predict: Any) -> Any:
+        return run(predict, proba, proba_classes)
+
+    return traced
 
 
 def trace_command(
@@ -106,8 +125,9 @@ def trace_command(
     from modelshield.config import load_config
     from modelshield.evidence._trace import response_trace
 
-    predict, _, _ = open_suspect(suspect, api_key, model)
-    results = response_trace(load_config(config))(predict)
+    predict, holder, _ = open_suspect(suspect, api_key, model)
+    proba, proba_classes = suspect_scores(suspect, holder)
+    results = response_trace(load_config(config))(predict, proba, proba_classes)
     if as_json:
         console.print_json(json.dumps([r.to_dict() for r in results]))
         return

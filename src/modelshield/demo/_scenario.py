@@ -284,15 +284,16 @@ def _proof_chapter(
     trace = response_trace(config, victim=victim)
     verdicts = {}
     for name, suspect in (("insider's copy", copy), ("independent model", independent)):
-        results = trace(suspect.predict)
+        # a model file exposes its probabilities: the trace reads them (as `watermark trace` does)
+        results = trace(suspect.predict, suspect.predict_proba, suspect.classes_)
         top = results[0] if results else None
         verdicts[name] = bool(top is not None and top.verified)
         if top is None:
             console.print(f"{name}: no marked answers to test")
             continue
         console.print(
-            f"{name}: best match client '{top.client_id}', {top.matches}/{top.trials} marked "
-            f"answers reproduced, p = {top.p_value:.1e} -> "
+            f"{name}: best match client '{top.client_id}', its secret answer ranked first in "
+            f"{top.matches}/{top.trials} marked cells, p = {top.p_value:.1e} -> "
             + ("[green]carries the watermark[/green]" if top.verified else "not shown to be ours")
         )
     console.print(
@@ -308,7 +309,7 @@ def _proof_chapter(
         openings=openings,
         classes=victim.classes,
         input_shape=victim.input_spec.shape,
-        response_trace=trace,
+        response_trace=lambda predict: trace(predict, copy.predict_proba, copy.classes_),
         audit_check=audit_check(config),
         commands=(
             f"modelshield certify --verify {cert_path} --trust keys/owner.signing.pub",

@@ -218,10 +218,10 @@ def plain_summary(report: EvidenceReport) -> str:
     if verified:
         best = min(verified, key=lambda t: t.p_value)
         parts.append(
-            f"The suspect model reproduces the owner's secret watermark ({best.name}): it gave "
-            f"the secret answer in {best.matches} of {best.trials} trials. The chance of this "
-            f"happening for a model made independently is {_odds(best.p_value)} "
-            f"(p = {_p(best.p_value)})."
+            f"The suspect model reproduces the owner's secret watermark ({best.name}): it "
+            f"favoured the secret answer in {best.matches} of {best.trials} trials. The chance "
+            f"that a model made independently matches the secret answers at least this well is "
+            f"{_odds(best.p_value)} (p = {_p(best.p_value)})."
         )
     elif report.tests:
         parts.append(
@@ -297,8 +297,12 @@ def render_evidence_html(report: EvidenceReport) -> str:
         "<h2>2. Verifications against the suspect</h2>",
         "<p>Each test asks the suspect secret questions whose answers only a copy of the owner's "
         "model would know. The p-value is the probability that a model built independently would "
-        "match this often by chance (an exact binomial test whose chance rate is estimated from "
-        "the suspect's own answers).</p>",
+        "match this well by chance. For the trigger set it is an exact binomial test whose "
+        "chance rate is estimated from the suspect's own answers. For the response watermark, "
+        "the secret wrong answer of each marked cell was drawn at random by the owner's key, so "
+        "for an independent model it is a random pick among the wrong answers: the p-value is "
+        "the exact probability that such picks score at least as well on the suspect's answers "
+        "(a permutation test), multiplied by the number of clients tested.</p>",
         tests if report.tests else "<p>No test applied.</p>",
         "<h2>3. Who leaked it</h2>",
         f"<p>Identified client: <b>{esc(report.leaking_client or 'none identified')}</b>. "

@@ -29,7 +29,7 @@ def _watermark_key(config: Config) -> bytes:
 
 def response_trace(
     config: Config, *, model: str | None = None, victim: Any = None
-) -> Callable[[PredictFn], list[Any]]:
+) -> Callable[..., list[Any]]:
     """A function that traces a suspect against every client's watermarked answers.
 
     The marked answers are read back from the audit store; the model that gave them (the
@@ -37,6 +37,10 @@ def response_trace(
     label, so that the trace needs nothing the audit log did not keep. The suspect is also asked
     about 16 noisy copies of each marked query (``PROBES``), which reveals marks a copy learned
     only partly without making the test inexact.
+
+    The function returned takes the suspect's ``predict`` and, when the suspect exposes them
+    (a model file), its ``proba`` function and the classes of its columns: the trace then reads
+    the suspect's probabilities (``trace(..., scores=True)``), which verifies more copies.
     """
     from modelshield import audit, watermark
     from modelshield.gateway import load_served_model
@@ -73,14 +77,42 @@ def response_trace(
         marks = mark.select(client, batch, outputs=predictor.predict_proba(batch))
         records[client] = list(marks.records)
     shape = predictor.input_spec.shape
+    classes = tuple(predictor.classes)
 
-    def run(predict: PredictFn) -> list[Any]:
+    def run(
+        predict: PredictFn,
+        proba: PredictFn | None = None,
+        proba_classes: Sequence[Any] | None = None,
+    ) -> list[Any]:
+        order = _column_order(proba_classes, classes) if proba is not None else None
+        if proba is not None and order is not None:
+            # the suspect's probabilities: a sharper test than its labels (see trace)
+            def scores(x: Any) -> Any:
+                return np.asarray(proba(x))[:, order]
+
+            by_scores: list[Any] = watermark.trace(
+                scores, records, classes=classes, input_shape=shape, scores=True
+            )
+            return by_scores
         result: list[Any] = watermark.trace(
-            predict, records, classes=predictor.classes, input_shape=shape, probes=PROBES
+            predict, records, classes=classes, input_shape=shape, probes=PROBES
         )
         return result
 
     return run
+
+
+def _column_order(suspect: Sequence[Any] | None, ours: Sequence[Any]) -> list[int] | None:
+    """The suspect's probability columns in the order of ``ours``; ``None`` when its classes are
+    not the same labels (then the trace uses its labels)."""
+    from modelshield.watermark._keys import label_key
+
+    if suspect is None:
+        return None
+    position = {label_key(c): i for i, c in enumerate(suspect)}
+    if len(position) != len(suspect) or set(position) != {label_key(c) for c in ours}:
+        return None
+    return [position[label_key(c)] for c in ours]
 
 
 def audit_check(

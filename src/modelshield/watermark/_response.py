@@ -40,7 +40,7 @@ import hashlib
 import hmac
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -413,6 +413,10 @@ def trace(
 
     ``matches`` counts the trials in which the keyed offset scored highest (ties to the smallest
     offset), against ``chance_rate = 1/(K-1)``; the verdict rests on the p-value.
+
+    Every client is a separate test, and the most significant one is what a trace reports, so
+    each p-value is multiplied by the number of clients tested (Bonferroni, capped at 1): it is
+    the chance that a model that never saw the key matches *some* client's marks this well.
     """
     index = {label_key(c): i for i, c in enumerate(classes)}
     k = len(classes)
@@ -485,5 +489,11 @@ def trace(
                 client_id=client_id,
             )
         )
+    tested = sum(1 for v in results if v.trials)
+    results = [
+        replace(v, p_value=p, verified=bool(p < v.threshold))
+        for v in results
+        for p in [min(1.0, v.p_value * max(tested, 1))]
+    ]
     results.sort(key=lambda v: (v.p_value, -v.matches))
     return results
