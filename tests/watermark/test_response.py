@@ -398,3 +398,16 @@ def test_a_partly_learned_mark_counts_by_its_share_of_wrong_answers(
     never = trace(keyed_off_point(0.0), {"alice": records}, **kwargs)[0]
     assert never.trials == partly.trials
     assert not never.verified
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (7, 9), (28, 28), (1, 5)])
+def test_fourier_embedding_is_the_rfft2_magnitude_without_the_constant(
+    shape: tuple[int, int],
+) -> None:
+    from modelshield.watermark._response import fourier_embedding
+
+    rng = np.random.default_rng(0)
+    images = rng.random((20, shape[0] * shape[1]))
+    kept = np.where(images < 0.3, 0.0, images).reshape(20, *shape)  # the floor drops faint pixels
+    expected = np.abs(np.fft.rfft2(kept)).reshape(20, -1)[:, 1:]
+    np.testing.assert_allclose(fourier_embedding(images, shape), expected, rtol=0, atol=1e-9)
