@@ -3,10 +3,9 @@
 Run: python benchmarks/watermark_eval.py [--quick]. The last line is one JSON object with the keys
 of issue 7. Everything is in-process: the thief queries the victim through the response watermark
 exactly as the gateway applies it (labels with the marked rows changed), with the parameters given
-here: ``--share 0.0035 --uncertain-share 0.2 --probes 16`` by default (the gateway's ``init``
-profile; ``--share 0.0005 --uncertain-share 0.3`` spends the same budget better, see
-docs/watermark.md; ``--share 0.008 --uncertain-share 0 --probes 0`` was the first measurement's
-setting). ``response_cost_honest`` is the share of answers changed for
+here: ``--share 0.0005 --uncertain-share 0.3 --probes 16`` by default (the gateway's ``init``
+profile; ``--share 0.0035 --uncertain-share 0.2`` was the previous profile, see docs/watermark.md;
+``--share 0.008 --uncertain-share 0 --probes 0`` was the first measurement's setting). ``response_cost_honest`` is the share of answers changed for
 five held-out honest clients; ``response_cost`` counts every client, thieves included.
 
 Every copy is traced twice: from its labels (``response_verified_share`` and the keys of issue 7)
@@ -379,12 +378,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--projections", type=int, default=4, help="LSH directions (default 4)")
     parser.add_argument("--cell-width", type=float, default=3.0, help="LSH width (default 3)")
-    parser.add_argument("--share", type=float, default=0.0035, help="marking rate (default 0.0035)")
+    parser.add_argument("--share", type=float, default=0.0005, help="marking rate (default 0.0005)")
     parser.add_argument(
         "--uncertain-share",
         type=float,
-        default=0.2,
-        help="marking rate of uncertain answers (default 0.2; 0 turns it off)",
+        default=0.3,
+        help="marking rate of uncertain answers (default 0.3; 0 turns it off)",
     )
     parser.add_argument(
         "--uncertain-below", type=float, default=0.9, help="top-1 probability called uncertain"
