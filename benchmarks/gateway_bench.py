@@ -4,7 +4,8 @@ Both serve the demo ONNX model with the same uvicorn worker count, driven by the
 generator (wrk, 1-row JSON requests, 32 connections) in the same run, alternating peer and ours to
 spread machine noise. The guarded endpoint has everything on: API-key authentication, rate limit
 and row budget, validation, output hardening (top_k:3, round:3) and a durable audit record per
-request in SQLite (group commit).
+request in SQLite (group commit). As with `modelshield serve`, Prometheus multiprocess mode (shared
+metrics files, which cost a few microseconds per metric update) is on only with several workers.
 
     python benchmarks/gateway_bench.py [--quick]
 
@@ -69,7 +70,9 @@ def start(kind: str, workers: int, workdir: Path, port: int) -> subprocess.Popen
     else:
         name = "shield.toml" if kind == "guarded" else "shield-detect.toml"
         env["MODELSHIELD_CONFIG"] = str(workdir / name)
-        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=workdir)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if workers > 1:  # as `modelshield serve` does: shared metrics files only for workers
+            env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=workdir)
         target = "modelshield.gateway._server:create_app"
     # both servers start through the same launcher as `modelshield serve` (uvicorn, with
     # TCP_NODELAY on the listening socket when there are several workers)

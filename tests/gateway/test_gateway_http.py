@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -247,3 +248,46 @@ def test_npy_header_that_lies_about_its_size_is_400(live: LiveGateway) -> None:
         )
     assert r.status_code == 400
     assert "does not match" in r.json()["error"]["message"]
+
+
+def test_chunked_body_is_read_whole_and_limited(live: LiveGateway) -> None:
+    """Without a Content-Length the body arrives in several messages: all of them are read, and
+    the size limit still holds while reading."""
+    import orjson
+
+    body = orjson.dumps({"inputs": [[0.5] * 64] * 3})
+
+    def pieces(data: bytes, size: int) -> Iterator[bytes]:
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
+
+    with live.client() as c:
+        r = c.post(
+            "/v1/models/digits/predict",
+            content=pieces(body, 100),
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["labels"]) == 3
+        r = c.post(
+            "/v1/models/digits/predict",
+            content=pieces(b"[" * (2 * 1024 * 1024), 64 * 1024),
+            headers={"Content-Type": "application/json"},
+        )
+    assert r.status_code == 413
+
+
+def test_first_of_repeated_headers_counts(live: LiveGateway) -> None:
+    body = b'{"inputs": [[' + b", ".join([b"0.5"] * 64) + b"]]}"
+    good = f"Bearer {live.keys['alice']}"
+    with httpx.Client(base_url=live.url, timeout=10) as c:
+        url = "/v1/models/digits/predict"
+        first_good = [("Authorization", good), ("Authorization", "Bearer msk_bad")]
+        r = c.post(url, content=body, headers=[*first_good, ("Content-Type", "application/json")])
+        assert r.status_code == 200, r.text
+        first_bad = [("Authorization", "Bearer msk_bad"), ("Authorization", good)]
+        r = c.post(url, content=body, headers=[*first_bad, ("Content-Type", "application/json")])
+        assert r.status_code == 401
+        media = [("Content-Type", "application/x-npy"), ("Content-Type", "application/json")]
+        r = c.post(url, content=body, headers=[("Authorization", good), *media])
+        assert r.status_code == 400  # read as .npy, which this body is not

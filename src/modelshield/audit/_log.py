@@ -34,6 +34,7 @@ from modelshield.audit._records import (
     SegmentHead,
     WatermarkMark,
     head_mac,
+    input_hmac_state,
     marks_digest,
 )
 from modelshield.audit._store import AuditStore
@@ -114,6 +115,9 @@ class AuditLog:
         self._segment = f"{_safe_segment(writer_id)}.{suffix}" if writer_id else suffix
         self._store = store
         self._key = key
+        # keyed HMAC states set up once; each record or body hashes a copy
+        self._chain_mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._input_mac = input_hmac_state(key)
         self._clock = clock
         self._max_batch = max_batch
         self._max_linger = max_linger
@@ -147,6 +151,13 @@ class AuditLog:
         return self._segment
 
     # -- the request side -------------------------------------------------------------------
+
+    def input_digest(self, data: bytes) -> str:
+        """:func:`~modelshield.audit.input_digest` under this log's key (for the ``input_hmac``
+        of an event), a little cheaper: the keyed state is set up once per log."""
+        mac = self._input_mac.copy()
+        mac.update(data)
+        return mac.hexdigest()
 
     def _enqueue(self, pending: _Pending) -> None:
         if not isinstance(pending.event, AuditEvent):
@@ -297,7 +308,10 @@ class AuditLog:
         fields["seq"] = seq
         fields["kind"] = kind
         canonical = RECORD_DOMAIN + orjson.dumps(fields, option=_SORTED)
-        digest = hmac.digest(self._key, bytes.fromhex(prev) + canonical, hashlib.sha256).hex()
+        mac = self._chain_mac.copy()
+        mac.update(bytes.fromhex(prev))
+        mac.update(canonical)
+        digest = mac.hexdigest()
         return AuditRecord(**fields, prev_hash=prev, hash=digest)
 
     @staticmethod

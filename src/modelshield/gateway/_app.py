@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -123,11 +123,37 @@ def error_response(err: HttpError) -> Response:
 
 
 def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+    return _bearer_token(request.headers.get("authorization", ""))
+
+
+def _bearer_token(header: str) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise HttpError(401, "unauthenticated", "missing or malformed Authorization: Bearer header")
     return token.strip()
+
+
+def _predict_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str, str | None, str]:
+    """Authorization, Content-Length (``None`` when absent) and Content-Type of a request, in one
+    pass over the ASGI headers (names are lower case there); the first of repeated headers counts,
+    as with Starlette's ``Headers.get``."""
+    auth: bytes | None = None
+    length: bytes | None = None
+    media: bytes | None = None
+    for name, value in raw:
+        if name == b"authorization":
+            if auth is None:
+                auth = value
+        elif name == b"content-length":
+            if length is None:
+                length = value
+        elif name == b"content-type" and media is None:
+            media = value
+    return (
+        "" if auth is None else auth.decode("latin-1"),
+        None if length is None else length.decode("latin-1"),
+        "" if media is None else media.decode("latin-1"),
+    )
 
 
 def _map_error(exc: ShieldError) -> HttpError:
@@ -218,18 +244,27 @@ class Gateway:
         default_factory=dict, init=False, repr=False
     )
 
-    async def read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+    async def read_body(self, request: Request, declared: str | None) -> bytes:
+        """The body, at most ``max_body_bytes`` (``declared``: the Content-Length header).
+
+        Reads the ASGI messages directly rather than through ``Request.stream()`` (an async
+        generator per request)."""
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise HttpError(413, "too_large", f"body larger than {self.max_body_bytes} bytes")
+        receive = request.receive
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise HttpError(413, "too_large", f"body larger than {self.max_body_bytes} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -267,7 +302,8 @@ class Gateway:
         after: list[Callable[[], None]],
     ) -> Response:
         """Answer one prediction request; ``after`` collects what to run once it is answered."""
-        token = _bearer(request)
+        authorization, declared, content_type = _predict_headers(request.scope["headers"])
+        token = _bearer_token(authorization)
         try:
             client = self.registry.authenticate(token, now)
         except AuthenticationError as exc:
@@ -283,9 +319,9 @@ class Gateway:
         if tier is None:
             entry["reason"] = "tier"
             raise HttpError(403, "forbidden", "this key's tier is not configured")
-        body = await self.read_body(request)
+        body = await self.read_body(request, declared)
         entry["body"] = body
-        inputs = parse_inputs(body, request.headers.get("content-type", ""))
+        inputs = parse_inputs(body, content_type)
         batch = validate(predictor, inputs)
         entry["rows"] = int(batch.shape[0])
         self._observe_earlier(client.name, entry)  # their flag acts on this very request

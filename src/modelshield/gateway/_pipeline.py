@@ -136,7 +136,7 @@ def answer(
     checked = getattr(predictor, "predict_proba_validated", None)
     scores = checked(batch) if checked is not None else predictor.predict_proba(batch)
     classes = np.asarray(predictor.classes)
-    top = np.argmax(scores, axis=1)
+    top = scores.argmax(axis=1)
     marked = np.empty(0, dtype=np.intp)
     if marker is not None:
         marked, marked_labels = marker.mark(client, batch, scores)
