@@ -5,8 +5,9 @@ of issue 7. Everything is in-process: the thief queries the victim through the r
 exactly as the gateway applies it (labels with the marked rows changed), with the parameters given
 here: ``--share 0.0005 --uncertain-share 0.3 --probes 16`` by default (the gateway's ``init``
 profile; ``--share 0.0035 --uncertain-share 0.2`` was the previous profile, see docs/watermark.md;
-``--share 0.008 --uncertain-share 0 --probes 0`` was the first measurement's setting). ``response_cost_honest`` is the share of answers changed for
-five held-out honest clients; ``response_cost`` counts every client, thieves included.
+``--share 0.008 --uncertain-share 0 --probes 0`` was the first measurement's setting).
+``response_cost_honest`` is the share of answers changed for five held-out honest clients;
+``response_cost`` counts every client, thieves included.
 
 Every copy is traced twice: from its labels (``response_verified_share`` and the keys of issue 7)
 and, as a suspect that exposes its probabilities would allow, from its scores (``*_scores`` keys;
