@@ -208,6 +208,23 @@ def copies(quick: bool) -> list[tuple[str, Any]]:
     return out
 
 
+def _share_figures(qualifying: list[dict[str, Any]], suffix: str) -> dict[str, float]:
+    """The issue's keys for copies traced from their labels (``""``) or scores (``"_scores"``)."""
+    prefix = "scores_" if suffix else ""
+
+    def share(column: str) -> float:
+        values = [r[prefix + column] for r in qualifying]
+        return round(float(np.mean(values)), 3) if values else 0.0
+
+    return {
+        f"response_verified_share{suffix}": share("verified"),
+        f"response_p_after_extraction{suffix}": (
+            float(np.median([r[prefix + "p"] for r in qualifying])) if qualifying else 1.0
+        ),
+        f"trace_correct_client{suffix}": share("named"),
+    }
+
+
 def response_section(data: Any, victim: Any, quick: bool, args: Any) -> dict[str, Any]:
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
@@ -299,24 +316,8 @@ def response_section(data: Any, victim: Any, quick: bool, args: Any) -> dict[str
         "response_cost_honest": round(response_cost(held_out, 5000), 4),
         "response_copies": len(rows),
         "response_qualifying": len(qualifying),
-        "response_verified_share": round(
-            float(np.mean([r["verified"] for r in qualifying])) if qualifying else 0.0, 3
-        ),
-        "response_p_after_extraction": float(np.median([r["p"] for r in qualifying]))
-        if qualifying
-        else 1.0,
-        "trace_correct_client": round(
-            float(np.mean([r["named"] for r in qualifying])) if qualifying else 0.0, 3
-        ),
-        "response_verified_share_scores": round(
-            float(np.mean([r["scores_verified"] for r in qualifying])) if qualifying else 0.0, 3
-        ),
-        "response_p_after_extraction_scores": float(np.median([r["scores_p"] for r in qualifying]))
-        if qualifying
-        else 1.0,
-        "trace_correct_client_scores": round(
-            float(np.mean([r["scores_named"] for r in qualifying])) if qualifying else 0.0, 3
-        ),
+        **_share_figures(qualifying, ""),
+        **_share_figures(qualifying, "_scores"),
         "response_rows": rows,
         "records": records,
         "verify": verify,

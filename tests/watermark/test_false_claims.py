@@ -72,10 +72,9 @@ def test_no_independent_model_verifies_against_the_trigger_set(
     assert all(r.p_value > 1e-4 for r in results.values())
 
 
-@pytest.mark.parametrize("probes", [0, 16])
-def test_no_independent_model_carries_a_response_watermark(
-    independent: list[tuple[str, Any]], demo_model: DemoModel, probes: int
-) -> None:
+@pytest.fixture(scope="module")
+def client_records(demo_model: DemoModel) -> dict[str, list[Any]]:
+    """Four clients' marked answers (900 digits each, 5% marked)."""
     from sklearn.datasets import load_digits
 
     digits = (load_digits().data / 16.0).astype(np.float32)
@@ -87,6 +86,14 @@ def test_no_independent_model_carries_a_response_watermark(
         queries = digits[order[:900]]
         marks = wm.select(f"client{i}", queries, outputs=victim.predict_proba(queries))
         records[f"client{i}"] = list(marks.records)
+    return records
+
+
+@pytest.mark.parametrize("probes", [0, 16])
+def test_no_independent_model_carries_a_response_watermark(
+    independent: list[tuple[str, Any]], client_records: dict[str, list[Any]], probes: int
+) -> None:
+    records = client_records
     for name, model in independent:
         results = trace(model.predict, records, classes=CLASSES, input_shape=(64,), probes=probes)
         assert not any(r.verified for r in results), name
@@ -94,19 +101,9 @@ def test_no_independent_model_carries_a_response_watermark(
 
 
 def test_no_independent_model_carries_a_response_watermark_in_its_scores(
-    independent: list[tuple[str, Any]], demo_model: DemoModel
+    independent: list[tuple[str, Any]], client_records: dict[str, list[Any]]
 ) -> None:
-    from sklearn.datasets import load_digits
-
-    digits = (load_digits().data / 16.0).astype(np.float32)
-    victim = demo_model.estimator
-    wm = ResponseWatermark(KEY, classes=CLASSES, share=0.05, image_shape=(8, 8))
-    records = {}
-    for i in range(4):
-        order = np.random.default_rng(i).permutation(len(digits))
-        queries = digits[order[:900]]
-        marks = wm.select(f"client{i}", queries, outputs=victim.predict_proba(queries))
-        records[f"client{i}"] = list(marks.records)
+    records = client_records
     for name, model in independent:
         # probabilities where the model has them, decision values (read as logits) elsewhere
         scores = model.predict_proba if hasattr(model, "predict_proba") else model.decision_function
