@@ -138,6 +138,11 @@ class HookedStore:
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
+    def claim(self, key: str, seconds: float, now: float) -> bool:
+        if self.down:
+            raise ServiceUnavailableError("detector state store unavailable: test")
+        return self.inner.claim(key, seconds, now)
+
     def close(self) -> None:
         return None
 
@@ -298,3 +303,33 @@ def test_a_batch_that_never_wins_the_race_is_still_observed_and_logged(
     assert "kept changing on other replicas" in caplog.text
     assert _seen(a, "alice") == 30  # observed once on the last state read, not five times
     assert evidence["scores"]  # and the verdict of that observation is returned
+
+
+def test_an_alert_is_raised_by_one_replica_per_interval(
+    fitted: Any, victim: Predictor, redis_store: RedisDetectorStateStore
+) -> None:
+    alert_only = ResponsePolicy({"standard": TierPolicy((Rule("alert"),))}, default_tier="standard")
+    replicas = [
+        DetectionObserver(
+            copy.deepcopy(fitted), alert_only, group=None, state=redis_store, namespace="digits"
+        )
+        for _ in range(2)
+    ]
+    raised = []
+    for i, (x, p) in enumerate(_batches(victim, 12, 10, seed=8)):
+        _, evidence = replicas[i % 2].observe("thief", x, p, float(i))
+        raised.append("alert" in evidence)
+    # the noise thief trips the detectors on both replicas, but only the first alert goes out
+    assert sum(raised) == 1, raised
+
+
+def test_an_unreachable_store_still_lets_alerts_out(fitted: Any, victim: Predictor) -> None:
+    store = HookedStore()
+    alert_only = ResponsePolicy({"standard": TierPolicy((Rule("alert"),))}, default_tier="standard")
+    a = DetectionObserver(copy.deepcopy(fitted), alert_only, group=None, state=store)
+    store.down = True
+    raised = [
+        "alert" in a.observe("thief", x, p, float(i))[1]
+        for i, (x, p) in enumerate(_batches(victim, 12, 10, seed=9))
+    ]
+    assert sum(raised) == 1  # raised once, then rate-limited by this replica as before

@@ -122,6 +122,19 @@ def test_large_binary_state_round_trips(handles: Factory) -> None:
     assert handles().load("m:big", "?") == (saved["m:big"], blob)
 
 
+def test_a_claim_is_granted_once_per_interval_across_handles(handles: Factory) -> None:
+    import time
+
+    a, b = handles(), handles()
+    now = time.time()
+    assert a.claim("m:alert:alice", 0.3, now)
+    assert not b.claim("m:alert:alice", 0.3, now + 0.1)
+    assert b.claim("m:alert:bob", 0.3, now + 0.1)  # per key
+    time.sleep(0.4)  # Redis times claims out on its own clock
+    assert b.claim("m:alert:alice", 0.3, now + 0.4)
+    assert not a.claim("m:alert:alice", 0.3, now + 0.5)
+
+
 def test_redis_keys_expire_when_idle(redis_url: str) -> None:
     import redis
 

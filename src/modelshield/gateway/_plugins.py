@@ -129,6 +129,8 @@ class DetectionObserver:
                 last = self._alerted.get(client)
                 if last is not None and now - last < self.alert_interval:
                     alert = None  # raised recently: the audit and the log have it already
+                elif not self._claim_alert(client, now):
+                    alert = None  # another replica raised it within the interval
                 else:
                     self._alerted[client] = now
         latest = {
@@ -202,6 +204,18 @@ class DetectionObserver:
             self.suite.forget(old)
             self._versions.pop(old, None)
         return result
+
+    def _claim_alert(self, client: str, now: float) -> bool:
+        """Whether this replica raises ``client``'s alert: with a shared store, only the first
+        replica in each ``alert_interval`` does; an unreachable store raises it here (an alert
+        too many rather than none)."""
+        if self.state is None:
+            return True
+        try:
+            return self.state.claim(f"{self.namespace}:alert:{client}", self.alert_interval, now)
+        except ServiceUnavailableError as exc:
+            _log.warning("alert not deduplicated across replicas: %s", exc)
+            return True
 
     def _sync(self, store: DetectorStateStore, key: str) -> None:
         """Make the local state of ``key`` the store's, when the store has a newer one."""

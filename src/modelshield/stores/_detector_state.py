@@ -50,6 +50,11 @@ class DetectorStateStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def claim(self, key: str, seconds: float, now: float) -> bool:
+        """``True`` for the first caller, on any replica, in each ``seconds`` under ``key`` (a
+        shared rate limit, for alerts); ``now`` is the caller's clock."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -59,6 +64,7 @@ class MemoryDetectorStateStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._data: dict[str, tuple[str, bytes]] = {}
+        self._claims: dict[str, float] = {}  # key -> until
 
     def load(self, key: str, known: str) -> tuple[str, bytes | None]:
         with self._lock:
@@ -78,6 +84,13 @@ class MemoryDetectorStateStore:
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
+
+    def claim(self, key: str, seconds: float, now: float) -> bool:
+        with self._lock:
+            if self._claims.get(key, float("-inf")) > now:
+                return False
+            self._claims[key] = now + seconds
+            return True
 
     def close(self) -> None:
         return None
@@ -161,8 +174,23 @@ class RedisDetectorStateStore:
                 f"detector state store unavailable: {type(exc).__name__}"
             ) from None
 
+    def claim(self, key: str, seconds: float, now: float) -> bool:
+        # Redis's own clock times the claim out (SET NX PX): replicas' clocks do not matter here
+        try:
+            return bool(
+                self._redis.set(f"{self._prefix}:claim:{key}", b"1", nx=True, px=_ms(seconds))
+            )
+        except self._errors as exc:
+            raise ServiceUnavailableError(
+                f"detector state store unavailable: {type(exc).__name__}"
+            ) from None
+
     def close(self) -> None:
         self._redis.close()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 _SCHEMA = [
@@ -173,6 +201,10 @@ _SCHEMA = [
         updated_at DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS ms_detector_state_updated ON ms_detector_state (updated_at)",
+    """CREATE TABLE IF NOT EXISTS ms_detector_claims (
+        key TEXT PRIMARY KEY,
+        until DOUBLE PRECISION NOT NULL
+    )""",
 ]
 _SCHEMA_LOCK = 0x6D73_6465_7465  # advisory lock id: schema creation by several replicas at once
 
@@ -252,6 +284,20 @@ class PostgresDetectorStateStore:
             conn.execute("DELETE FROM ms_detector_state WHERE key = %s", (key,))
 
         self._session.run(run)
+
+    def claim(self, key: str, seconds: float, now: float) -> bool:
+        # one statement: insert, or take over a claim that has run out (replicas' clocks
+        # must agree to well under ``seconds``, as for the rate limits)
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
+            row = conn.execute(
+                "INSERT INTO ms_detector_claims (key, until) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until"
+                " WHERE ms_detector_claims.until <= %s RETURNING key",
+                (key, now + seconds, now),
+            ).fetchone()
+            return row is not None
+
+        return self._session.run(run)
 
     def close(self) -> None:
         self._session.close()
