@@ -84,3 +84,42 @@ GOOD = {"detector": "d", "version": 2, "meta": None}
 def test_malformed_states_are_refused(blob: bytes, message: str) -> None:
     with pytest.raises(DetectorError, match=message):
         decode_state("d", blob)
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        _forge({**GOOD, "meta": None, "arrays": []}).replace(
+            b'"arrays": []', b'"arrays": ' + b"[" * 100_000
+        ),
+        _forge({**GOOD, "arrays": [["x", "(1,", [1], 0, 4]]}, b"\0" * 16),  # numpy parses it
+        _forge({**GOOD, "arrays": [["x", "<f4", [1e400], 0, 4]]}, b"\0" * 16),
+    ],
+)
+def test_pathological_headers_are_refused_cleanly(blob: bytes) -> None:
+    with pytest.raises(DetectorError):
+        decode_state("d", blob)
+
+
+def test_overlapping_arrays_cannot_multiply_a_small_blob() -> None:
+    # 200 entries pointing at the same 64 KiB would otherwise decode to 12.5 MiB
+    entries = [[f"a{i}", "|u1", [65536], 0, 65536] for i in range(200)]
+    with pytest.raises(DetectorError, match="bad array"):
+        decode_state("d", _forge({**GOOD, "arrays": entries}, b"\0" * 65536))
+    too_many = [[f"a{i}", "|u1", [0], 0, 0] for i in range(5000)]
+    with pytest.raises(DetectorError, match="bad array table"):
+        decode_state("d", _forge({**GOOD, "arrays": too_many}))
+
+
+def test_a_state_naming_more_classes_than_the_detector_has_is_refused(
+    reference: tuple[np.ndarray, np.ndarray],
+) -> None:
+    from modelshield.detect import PradaDetector
+
+    prada = PradaDetector().fit(*reference)
+    arrays, meta = decode_state("prada", prada.state_dict("c"))
+    meta["sets"] = {str(k): [0, 0, 0, 0.0, 0.0, 0.0] for k in range(prada.n_classes_ + 1)}
+    for k in range(prada.n_classes_ + 1):
+        arrays[f"rows_{k}"] = np.zeros((0, prada.dim_), np.float32)
+    with pytest.raises(DetectorError):
+        prada.load_state_dict("c", encode_state("prada", arrays, meta))

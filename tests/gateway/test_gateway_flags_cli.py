@@ -58,21 +58,24 @@ def test_flags_need_a_shared_state_store(tmp_path: Path) -> None:
 
 
 def test_clearing_a_flag_resets_the_shared_detector_state(tmp_path: Path, redis_url: str) -> None:
+    from modelshield.gateway._plugins import state_key
     from modelshield.stores import ABSENT, RedisDetectorStateStore
 
     path = write_config(tmp_path, f"[state]\nurl = '{redis_url}'\n[detection]\nenabled = true\n")
     client = f"flagged-{uuid.uuid4().hex[:8]}"
     state = RedisDetectorStateStore(redis_url)
     try:
-        assert state.save({f"digits:{client}": (ABSENT, b"state")}) is not None
-        assert state.save({f"digits:{client}-other": (ABSENT, b"state")}) is not None
+        assert state.save({state_key("digits", client): (ABSENT, b"state")}) is not None
+        assert state.save({state_key("digits", f"{client}-other"): (ABSENT, b"state")}) is not None
         r = run("flags", "clear", client, "--config", str(path), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "detector state reset" in r.stdout
-        assert state.load(f"digits:{client}", "?") == (ABSENT, None)
-        assert state.load(f"digits:{client}-other", "?")[1] == b"state"  # only that client
+        assert state.load(state_key("digits", client), "?") == (ABSENT, None)
+        assert (
+            state.load(state_key("digits", f"{client}-other"), "?")[1] == b"state"
+        )  # only that client
     finally:
-        state.delete(f"digits:{client}-other")
+        state.delete(state_key("digits", f"{client}-other"))
         state.close()
     config = load_config(path)
     log = open_audit_store(config.audit.url)

@@ -25,7 +25,7 @@ from modelshield.detect import ResponsePolicy, Rule, TierPolicy
 from modelshield.errors import ServiceUnavailableError
 from modelshield.gateway import ServerThread, build_app, open_gateway
 from modelshield.gateway._detection import fit_and_calibrate
-from modelshield.gateway._plugins import DetectionObserver
+from modelshield.gateway._plugins import DetectionObserver, state_key
 from modelshield.models import Predictor, load_model
 from modelshield.stores import (
     ABSENT,
@@ -157,7 +157,7 @@ def test_a_save_that_lost_the_race_is_observed_again_on_the_winner_state(
     # b saves alice's state between a's load and a's save
     store.before_save = lambda: b.observe("alice", x2, p2, 1.0)
     a.observe("alice", x3, p3, 2.0)
-    assert store.saves == 4  # a, b, a refused, a again
+    assert store.saves == 7  # a (client, group), b (both), a's client refused, a again (both)
     check = _replica(fitted, store)
     check.observe("alice", x1[:1], p1[:1], 3.0)
     assert _seen(check, "alice") == 7 + 7 + 7 + 1  # nothing lost, nothing counted twice
@@ -167,7 +167,7 @@ def test_an_outage_of_the_store_keeps_detection_going_and_is_saved_after(
     fitted: Any, victim: Predictor, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = HookedStore()
-    a = _replica(fitted, store)
+    a = _replica(fitted, store, store_retry=0.0)  # try the store again at once
     batches = _batches(victim, 3, 5, seed=3)
     a.observe("alice", *batches[0], 0.0)
     store.down = True
@@ -198,7 +198,7 @@ def test_an_unreadable_state_in_the_store_is_replaced(
     fitted: Any, victim: Predictor, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = MemoryDetectorStateStore()
-    assert store.save({"digits:alice": (ABSENT, b"not a detector state")}) is not None
+    assert store.save({state_key("digits", "alice"): (ABSENT, b"not a detector state")}) is not None
     a = _replica(fitted, store)
     x, p = _batches(victim, 1, 4, seed=5)[0]
     with caplog.at_level(logging.ERROR, logger="modelshield.gateway._plugins"):
@@ -276,7 +276,7 @@ def test_forget_drops_the_client_here_and_in_the_store(fitted: Any, victim: Pred
     a.forget("alice")
     assert "alice" not in a.suite.detector("prada").clients()
     assert a.pending_clients() == []
-    assert store.load("digits:alice", "?") == (ABSENT, None)
+    assert store.load(state_key("digits", "alice"), "?") == (ABSENT, None)
     b.observe("alice", x, p, 2.0)
     assert _seen(b, "alice") == 4  # afresh
     b.observe("bob", x, p, 2.0)
@@ -299,7 +299,7 @@ def test_a_batch_that_never_wins_the_race_is_still_observed_and_logged(
     x, p = _batches(victim, 1, 30, seed=7)[0]
     with caplog.at_level(logging.WARNING, logger="modelshield.gateway._plugins"):
         _, evidence = a.observe("alice", x, p, 0.0)
-    assert store.saves == 5  # bounded: it gives up after five tries
+    assert store.saves == 5  # bounded: it gives up after five tries (the client's key only)
     assert "kept changing on other replicas" in caplog.text
     assert _seen(a, "alice") == 30  # observed once on the last state read, not five times
     assert evidence["scores"]  # and the verdict of that observation is returned
@@ -333,3 +333,52 @@ def test_an_unreachable_store_still_lets_alerts_out(fitted: Any, victim: Predict
         for i, (x, p) in enumerate(_batches(victim, 12, 10, seed=9))
     ]
     assert sum(raised) == 1  # raised once, then rate-limited by this replica as before
+
+
+class CountingStore(HookedStore):
+    """A HookedStore that counts every call reaching it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def load(self, key: str, known: str) -> tuple[str, bytes | None]:
+        self.calls += 1
+        return super().load(key, known)
+
+    def save(self, updates: Mapping[str, tuple[str, bytes]]) -> dict[str, str] | None:
+        self.calls += 1
+        return super().save(updates)
+
+
+def test_a_failing_store_is_left_alone_for_a_while(fitted: Any, victim: Predictor) -> None:
+    # the observations run on the event loop: an unreachable store must not cost a timeout each
+    store = CountingStore()
+    store.down = True
+    a = _replica(fitted, store, store_retry=60.0)
+    for i, (x, p) in enumerate(_batches(victim, 5, 4, seed=10)):
+        a.observe("alice", x, p, float(i))
+    assert store.calls == 1
+    assert _seen(a, "alice") == 20  # detection went on with this process's state
+
+
+def test_a_lost_race_then_a_failed_reload_does_not_count_the_batch_twice(
+    fitted: Any, victim: Predictor
+) -> None:
+    store = HookedStore()
+    a = _replica(fitted, store, store_retry=0.0)
+    b = _replica(fitted, store)
+    (x1, p1), (x2, p2), (x3, p3) = _batches(victim, 3, 7, seed=11)
+    a.observe("alice", x1, p1, 0.0)
+
+    def race_then_outage() -> None:
+        b.observe("alice", x2, p2, 1.0)
+        store.down = True
+
+    store.before_save = race_then_outage
+    a.observe("alice", x3, p3, 2.0)
+    assert _seen(a, "alice") == 7  # this batch once, on an empty state; never 7 + 7 + 7
+    store.down = False
+    check = _replica(fitted, store)
+    check.observe("alice", x1[:1], p1[:1], 3.0)
+    assert _seen(check, "alice") == 15  # the store kept b's state: 7 + 7, plus this row

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from modelshield.cli._app import console
 from modelshield.config import Config
-from modelshield.errors import ConfigError
+from modelshield.errors import ConfigError, ServiceUnavailableError
 from modelshield.gateway import LimitStore
 
 flags_app = typer.Typer(
@@ -67,7 +67,6 @@ def clear_flag(
         store.set_flag(client, None)
     finally:
         store.close()
-    forgotten = _forget_detector_state(settings, client)
     key = audit.audit_key_from_config(settings)
     log_store = open_audit_store(settings.audit.url)
     try:
@@ -84,28 +83,46 @@ def clear_flag(
                     decision="admin",
                     reason=f"flag:{client}:clear",
                     status=200,
-                    extra={"previous": previous, "detector_state_reset": forgotten},
+                    extra={
+                        "previous": previous,
+                        "detector_state_reset": _shares_detector_state(settings),
+                    },
                 )
             ).result(timeout=30)
     finally:
         log_store.close()
+    # after the audit record: a store that fails here leaves the clear audited, and says so
+    try:
+        forgotten = _forget_detector_state(settings, client)
+    except ServiceUnavailableError as exc:
+        raise ServiceUnavailableError(
+            f"cleared {client}'s flag (audited), but its detector state could not be reset: "
+            f"{exc}; run the command again"
+        ) from None
     reset = "; detector state reset" if forgotten else ""
     console.print(f"cleared {client}'s flag ({previous or 'none'}){reset}; audited")
+
+
+def _shares_detector_state(config: Config) -> bool:
+    return config.detection.enabled and not (
+        config.detection.state_url or config.state.url
+    ).startswith("memory://")
 
 
 def _forget_detector_state(config: Config, client: str) -> bool:
     """Delete ``client``'s shared detector state for every model (its detectors would raise the
     flag again); ``False`` when detection is off or its state is per process."""
     from modelshield.gateway._detection import detector_state_store
+    from modelshield.gateway._plugins import state_key
 
-    if not config.detection.enabled:
+    if not _shares_detector_state(config):
         return False
     state = detector_state_store(config)
     if state is None:
         return False
     try:
         for model in config.models:
-            state.delete(f"{model}:{client}")
+            state.delete(state_key(model, client))
     finally:
         state.close()
     return True

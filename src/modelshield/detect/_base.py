@@ -227,6 +227,7 @@ _STATE_MAGIC = b"MSDS"
 _STATE_HEAD = struct.Struct("<4sI")  # magic, length of the JSON header
 _STATE_ALIGN = 16
 _STATE_KINDS = frozenset("biuf")  # numbers and booleans only: nothing that could hold objects
+_STATE_MAX_ARRAYS = 4096
 
 
 def encode_state(detector: str, arrays: Mapping[str, npt.NDArray[Any]], meta: Any) -> bytes:
@@ -272,8 +273,8 @@ def decode_state(detector: str, data: bytes) -> tuple[dict[str, npt.NDArray[Any]
         if start > len(data):
             raise ValueError("truncated header")
         header = json.loads(bytes(data[_STATE_HEAD.size : start]))
-    except (struct.error, ValueError, UnicodeDecodeError) as exc:
-        raise DetectorError(f"cannot read {detector} state: {exc}") from None
+    except (struct.error, ValueError, TypeError, RecursionError) as exc:
+        raise DetectorError(f"cannot read {detector} state: {str(exc)[:200]}") from None
     if not isinstance(header, dict) or header.get("detector") != detector:
         raise DetectorError(f"state does not belong to detector {detector!r}")
     if header.get("version") != STATE_FORMAT_VERSION:
@@ -281,21 +282,28 @@ def decode_state(detector: str, data: bytes) -> tuple[dict[str, npt.NDArray[Any]
     body = memoryview(data)[start:]
     arrays: dict[str, npt.NDArray[Any]] = {}
     try:
-        for name, dtype_text, shape, offset, nbytes in header["arrays"]:
+        entries = header["arrays"]
+        if not isinstance(entries, list) or len(entries) > _STATE_MAX_ARRAYS:
+            raise ValueError("bad array table")
+        end = 0  # arrays lie in order and never overlap: a blob never yields more than its size
+        for name, dtype_text, shape, offset, nbytes in entries:
+            if not isinstance(dtype_text, str) or not dtype_text.isascii():
+                raise ValueError(f"bad array entry {name!r}")
             dtype = np.dtype(dtype_text)
             count = math.prod(shape)
             if (
                 dtype.kind not in _STATE_KINDS
                 or min(shape, default=0) < 0
-                or offset < 0
+                or offset < end
                 or nbytes != count * dtype.itemsize
                 or offset + nbytes > len(body)
             ):
                 raise ValueError(f"bad array entry {name!r}")
             array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
             arrays[str(name)] = array.reshape(shape).copy()
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DetectorError(f"cannot read {detector} state: {exc}") from None
+            end = offset + nbytes
+    except (KeyError, TypeError, ValueError, SyntaxError, OverflowError) as exc:
+        raise DetectorError(f"cannot read {detector} state: {str(exc)[:200]}") from None
     return arrays, header.get("meta")
 
 
@@ -436,8 +444,8 @@ class StatefulDetector(Generic[S]):
         arrays, meta = decode_state(self.name, data)
         try:
             self.states_[client] = self._unpack(arrays, meta)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise DetectorError(f"cannot read {self.name} state: {exc!r}") from None
+        except Exception as exc:  # whatever a malformed state breaks: one error type
+            raise DetectorError(f"cannot read {self.name} state: {type(exc).__name__}") from None
 
     def forget(self, client: str) -> None:
         """Drop ``client``'s state (for example when an admin clears a flag)."""

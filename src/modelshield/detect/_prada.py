@@ -299,7 +299,12 @@ class PradaDetector(StatefulDetector[_PradaState]):
             int(v) for v in meta["scalars"]
         )
         state.w, state.tested = float(meta["w"]), bool(meta["tested"])
-        for key, (fill, pos, n, mean, m2, thr) in meta["sets"].items():
+        sets = meta["sets"]
+        if not isinstance(sets, dict) or len(sets) > self.n_classes_:
+            raise ValueError("more growing sets than classes")  # before allocating any
+        for key, (fill, pos, n, mean, m2, thr) in sets.items():
+            if not 0 <= int(key) < self.n_classes_:
+                raise ValueError(f"no class {key!r}")
             stored = np.asarray(arrays[f"rows_{key}"], np.float32)
             if stored.shape != (int(fill), self.dim_) or int(fill) > self.max_set_rows:
                 raise ValueError("growing set has the wrong shape")

@@ -249,7 +249,12 @@ class Gateway:
 
         Reads the ASGI messages directly rather than through ``Request.stream()`` (an async
         generator per request)."""
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > self.max_body_bytes
+        ):
             raise HttpError(413, "too_large", f"body larger than {self.max_body_bytes} bytes")
         receive = request.receive
         chunks: list[bytes] = []

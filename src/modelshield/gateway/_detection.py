@@ -168,7 +168,7 @@ def build_observer(
 def detector_state_store(config: Config) -> DetectorStateStore | None:
     """Where the detectors' state is shared: ``[detection] state_url``, else ``[state] url``
     when that is Redis; ``None`` (each process its own) for ``memory://``."""
-    url = config.detection.state_url or config.state.url
+    url = config.detection.state_url or config.state.url  # [state] url: memory:// or Redis
     if url.startswith("memory://"):
         return None
     return open_detector_state_store(url)

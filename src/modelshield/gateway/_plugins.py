@@ -15,16 +15,23 @@ no next request flushes are observed by the gateway's idle flush shortly after.
 
 Shared state (several replicas): with a :class:`~modelshield.stores.DetectorStateStore`, each
 observation first brings the client's (and its group's) state up to date from the store when
-another replica has written it since, observes, and saves with compare-and-set; when another
-replica saved in between, it reloads and observes again. So a client whose requests are spread
-over replicas is observed on all of its rows. While the store is unreachable, each replica goes on
-with the state it holds and saves it once the store answers again.
+another replica has written it since, observes, and saves the client's state with
+compare-and-set; when another replica saved in between, it starts again from the store's state.
+So a client whose requests are spread over replicas is observed on all of its rows, once each.
+The group's state (the view over all clients) is saved after the client's, with a
+compare-and-set of its own that is not retried: under contention a replica's share of the group
+view can be lost, never counted twice. After a store failure the observer leaves the store alone
+for ``store_retry`` seconds (the observations run on the event loop) and goes on with the state
+it holds; that state reaches the store later only if no other replica wrote the client in the
+meantime, otherwise the rows of the outage stay observed (with their flags) but leave the shared
+history.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +56,15 @@ MAX_PENDING_ROWS = 4096
 _STALE = "?"
 #: Observations of one batch at most, when other replicas keep saving the same keys first.
 _MAX_ATTEMPTS = 5
+#: After a failure of the shared store, how long observations use only this process's state.
+STORE_RETRY_SECONDS = 10.0
+
+
+def state_key(namespace: str, key: str) -> str:
+    """The shared store's key for ``key`` (a client, or a suite's group key) of the model
+    ``namespace``: the namespace's length comes first, so that model ``a`` with client ``b:c``
+    and model ``a:b`` with client ``c`` never share a key."""
+    return f"{len(namespace)}.{namespace}:{key}"
 
 
 @dataclass(slots=True)
@@ -79,7 +95,7 @@ class DetectionObserver:
     ``state`` (optional) shares the detectors' state with other replicas under keys prefixed
     ``namespace`` (the model's name); see the module docstring. Then at most ``max_cached``
     clients' states are kept in this process (least recently observed dropped first: the store
-    holds them).
+    holds them). After a store failure the store is left alone for ``store_retry`` seconds.
     """
 
     def __init__(
@@ -93,6 +109,7 @@ class DetectionObserver:
         state: DetectorStateStore | None = None,
         namespace: str = "",
         max_cached: int = 1024,
+        store_retry: float = STORE_RETRY_SECONDS,
     ) -> None:
         self.suite = suite
         self.policy = policy
@@ -102,7 +119,9 @@ class DetectionObserver:
         self.state = state
         self.namespace = namespace
         self.max_cached = max_cached
+        self.store_retry = store_retry
         self._versions: dict[str, str] = {}  # key -> version of the store this state matches
+        self._store_down_until = 0.0  # monotonic time before which the store is not tried
         self._cached: OrderedDict[str, None] = OrderedDict()  # clients, least recent first
         self._lock = threading.Lock()
         self._alerted: dict[str, float] = {}  # client -> time of its last alert
@@ -154,6 +173,18 @@ class DetectionObserver:
             evidence["alert"] = out["alert"]  # audited even when the flag does not escalate
         return flag, evidence
 
+    def _key(self, key: str) -> str:
+        return state_key(self.namespace, key)
+
+    def _store_usable(self) -> bool:
+        return time.monotonic() >= self._store_down_until
+
+    def _store_failed(self, exc: Exception) -> None:
+        # a circuit breaker: the observations run on the event loop, so an unreachable store
+        # must cost one timeout per store_retry seconds, not one per observation
+        self._store_down_until = time.monotonic() + self.store_retry
+        _log.warning("detector state not shared for %.0f s: %s", self.store_retry, exc)
+
     def _observe_shared(
         self,
         store: DetectorStateStore,
@@ -163,33 +194,36 @@ class DetectionObserver:
         now: float,
         tier: str,
     ) -> Any:
+        """Observe with the client's state shared; the group's state is saved separately and
+        only when nobody else saved it first (see the module docstring)."""
         keys = self.suite.state_keys(client, self.group)
         result = None
-        for _ in range(_MAX_ATTEMPTS):
+        for attempt in range(_MAX_ATTEMPTS):
+            if attempt and not self._store_usable():
+                break
             for key in keys:
                 self._sync(store, key)
             result = self.suite.observe(
                 client, inputs, scores, now, group=self.group, tier=tier or None
             )
-            updates = {
-                f"{self.namespace}:{key}": (
-                    self._versions.get(key, _STALE),
-                    self.suite.state_dict(key),
-                )
-                for key in keys
-            }
-            try:
-                saved = store.save(updates)
-            except ServiceUnavailableError as exc:
-                # go on with this state; it is saved (same expected versions) once the store
-                # answers, unless another replica wrote these keys in the meantime
-                _log.warning("detector state not shared: %s", exc)
+            if not self._store_usable():
+                break  # goes on with this state; saved when the store is back (see _sync)
+            verdict = self._save(store, keys[0])
+            for key in keys[1:] if verdict else ():  # the group, once the client is saved
+                if self._save(store, key) is False:
+                    # another replica saved the group first: read its state next time; this
+                    # batch's share of the group view is lost (counted by the other replicas'
+                    # own rows), never counted twice
+                    self.suite.forget(key)
+                    self._versions[key] = _STALE
+            if verdict is not False:
                 break
-            if saved is not None:
-                for key in keys:
-                    self._versions[key] = saved[f"{self.namespace}:{key}"]
-                break
-            for key in keys:  # another replica saved first: observe again on its state
+            # another replica saved this client first: observe again on its state, starting
+            # from nothing here so that a failed reload cannot count the batch twice (after
+            # the last attempt the state with this batch stays, to be replaced at the next read)
+            for key in keys:
+                if attempt < _MAX_ATTEMPTS - 1:
+                    self.suite.forget(key)
                 self._versions[key] = _STALE
         else:
             _log.warning(
@@ -205,42 +239,64 @@ class DetectionObserver:
             self._versions.pop(old, None)
         return result
 
+    def _save(self, store: DetectorStateStore, key: str) -> bool | None:
+        """Save ``key``: ``True`` when saved, ``False`` when another replica saved first,
+        ``None`` when the store failed (the state stays here, unsaved)."""
+        try:
+            saved = store.save(
+                {self._key(key): (self._versions.get(key, _STALE), self.suite.state_dict(key))}
+            )
+        except ServiceUnavailableError as exc:
+            self._store_failed(exc)
+            return None
+        if saved is None:
+            return False
+        self._versions[key] = saved[self._key(key)]
+        return True
+
     def _claim_alert(self, client: str, now: float) -> bool:
         """Whether this replica raises ``client``'s alert: with a shared store, only the first
         replica in each ``alert_interval`` does; an unreachable store raises it here (an alert
         too many rather than none)."""
-        if self.state is None:
+        if self.state is None or not self._store_usable():
             return True
         try:
-            return self.state.claim(f"{self.namespace}:alert:{client}", self.alert_interval, now)
+            return self.state.claim(self._key(f"alert:{client}"), self.alert_interval, now)
         except ServiceUnavailableError as exc:
-            _log.warning("alert not deduplicated across replicas: %s", exc)
+            self._store_failed(exc)
             return True
 
     def _sync(self, store: DetectorStateStore, key: str) -> None:
         """Make the local state of ``key`` the store's, when the store has a newer one."""
+        if not self._store_usable():
+            return  # observe on what this process holds
         known = self._versions.get(key, _STALE)
         try:
-            version, data = store.load(f"{self.namespace}:{key}", known)
+            version, data = store.load(self._key(key), known)
         except ServiceUnavailableError as exc:
-            _log.warning("detector state not shared: %s", exc)
-            return  # observe on what this process holds
+            self._store_failed(exc)
+            return
         if version == known:
             return
-        self._versions[key] = version
         if data is None:  # absent from the store (new, expired or deleted)
             self.suite.forget(key)
-            return
-        try:
-            self.suite.load_state_dict(key, data)
-        except DetectorError as exc:
-            # the suite dropped the key; the next save replaces the unreadable state
-            _log.error("unreadable detector state in the store for %s: %s", key, exc)
+        else:
+            try:
+                self.suite.load_state_dict(key, data)
+            except DetectorError as exc:
+                # the suite dropped the key; the next save replaces the unreadable state
+                _log.error("unreadable detector state in the store for %s: %s", key, exc)
+        self._versions[key] = version  # only once the local state is the store's (or empty)
 
     def forget(self, client: str) -> None:
         """Start ``client`` afresh (an admin cleared its flag): drop its deferred rows, its
-        detector state here and in the shared store, and its alert time."""
+        detector state in the shared store and here, and its alert time. The store goes
+        first: when it cannot be reached, nothing is dropped and the error is raised. The
+        group view (``group``) keeps what the client contributed to it, and an alert claimed in
+        the shared store in the last ``alert_interval`` still holds back the next one."""
         with self._lock:
+            if self.state is not None:
+                self.state.delete(self._key(client))
             self._pending.pop(client, None)
             self._pending_rows.pop(client, None)
             self._released.pop(client, None)
@@ -248,8 +304,6 @@ class DetectionObserver:
             self.suite.forget(client)
             self._cached.pop(client, None)
             self._versions.pop(client, None)
-            if self.state is not None:
-                self.state.delete(f"{self.namespace}:{client}")
 
     def defer(
         self, client: str, inputs: FloatArray, scores: FloatArray, now: float, tier: str = ""

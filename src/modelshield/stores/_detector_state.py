@@ -10,6 +10,7 @@ show a version a replica still holds for an older state.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from modelshield.errors import ConfigError, ServiceUnavailableError
 from modelshield.stores._postgres import PostgresSession
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import psycopg
@@ -266,18 +269,28 @@ class PostgresDetectorStateStore:
                         )
                     if cursor.rowcount != 1:
                         raise _Conflict
-                if now - self._purged_at >= 3600:
-                    conn.execute(
-                        "DELETE FROM ms_detector_state WHERE updated_at < %s", (now - self._ttl,)
-                    )
 
         try:
             self._session.run(run, passthrough=(_Conflict,))
         except _Conflict:
             return None
         if now - self._purged_at >= 3600:
-            self._purged_at = now
+            self._purge(now)
         return out
+
+    def _purge(self, now: float) -> None:
+        """Delete idle states and run-out claims, in a transaction of its own: a slow purge
+        never fails a save nor holds a save's row locks; it is tried at most once an hour."""
+        self._purged_at = now
+
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            conn.execute("DELETE FROM ms_detector_state WHERE updated_at < %s", (now - self._ttl,))
+            conn.execute("DELETE FROM ms_detector_claims WHERE until < %s", (now,))
+
+        try:
+            self._session.run(run)
+        except ServiceUnavailableError as exc:
+            _log.warning("detector state purge failed (tried again in an hour): %s", exc)
 
     def delete(self, key: str) -> None:
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
