@@ -125,13 +125,15 @@ def uniform_sum_tail(choices: Sequence[Sequence[int]], observed: int) -> float:
     width = sum(max(c) - lo for c, lo in zip(choices, lows, strict=True))
     dist = np.zeros(width + 1)
     dist[0] = 1.0
+    reached = 0  # the support so far: each step works on it, not on the whole final width
     for c, lo in zip(choices, lows, strict=True):
-        new = np.zeros_like(dist)
-        weight = 1.0 / len(c)
-        for value in c:
-            shift = value - lo
-            new[shift:] += dist[: width + 1 - shift] * weight
-        dist = new
+        values, counts = np.unique(np.asarray(c, dtype=np.int64) - lo, return_counts=True)
+        span = int(values[-1])
+        new = np.zeros(reached + span + 1)
+        for shift, count in zip(values.tolist(), counts.tolist(), strict=True):
+            new[shift : shift + reached + 1] += dist[: reached + 1] * (count / len(c))
+        dist[: reached + span + 1] = new
+        reached += span
     index = observed - sum(lows)
     if index <= 0:
         return 1.0
