@@ -83,7 +83,7 @@ def modelshield_cli() -> CliRun:
             capture_output=True,
             text=True,
             cwd=cwd,
-            timeout=300,
+            timeout=600,  # bounds a hung command; the slowest (attack matrix) takes about a minute
         )
 
     return run

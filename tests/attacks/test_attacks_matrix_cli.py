@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelshield", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
-
-
-def test_matrix_writes_results_and_report(tmp_path: Path) -> None:
+def test_matrix_writes_results_and_report(tmp_path: Path, modelshield_cli: Any) -> None:
     (tmp_path / "redteam.toml").write_text(
         "[redteam]\nattacks = ['knockoff']\ndefences = ['none', 'reverse_sigmoid', 'detection']\n"
         "budgets = [200]\n",
         encoding="utf-8",
     )
-    r = run("attack", "matrix", "--config", "redteam.toml", "--out", "report", cwd=tmp_path)
+    r = modelshield_cli(
+        "attack", "matrix", "--config", "redteam.toml", "--out", "report", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     runs = {row["defence"]: row for row in results["runs"]}
@@ -36,9 +27,9 @@ def test_matrix_writes_results_and_report(tmp_path: Path) -> None:
     assert "data:image/png;base64," in html  # the fidelity curves
     assert "Benign cost" in html
     # the assessment reads the measured results
-    r = run("init", "deploy", cwd=tmp_path)
+    r = modelshield_cli("init", "deploy", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = run(
+    r = modelshield_cli(
         "assess", "--config", "deploy/shield.toml", "--redteam", "report/results.json",
         "--out", "assess.html", "--json", cwd=tmp_path,
     )  # fmt: skip
@@ -48,8 +39,8 @@ def test_matrix_writes_results_and_report(tmp_path: Path) -> None:
     assert (tmp_path / "assess.html").read_text().startswith("<!doctype html>")
 
 
-def test_matrix_config_errors_name_the_field(tmp_path: Path) -> None:
+def test_matrix_config_errors_name_the_field(tmp_path: Path, modelshield_cli: Any) -> None:
     (tmp_path / "redteam.toml").write_text("[redteam]\nattacks = ['nope']\n", encoding="utf-8")
-    r = run("attack", "matrix", "--config", "redteam.toml", cwd=tmp_path)
+    r = modelshield_cli("attack", "matrix", "--config", "redteam.toml", cwd=tmp_path)
     assert r.returncode == 1
     assert "redteam.attacks" in r.stderr

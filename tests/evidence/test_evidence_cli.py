@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 from modelshield.demo import DemoModel
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelshield", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
-
-
-def test_certify_and_verify(tmp_path: Path, demo_model: DemoModel) -> None:
+def test_certify_and_verify(tmp_path: Path, demo_model: DemoModel, modelshield_cli: Any) -> None:
     (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
     (tmp_path / "wm.key").write_bytes(b"w" * 32)
     (tmp_path / "LICENCE.txt").write_text("Evaluation only.\n")
-    assert run("keygen", "--signing", "-o", "owner", cwd=tmp_path).returncode == 0
-    assert run("keygen", "-o", "vaultkey", cwd=tmp_path).returncode == 0
-    r = run(
+    assert modelshield_cli("keygen", "--signing", "-o", "owner", cwd=tmp_path).returncode == 0
+    assert modelshield_cli("keygen", "-o", "vaultkey", cwd=tmp_path).returncode == 0
+    r = modelshield_cli(
         "certify", "digits.onnx", "--owner", "Example Labs", "--signing-key", "owner.signing.key",
         "--licence", "LICENCE.txt", "--commit", "trigger-set=wm.key", "-r", "vaultkey.pub",
         "-o", "cert.json", cwd=tmp_path,
@@ -34,7 +23,7 @@ def test_certify_and_verify(tmp_path: Path, demo_model: DemoModel) -> None:
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cert.json.openings.sealed").exists()
     assert b"w" * 32 not in (tmp_path / "cert.json").read_bytes()
-    r = run(
+    r = modelshield_cli(
         "certify",
         "--verify",
         "cert.json",
@@ -49,11 +38,13 @@ def test_certify_and_verify(tmp_path: Path, demo_model: DemoModel) -> None:
     cert = json.loads((tmp_path / "cert.json").read_text())
     cert["body"]["owner"] = "Mallory"
     (tmp_path / "forged.json").write_text(json.dumps(cert))
-    r = run("certify", "--verify", "forged.json", "--trust", "owner.signing.pub", cwd=tmp_path)
+    r = modelshield_cli(
+        "certify", "--verify", "forged.json", "--trust", "owner.signing.pub", cwd=tmp_path
+    )
     assert r.returncode == 3
     assert r.stderr.strip() == "error: certificate does not verify"
     # refuses to overwrite
-    r = run(
+    r = modelshield_cli(
         "certify", "digits.onnx", "--owner", "X", "--signing-key", "owner.signing.key",
         "-o", "cert.json", cwd=tmp_path,
     )  # fmt: skip
@@ -61,14 +52,16 @@ def test_certify_and_verify(tmp_path: Path, demo_model: DemoModel) -> None:
     assert "refusing to overwrite" in r.stderr
 
 
-def test_certify_usage_errors_exit_2(tmp_path: Path) -> None:
-    r = run("certify", "--verify", "x.json", cwd=tmp_path)
+def test_certify_usage_errors_exit_2(tmp_path: Path, modelshield_cli: Any) -> None:
+    r = modelshield_cli("certify", "--verify", "x.json", cwd=tmp_path)
     assert r.returncode == 2
-    r = run("certify", "model.onnx", cwd=tmp_path)
+    r = modelshield_cli("certify", "model.onnx", cwd=tmp_path)
     assert r.returncode == 2
 
 
-def test_evidence_command_on_a_stolen_file(tmp_path: Path, demo_model: DemoModel) -> None:
+def test_evidence_command_on_a_stolen_file(
+    tmp_path: Path, demo_model: DemoModel, modelshield_cli: Any
+) -> None:
     from modelshield import watermark
     from modelshield.demo import DEMO_INPUT_SPEC, load_demo_data
     from modelshield.models import dump_sklearn
@@ -82,14 +75,14 @@ def test_evidence_command_on_a_stolen_file(tmp_path: Path, demo_model: DemoModel
     )
     (tmp_path / "stolen.skops").write_bytes(dump_sklearn(marked, input_spec=DEMO_INPUT_SPEC))
     (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
-    assert run("keygen", "--signing", "-o", "owner", cwd=tmp_path).returncode == 0
-    assert run("keygen", "-o", "vault", cwd=tmp_path).returncode == 0
-    r = run(
+    assert modelshield_cli("keygen", "--signing", "-o", "owner", cwd=tmp_path).returncode == 0
+    assert modelshield_cli("keygen", "-o", "vault", cwd=tmp_path).returncode == 0
+    r = modelshield_cli(
         "certify", "digits.onnx", "--owner", "Example Labs", "--signing-key", "owner.signing.key",
         "--commit", "trigger-set=trigger.key", "-r", "vault.pub", "-o", "cert.json", cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    r = run(
+    r = modelshield_cli(
         "evidence", "stolen.skops", "--certificate", "cert.json", "--trust", "owner.signing.pub",
         "--openings", "cert.json.openings.sealed", "-i", "vault.key", "-o", "report.html",
         cwd=tmp_path,
@@ -99,7 +92,7 @@ def test_evidence_command_on_a_stolen_file(tmp_path: Path, demo_model: DemoModel
     assert "the suspect is a copy of the certified model" in html
     # an independent model is not claimed
     (tmp_path / "independent.onnx").write_bytes(demo_model.onnx_bytes)
-    r = run(
+    r = modelshield_cli(
         "evidence", "independent.onnx", "--certificate", "cert.json",
         "--trust", "owner.signing.pub",
         "--openings", "cert.json.openings.sealed", "-i", "vault.key", "-o", "other.html",

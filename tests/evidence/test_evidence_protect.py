@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,17 +82,11 @@ def test_protect_each_model_kind(
         assert not watermark.verify_trigger_set(original.predict, trigger).verified
 
 
-def test_protect_cli(tmp_path: Path, demo_model: DemoModel) -> None:
+def test_protect_cli(tmp_path: Path, demo_model: DemoModel, modelshield_cli: Any) -> None:
     (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "modelshield", *args],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            timeout=300,
-        )
+    def run(*args: str) -> Any:
+        return modelshield_cli(*args, cwd=tmp_path)
 
     assert run("keygen", "-o", "server").returncode == 0
     assert run("keygen", "--signing", "-o", "owner").returncode == 0

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from modelshield import audit
 from modelshield.config import load_config
@@ -15,26 +14,18 @@ from modelshield.stores import open_audit_store
 from .conftest import write_config
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelshield", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
-
-
-def test_flags_list_and_clear_are_audited(tmp_path: Path, redis_url: str) -> None:
+def test_flags_list_and_clear_are_audited(
+    tmp_path: Path, redis_url: str, modelshield_cli: Any
+) -> None:
     path = write_config(tmp_path, f"[state]\nurl = '{redis_url}'\n")
     client = f"flagged-{uuid.uuid4().hex[:8]}"
     store = RedisLimitStore(redis_url)
     try:
         store.set_flag(client, "block")
-        r = run("flags", "list", "--config", str(path), cwd=tmp_path)
+        r = modelshield_cli("flags", "list", "--config", str(path), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert client in r.stdout
-        r = run("flags", "clear", client, "--config", str(path), cwd=tmp_path)
+        r = modelshield_cli("flags", "clear", client, "--config", str(path), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert store.get_flag(client) is None
     finally:
@@ -50,14 +41,16 @@ def test_flags_list_and_clear_are_audited(tmp_path: Path, redis_url: str) -> Non
     assert any(r["reason"] == f"flag:{client}:clear" and r["decision"] == "admin" for r in records)
 
 
-def test_flags_need_a_shared_state_store(tmp_path: Path) -> None:
+def test_flags_need_a_shared_state_store(tmp_path: Path, modelshield_cli: Any) -> None:
     path = write_config(tmp_path)
-    r = run("flags", "list", "--config", str(path), cwd=tmp_path)
+    r = modelshield_cli("flags", "list", "--config", str(path), cwd=tmp_path)
     assert r.returncode == 1
     assert "admin API" in r.stderr
 
 
-def test_clearing_a_flag_resets_the_shared_detector_state(tmp_path: Path, redis_url: str) -> None:
+def test_clearing_a_flag_resets_the_shared_detector_state(
+    tmp_path: Path, redis_url: str, modelshield_cli: Any
+) -> None:
     from modelshield.gateway._plugins import state_key
     from modelshield.stores import ABSENT, RedisDetectorStateStore
 
@@ -67,7 +60,7 @@ def test_clearing_a_flag_resets_the_shared_detector_state(tmp_path: Path, redis_
     try:
         assert state.save({state_key("digits", client): (ABSENT, b"state")}) is not None
         assert state.save({state_key("digits", f"{client}-other"): (ABSENT, b"state")}) is not None
-        r = run("flags", "clear", client, "--config", str(path), cwd=tmp_path)
+        r = modelshield_cli("flags", "clear", client, "--config", str(path), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "detector state reset" in r.stdout
         assert state.load(state_key("digits", client), "?") == (ABSENT, None)
