@@ -1,10 +1,11 @@
 """Throughput and latency of the guarded gateway against a bare Starlette endpoint.
 
 Both serve the demo ONNX model with the same uvicorn worker count, driven by the same load
-generator (wrk, 1-row JSON requests, 32 connections) in the same run, alternating peer and ours to
-spread machine noise. The guarded endpoint has everything on: API-key authentication, rate limit
-and row budget, validation, output hardening (top_k:3, round:3) and a durable audit record per
-request in SQLite (group commit). As with `modelshield serve`, Prometheus multiprocess mode (shared
+generator (wrk, 32 connections, 1-row JSON requests that cycle through 900 distinct held-out
+digits) in the same run, alternating peer and ours to spread machine noise. The guarded
+endpoint has everything on: API-key authentication, rate limit and row budget, validation,
+output hardening (top_k:3, round:3) and a durable audit record per request in SQLite (group
+commit). As with `modelshield serve`, Prometheus multiprocess mode (shared
 metrics files, which cost a few microseconds per metric update) is on only with several workers.
 
     python benchmarks/gateway_bench.py [--quick]
@@ -101,12 +102,27 @@ def parse_wrk(text: str) -> tuple[float, float, float]:
     return rps, pct("50"), pct("99")
 
 
+def wrk_script(headers: dict[str, str], bodies: list[str]) -> str:
+    """A wrk script that POSTs ``bodies`` in turn (one request each, then round again)."""
+    header_lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    listed = ",\n".join(json.dumps(b) for b in bodies)
+    return (
+        f'wrk.method = "POST"\n{header_lines}local bodies = {{\n{listed}\n}}\nlocal i = 0\n'
+        "request = function()\n  i = i % #bodies + 1\n"
+        "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
+    )
+
+
 def run_wrk(
-    url: str, headers: dict[str, str], body: str, seconds: int, workdir: Path, connections: int = 32
+    url: str,
+    headers: dict[str, str],
+    bodies: list[str],
+    seconds: int,
+    workdir: Path,
+    connections: int = 32,
 ) -> tuple[float, float, float]:
     script = workdir / "post.lua"
-    header_lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n{header_lines}')
+    script.write_text(wrk_script(headers, bodies))
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True, timeout=seconds + 30,
@@ -149,8 +165,24 @@ def prepare(workdir: Path, synchronous: str = "FULL") -> dict[str, str]:
     return {"Authorization": f"Bearer {key.reveal()}", "Content-Type": "application/json"}
 
 
+def request_bodies(copies: int = 2) -> list[str]:
+    """One-row JSON bodies, all distinct: the held-out digits, then ``copies - 1`` copies of them
+    with a little pixel noise (the traffic of an honest client). One row sent again and again
+    would let the detectors' near-duplicate check skip most of their work."""
+    import numpy as np
+
+    from modelshield.demo import load_demo_data
+
+    x = load_demo_data().x_test
+    rng = np.random.default_rng(0)
+    rows = [x] + [np.clip(x + rng.normal(0, 0.02, x.shape), 0, 1) for _ in range(copies - 1)]
+    return [
+        json.dumps({"inputs": [[round(float(v), 4) for v in row]]}) for row in np.concatenate(rows)
+    ]
+
+
 def measure(
-    kind: str, workers: int, workdir: Path, headers: dict[str, str], body: str, seconds: int
+    kind: str, workers: int, workdir: Path, headers: dict[str, str], bodies: list[str], seconds: int
 ) -> tuple[float, float, float, float]:
     """Requests per second, median and 99th percentile latency (ms) at 32 connections, and the
     median latency (ms) at one connection (no queueing: the cost of one request)."""
@@ -158,10 +190,10 @@ def measure(
     url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
     proc = start(kind, workers, workdir, port)
     try:
-        wait_ready(url, proc, headers, body)
-        run_wrk(url, headers, body, 2, workdir)  # warm-up
-        rps, p50, p99 = run_wrk(url, headers, body, seconds, workdir)
-        _, p50_one, _ = run_wrk(url, headers, body, max(2, seconds // 2), workdir, connections=1)
+        wait_ready(url, proc, headers, bodies[0])
+        run_wrk(url, headers, bodies, 2, workdir)  # warm-up
+        rps, p50, p99 = run_wrk(url, headers, bodies, seconds, workdir)
+        _, p50_one, _ = run_wrk(url, headers, bodies, max(2, seconds // 2), workdir, connections=1)
         return rps, p50, p99, p50_one
     finally:
         proc.terminate()
@@ -187,7 +219,7 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
     seconds = 4 if args.quick else 10
     rounds = 1 if args.quick else 3
-    body = json.dumps({"inputs": [[0.5] * 64]})
+    bodies = request_bodies()
     results: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ms-gwbench-") as tmp:
         workdir = Path(tmp)
@@ -197,7 +229,7 @@ def main() -> None:
             for workers in worker_counts:
                 kinds = ("bare", "guarded", "detect") if workers == 1 else ("bare", "guarded")
                 for kind in kinds:
-                    r = measure(kind, workers, workdir, headers, body, seconds)
+                    r = measure(kind, workers, workdir, headers, bodies, seconds)
                     results.setdefault((kind, workers), []).append(r)
                     print(
                         f"{kind:8s} workers={workers} rps={r[0]:8.0f} "

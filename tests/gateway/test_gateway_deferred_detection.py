@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import time
@@ -319,3 +320,114 @@ def test_a_flag_whose_record_cannot_be_written_is_still_set_and_logged(
             time.sleep(0.02)
     assert gateway.limits.get_flag("thief") == "block"  # fail closed: the flag holds
     assert _post(url, keys["thief"], _noise(np.random.default_rng(9), 1)).status_code == 403
+
+
+@pytest.fixture
+def bare_gateway(tmp_path: Path, victim: Predictor, fitted: Any) -> Iterator[Gateway]:
+    """A gateway (no server) whose only observer records the batches its suite observes."""
+    config = load_config(write_config(tmp_path, BIG_TIER))
+    observer = _observer(fitted)
+    observer.suite = RecordingSuite(observer.suite)
+    gateway = open_gateway(config, models={"digits": victim}, observers={"digits": observer})
+    gateway.idle_flush_seconds = 60.0
+    try:
+        yield gateway
+    finally:
+        gateway.close()
+
+
+def _answered(gateway: Gateway, victim: Predictor, rows: np.ndarray) -> None:
+    """What the gateway does for one answered batch of client ``c``: defer, then release."""
+    observer = gateway.observers["digits"]
+    observer.defer("c", rows, victim.predict_proba(rows), 1.0, "big")  # type: ignore[attr-defined]
+    observer.release("c")  # type: ignore[attr-defined]
+
+
+def test_requests_of_one_turn_share_one_flush_and_one_record_of_its_flag(
+    bare_gateway: Gateway, victim: Predictor
+) -> None:
+    """Responses released between the arrivals of two requests in the same turn of the event
+    loop are observed in one batch, before either request goes on; the flag acts on both and the
+    first request's audit entry carries its evidence."""
+    rng = np.random.default_rng(10)
+    first, second = _noise(rng, 150), _noise(rng, 150)
+    entries: list[dict[str, Any]] = [{}, {}]
+    recording = bare_gateway.observers["digits"].suite  # type: ignore[attr-defined]
+
+    async def scenario() -> list[str | None]:
+        _answered(bare_gateway, victim, first)
+        a = asyncio.ensure_future(bare_gateway._observe_earlier("c", entries[0]))
+        released = asyncio.get_running_loop().create_future()
+
+        def release_second() -> None:  # runs between the two requests, in the same turn
+            _answered(bare_gateway, victim, second)
+            released.set_result(None)
+
+        asyncio.get_running_loop().call_soon(release_second)
+        b = asyncio.ensure_future(bare_gateway._observe_earlier("c", entries[1]))
+        await asyncio.gather(a, b, released)
+        return [bare_gateway.limits.get_flag("c")]
+
+    assert asyncio.run(scenario()) == ["block"]
+    assert len(recording.batches) == 1  # one observation of both batches
+    np.testing.assert_array_equal(recording.batches[0], np.concatenate([first, second]))
+    assert entries[0]["extra"]["flag"] == "block"
+    assert entries[0]["extra"]["evidence"]["evidence"]
+    assert "extra" not in entries[1]  # the evidence is audited once
+
+
+def test_a_request_without_released_rows_does_not_wait(
+    bare_gateway: Gateway, victim: Predictor
+) -> None:
+    rows = _noise(np.random.default_rng(11), 20)
+    observer = bare_gateway.observers["digits"]
+    observer.defer("c", rows, victim.predict_proba(rows), 1.0, "big")  # type: ignore[attr-defined]
+    entry: dict[str, Any] = {}
+    asyncio.run(bare_gateway._observe_earlier("c", entry))  # answered by nobody yet
+    assert observer.suite.batches == []  # type: ignore[attr-defined]
+    assert observer.pending_clients() == ["c"]  # type: ignore[attr-defined]
+    assert bare_gateway._waiting == {}
+
+
+class FailingSuite(RecordingSuite):
+    def observe(self, client: str, inputs: Any, outputs: Any, now: float, **kw: Any) -> Any:
+        raise ServiceUnavailableError("detector state unavailable")
+
+
+def test_a_failed_shared_flush_reaches_every_waiting_request(
+    bare_gateway: Gateway, victim: Predictor
+) -> None:
+    observer = bare_gateway.observers["digits"]
+    observer.suite = FailingSuite(observer.suite.suite)  # type: ignore[attr-defined]
+    _answered(bare_gateway, victim, _noise(np.random.default_rng(12), 10))
+
+    async def scenario() -> list[Any]:
+        waits = [bare_gateway._observe_earlier("c", {}) for _ in range(3)]
+        return await asyncio.gather(*waits, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert [type(o) for o in outcomes] == [ServiceUnavailableError] * 3
+
+
+def test_a_flag_whose_requests_went_away_is_still_set_and_audited(
+    bare_gateway: Gateway, victim: Predictor
+) -> None:
+    recorded: list[Any] = []
+
+    class Sink:
+        async def record(self, entry: Any) -> None:
+            recorded.append(entry)
+
+    bare_gateway.audit = Sink()
+    _answered(bare_gateway, victim, _noise(np.random.default_rng(13), 300))
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(bare_gateway._observe_earlier("c", {}))
+        await asyncio.sleep(0)  # it waits for the flush at the end of this turn
+        waiting.cancel()  # the request is gone (say, its connection dropped)
+        await asyncio.sleep(0.01)
+        await bare_gateway.drain()
+
+    asyncio.run(scenario())
+    assert bare_gateway.limits.get_flag("c") == "block"
+    assert [(r.decision, r.extra["flag"]) for r in recorded] == [("detect", "block")]

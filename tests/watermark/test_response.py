@@ -48,6 +48,28 @@ def test_selection_is_deterministic_and_keyed(digits: Any, demo_model: DemoModel
     assert set(a.rows.tolist()) != set(other_key.rows.tolist())
 
 
+def test_choose_decides_what_select_decides(digits: Any, demo_model: DemoModel) -> None:
+    """The gateway's lean path marks the same rows with the same labels, row by row too."""
+    proba = demo_model.estimator.predict_proba(digits)
+    wm = ResponseWatermark(
+        KEY, classes=CLASSES, share=0.02, uncertain_share=0.3, image_shape=(8, 8)
+    )
+    marks = wm.select("alice", digits, outputs=proba)
+    rows, labels = wm.choose("alice", digits, outputs=proba)
+    assert len(rows) > 20
+    assert rows.dtype == labels.dtype == np.int64
+    np.testing.assert_array_equal(rows, marks.rows)
+    np.testing.assert_array_equal(labels, marks.labels)
+    one_by_one = [
+        wm.choose("alice", digits[i : i + 1], outputs=proba[i : i + 1]) for i in range(300)
+    ]
+    assert [i for i, (r, _) in enumerate(one_by_one) if r.size] == [
+        r for r in marks.rows.tolist() if r < 300
+    ]
+    with pytest.raises(InvalidInputError):
+        wm.choose("alice", digits, outputs=proba[:5])
+
+
 def test_share_is_about_what_was_asked(digits: Any, demo_model: DemoModel) -> None:
     proba = demo_model.estimator.predict_proba(digits)
     wm = make(0.05)

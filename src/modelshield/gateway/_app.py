@@ -86,6 +86,10 @@ class AuditSink(Protocol):
     async def record(self, entry: AuditEntry) -> None: ...
 
 
+#: A flag (or ``None``) and its evidence, as an observer's flush returns them.
+Flagged = tuple[str | None, dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """The facts about one request that the audit log keeps."""
@@ -243,6 +247,10 @@ class Gateway:
     _unapplied: dict[str, tuple[str, dict[str, Any]]] = field(
         default_factory=dict, init=False, repr=False
     )
+    # client -> the requests waiting for this loop round's flush of its released rows
+    _waiting: dict[str, list[asyncio.Future[list[Flagged]]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     async def read_body(self, request: Request, declared: str | None) -> bytes:
         """The body, at most ``max_body_bytes`` (``declared``: the Content-Length header).
@@ -329,7 +337,7 @@ class Gateway:
         inputs = parse_inputs(body, content_type)
         batch = validate(predictor, inputs)
         entry["rows"] = int(batch.shape[0])
-        self._observe_earlier(client.name, entry)  # their flag acts on this very request
+        await self._observe_earlier(client.name, entry)  # their flag acts on this request
         decision = admit(self.limits, client.name, tier, batch.shape[0], now)
         observer = self.observers.get(model_name)
         deferred = _deferred(observer)
@@ -401,17 +409,64 @@ class Gateway:
         elif evidence.get("scores"):
             entry["extra"] = {"scores": evidence["scores"]}  # for the dashboard's charts
 
-    def _observe_earlier(self, client: str, entry: dict[str, Any]) -> None:
+    async def _observe_earlier(self, client: str, entry: dict[str, Any]) -> None:
         """Before admitting ``client``: set a flag that could not be set earlier, then observe the
-        client's deferred rows of every model (flags are per client, not per model)."""
+        client's deferred rows of every model whose response went out (flags are per client, not
+        per model).
+
+        The observation is shared: every request of the client that arrives in the same turn of
+        the event loop waits for one flush at the end of that turn, so that the detectors see the
+        rows of many concurrent requests in one batch (their cost per row falls several times);
+        the first of those requests carries what the flush found in its audit record."""
         kept = self._unapplied.pop(client, None)
         if kept is not None:
             self._escalate(client, kept[0], kept[1], entry, look_up=True)
-        for observer in self.observers.values():
-            deferred = _deferred(observer)
-            if deferred is not None:
-                flag, evidence = deferred.flush(client, released_only=True)
-                self._escalate(client, flag, evidence, entry, look_up=True)
+        if not any(
+            deferred.has_released(client)
+            for deferred in map(_deferred, self.observers.values())
+            if deferred is not None
+        ):
+            return
+        waiting = self._waiting.get(client)
+        if waiting is None:
+            if not self._waiting:
+                asyncio.get_running_loop().call_soon(self._flush_waiting)
+            waiting = self._waiting[client] = []
+        future: asyncio.Future[list[Flagged]] = asyncio.get_running_loop().create_future()
+        waiting.append(future)
+        for flag, evidence in await future:
+            self._escalate(client, flag, evidence, entry, look_up=True)
+
+    def _flush_waiting(self) -> None:
+        """Observe the released rows of every client with requests waiting (see
+        :meth:`_observe_earlier`): the first waiting request gets the results, the others an
+        empty list; a failure reaches every one of them."""
+        waiting, self._waiting = self._waiting, {}
+        for client, futures in waiting.items():
+            live = [f for f in futures if not f.done()]
+            try:
+                results = [
+                    deferred.flush(client, released_only=True)
+                    for deferred in map(_deferred, self.observers.values())
+                    if deferred is not None
+                ]
+            except Exception as exc:
+                for future in live:
+                    future.set_exception(exc)
+                continue
+            if live:
+                live[0].set_result(results)
+                for future in live[1:]:
+                    future.set_result([])
+                continue
+            for flag, evidence in results:  # nobody waits any more: set and audit it here
+                entry: dict[str, Any] = {}
+                try:
+                    self._escalate(client, flag, evidence, entry, look_up=True)
+                except Exception:  # kept by _escalate for the client's next request
+                    _log.warning("cannot set the detection flag of a client yet")
+                    continue
+                self._record_detection(client, None, self.clock(), entry)
 
     def _schedule_idle_flush(self) -> None:
         if self._idle_flush is None:

@@ -57,6 +57,10 @@ class DeferredObserver(Observer, Protocol):
         """One of the client's deferred batches has been answered."""
         ...
 
+    def has_released(self, client: str) -> bool:
+        """Whether one of the client's deferred batches has been answered."""
+        ...
+
     def flush(
         self, client: str, *, released_only: bool = False
     ) -> tuple[str | None, dict[str, Any]]:

@@ -322,6 +322,11 @@ class DetectionObserver:
             if client in self._pending:
                 self._released[client] = self._released.get(client, 0) + 1
 
+    def has_released(self, client: str) -> bool:
+        """Whether one of ``client``'s deferred batches has been released (a cheap check before
+        :meth:`flush` with ``released_only``)."""
+        return bool(self._released.get(client))
+
     def pending_clients(self) -> list[str]:
         """The clients with deferred batches."""
         with self._lock:
@@ -362,5 +367,5 @@ class WatermarkMarker:
     def mark(
         self, client: str, inputs: FloatArray, scores: FloatArray
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        marks = self.watermark.select(client, inputs, outputs=scores)
-        return marks.rows.astype(np.intp), marks.labels.astype(np.intp)
+        rows, labels = self.watermark.choose(client, inputs, outputs=scores)
+        return rows.astype(np.intp), labels.astype(np.intp)

@@ -272,6 +272,19 @@ class ResponseWatermark:
         out: npt.NDArray[np.int64] = np.floor(rep @ matrix + offsets).astype(np.int64)
         return out
 
+    def choose(
+        self,
+        client_id: str,
+        inputs: npt.ArrayLike,
+        *,
+        outputs: npt.ArrayLike,
+        features: npt.ArrayLike | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The rows of this client's batch to mark and their keyed wrong class indices: what
+        :meth:`select` decides, without the audit records (the gateway's per-request path)."""
+        rows, labels, _, _ = self._choose(client_id, inputs, outputs, features)
+        return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
     def select(
         self,
         client_id: str,
@@ -287,34 +300,9 @@ class ResponseWatermark:
         (one row per input). Cheap and side-effect free: one projection and one HMAC per row, and
         a second HMAC per marked row.
         """
+        rows, labels, cell_ids, honest_all = self._choose(client_id, inputs, outputs, features)
         arr = np.asarray(inputs)
         n = arr.shape[0]
-        out = np.asarray(outputs)
-        honest_all = np.argmax(out, axis=1) if out.ndim == 2 else out.reshape(-1).astype(np.int64)
-        if honest_all.shape[0] != n:
-            raise InvalidInputError(f"{honest_all.shape[0]} outputs for {n} inputs")
-        uncertain = np.zeros(n, dtype=bool)
-        if self.uncertain_share is not None and out.ndim == 2:
-            uncertain = np.max(out, axis=1) < self.uncertain_below
-        cells = self.cells(arr, features)
-        ck = self._client_key(client_id)
-        k = len(self.classes)
-        rows: list[int] = []
-        labels: list[int] = []
-        cell_ids: list[bytes] = []
-        for row in range(n):
-            cell = cells[row].tobytes()
-            tag = hmac.digest(ck, cell, hashlib.sha256)
-            limit = self._uncertain_threshold if uncertain[row] else self._threshold
-            if int.from_bytes(tag[:8], "big") < limit:
-                top = int(honest_all[row])
-                # one keyed wrong label per (cell, honest class): one trial each at verification
-                cell_class = cell + top.to_bytes(4, "big")
-                label_tag = hmac.digest(ck, b"label\x00" + cell_class, hashlib.sha256)
-                offset = 1 + int.from_bytes(label_tag[:8], "big") % (k - 1)
-                rows.append(row)
-                labels.append((top + offset) % k)
-                cell_ids.append(cell_class)
         rows_arr = np.asarray(rows, dtype=np.int64)
         labels_arr = np.asarray(labels, dtype=np.int64)
         honest = honest_all[rows_arr].astype(np.int64)
@@ -340,6 +328,44 @@ class ResponseWatermark:
             records=records,
             classes=self.classes,
         )
+
+    def _choose(
+        self,
+        client_id: str,
+        inputs: npt.ArrayLike,
+        outputs: npt.ArrayLike,
+        features: npt.ArrayLike | None,
+    ) -> tuple[list[int], list[int], list[bytes], npt.NDArray[np.int64]]:
+        """Marked rows, their keyed wrong class indices, their (cell, honest class) ids, and the
+        honest top-1 index of every row."""
+        arr = np.asarray(inputs)
+        n = arr.shape[0]
+        out = np.asarray(outputs)
+        honest_all = np.argmax(out, axis=1) if out.ndim == 2 else out.reshape(-1).astype(np.int64)
+        if honest_all.shape[0] != n:
+            raise InvalidInputError(f"{honest_all.shape[0]} outputs for {n} inputs")
+        uncertain: list[bool] | None = None
+        if self.uncertain_share is not None and out.ndim == 2:
+            uncertain = (out.max(axis=1) < self.uncertain_below).tolist()
+        ck = self._client_key(client_id)
+        k = len(self.classes)
+        rows: list[int] = []
+        labels: list[int] = []
+        cell_ids: list[bytes] = []
+        for row, cell_row in enumerate(self.cells(arr, features)):
+            cell = cell_row.tobytes()
+            tag = hmac.digest(ck, cell, hashlib.sha256)
+            limit = self._uncertain_threshold if uncertain and uncertain[row] else self._threshold
+            if int.from_bytes(tag[:8], "big") < limit:
+                top = int(honest_all[row])
+                # one keyed wrong label per (cell, honest class): one trial each at verification
+                cell_class = cell + top.to_bytes(4, "big")
+                label_tag = hmac.digest(ck, b"label\x00" + cell_class, hashlib.sha256)
+                offset = 1 + int.from_bytes(label_tag[:8], "big") % (k - 1)
+                rows.append(row)
+                labels.append((top + offset) % k)
+                cell_ids.append(cell_class)
+        return rows, labels, cell_ids, honest_all
 
 
 def response_cost(marks: Sequence[Marks], n_answers: int) -> float:
