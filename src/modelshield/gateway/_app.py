@@ -36,13 +36,16 @@ from modelshield.gateway._limits import LimitStore
 from modelshield.gateway._metrics import GatewayMetrics
 from modelshield.gateway._openapi import openapi_document
 from modelshield.gateway._pipeline import (
+    Answer,
     Clock,
     DeferredObserver,
     Marker,
     Observer,
+    Question,
     Tier,
     admit,
     answer,
+    answer_many,
     validate,
 )
 from modelshield.models import Predictor
@@ -247,6 +250,10 @@ class Gateway:
     _unapplied: dict[str, tuple[str, dict[str, Any]]] = field(
         default_factory=dict, init=False, repr=False
     )
+    # model -> the batches waiting to be answered together at the end of this loop turn
+    _questions: dict[str, list[tuple[Question, asyncio.Future[Answer]]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
     # client -> the requests waiting for this loop round's flush of its released rows
     _waiting: dict[str, list[asyncio.Future[list[Flagged]]]] = field(
         default_factory=dict, init=False, repr=False
@@ -349,10 +356,9 @@ class Gateway:
                 client=client.name, degraded=degraded, marker=marker,
             )  # fmt: skip
         else:
-            result = answer(
-                predictor, batch, tier, self.rng,
-                client=client.name, degraded=degraded, marker=marker,
-            )  # fmt: skip
+            result = await self._answer_soon(
+                model_name, Question(batch, tier, client.name, degraded)
+            )
         if deferred is not None:
             if deferred.defer(client.name, batch, result.scores, now, client.tier):
                 flag, evidence = deferred.flush(client.name)  # too many rows waiting
@@ -374,6 +380,46 @@ class Gateway:
             payload["probabilities"] = result.probabilities
         self.metrics.rows_served(model_name, int(batch.shape[0]))  # model_name is served here
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
+
+    def _answer_soon(self, model: str, question: Question) -> asyncio.Future[Answer]:
+        """Answer ``question`` together with the other small batches of ``model`` that reach
+        this point in the same turn of the event loop: one prediction for all of them (see
+        :func:`~modelshield.gateway._pipeline.answer_many`)."""
+        loop = asyncio.get_running_loop()
+        queue = self._questions.get(model)
+        if queue is None:
+            if not self._questions:
+                loop.call_soon(self._answer_questions)
+            queue = self._questions[model] = []
+        future: asyncio.Future[Answer] = loop.create_future()
+        queue.append((question, future))
+        return future
+
+    def _answer_questions(self) -> None:
+        """Answer every waiting batch, one prediction per model; when that fails, each batch
+        alone, so that an error reaches only the request it belongs to."""
+        questions, self._questions = self._questions, {}
+        for model, items in questions.items():
+            live = [(q, f) for q, f in items if not f.done()]
+            if not live:
+                continue
+            predictor, marker = self.models[model], self.markers.get(model)
+            try:
+                answers = answer_many(predictor, [q for q, _ in live], self.rng, marker=marker)
+            except Exception:
+                for q, future in live:
+                    try:
+                        future.set_result(
+                            answer(
+                                predictor, q.batch, q.tier, self.rng,
+                                client=q.client, degraded=q.degraded, marker=marker,
+                            )
+                        )  # fmt: skip
+                    except Exception as exc:
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(live, answers, strict=True):
+                future.set_result(result)
 
     def _escalate(
         self,

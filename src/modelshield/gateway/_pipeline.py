@@ -6,7 +6,7 @@ passed in; state lives behind :class:`~modelshield.gateway._limits.LimitStore`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -159,6 +159,99 @@ def answer(
         marked_rows=marked,
         degraded=degraded,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One validated batch to answer, with whom and how it is answered."""
+
+    batch: FloatArray
+    tier: Tier
+    client: str
+    degraded: bool = False
+
+
+def answer_many(
+    predictor: Predictor,
+    questions: Sequence[Question],
+    rng: np.random.Generator,
+    *,
+    marker: Marker | None = None,
+) -> list[Answer]:
+    """Answer several validated batches of one model with one prediction (dynamic batching).
+
+    Each batch gets what :func:`answer` would give it: the model, the output policies and the
+    watermark all work row by row, so only the number of calls changes (one prediction, one
+    marking per client, one hardening per policy). The scores may differ from separate
+    predictions in the last float bits, as any change of batch size can make them differ.
+    """
+    if len(questions) == 1:
+        q = questions[0]
+        return [
+            answer(
+                predictor, q.batch, q.tier, rng,
+                client=q.client, degraded=q.degraded, marker=marker,
+            )
+        ]  # fmt: skip
+    bounds = np.cumsum([0, *(q.batch.shape[0] for q in questions)]).tolist()
+    batch = np.concatenate([q.batch for q in questions])
+    checked = getattr(predictor, "predict_proba_validated", None)
+    scores = checked(batch) if checked is not None else predictor.predict_proba(batch)
+    top = scores.argmax(axis=1)
+    marked = np.zeros(batch.shape[0], dtype=bool)
+    if marker is not None:
+        for client, members in _groups(questions, lambda q: q.client).items():
+            rows = _rows(members, bounds, batch.shape[0])
+            hits, labels = marker.mark(client, batch[rows], scores[rows])
+            if hits.size:
+                chosen = rows[hits]
+                top[chosen] = labels
+                marked[chosen] = True
+    hardened: list[FloatArray | None] = [None] * len(questions)
+    for policy, members in _groups(
+        questions, lambda q: DEGRADED if q.degraded else q.tier.policy
+    ).items():
+        rows = _rows(members, bounds, batch.shape[0])
+        out = policy.apply(scores[rows], rng)
+        if out is None:
+            continue
+        moved = np.flatnonzero(marked[rows])
+        if moved.size:  # as in answer(): the watermark answer has the marked class on top
+            out = _move_top(out, moved, top[rows[moved]])
+        start = 0
+        for i in members:
+            size = bounds[i + 1] - bounds[i]
+            hardened[i] = out[start : start + size]
+            start += size
+    classes = np.asarray(predictor.classes)
+    answers = []
+    for i, q in enumerate(questions):
+        lo, hi = bounds[i], bounds[i + 1]
+        answers.append(
+            Answer(
+                labels=classes[top[lo:hi]].tolist(),
+                probabilities=hardened[i],
+                scores=scores[lo:hi],
+                marked_rows=np.flatnonzero(marked[lo:hi]).astype(np.intp),
+                degraded=q.degraded,
+            )
+        )
+    return answers
+
+
+def _groups(questions: Sequence[Question], key: Callable[[Question], Any]) -> dict[Any, list[int]]:
+    """Question indices by ``key``, in order."""
+    groups: dict[Any, list[int]] = {}
+    for i, q in enumerate(questions):
+        groups.setdefault(key(q), []).append(i)
+    return groups
+
+
+def _rows(members: list[int], bounds: list[int], total: int) -> npt.NDArray[np.intp]:
+    """The row indices (into the joined batch) of the questions ``members``."""
+    if len(members) == len(bounds) - 1:
+        return np.arange(total, dtype=np.intp)
+    return np.concatenate([np.arange(bounds[i], bounds[i + 1], dtype=np.intp) for i in members])
 
 
 def _move_top(

@@ -105,11 +105,7 @@ def validate_inputs(
         arr = np.asarray(inputs)
     except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"inputs are not a numeric array: {exc}") from None
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating)
-        or np.issubdtype(arr.dtype, np.integer)
-        or arr.dtype == np.bool_
-    ):
+    if arr.dtype.kind not in "fiub":  # real floats, signed and unsigned integers, booleans
         raise InvalidInputError(f"inputs must be real numbers, got dtype {arr.dtype}")
     if arr.shape == spec.shape:
         arr = arr.reshape((1, *spec.shape))
