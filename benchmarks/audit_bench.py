@@ -12,6 +12,10 @@ p50_durable_ms (group commit, under load) and p50_durable_ms_1client (one client
 for information, group commit with synchronous=NORMAL (no fsync per commit: survives a killed
 process, not a power cut), and asyncio tasks in one event loop with append_async (the gateway's
 way: appends/s and the loop thread's CPU time per append).
+
+Two processes sharing one file (as two gateway workers do), 16 client threads each: the store's
+lock file (``two_process_appends_per_s``) against SQLite's own busy handler alone
+(``lock_file=False``: ``two_process_appends_per_s_busy_handler``), and ``two_process_ratio``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -38,10 +43,12 @@ def run_phase(
     clients: int,
     seconds: float,
     synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    lock_file: bool = True,
+    writer: str = "",
 ) -> tuple[float, list[float]]:
     """Appends per second and per-append latencies (s) for ``seconds`` of ``clients`` threads."""
-    store = SQLiteAuditStore(path, synchronous=synchronous)
-    log = AuditLog(store, key, writer_id=f"b{max_batch}", max_batch=max_batch)
+    store = SQLiteAuditStore(path, synchronous=synchronous, lock_file=lock_file)
+    log = AuditLog(store, key, writer_id=f"b{max_batch}{writer}", max_batch=max_batch)
     body = b'{"inputs": [[0.0, 1.0, 2.0, 3.0]]}'
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = time.perf_counter() + seconds
@@ -126,6 +133,22 @@ def run_async_phase(path: Path, key: bytes, *, clients: int, seconds: float) -> 
     return count / elapsed, cpu / max(count, 1) * 1e6
 
 
+def _process_phase(path: Path, key: bytes, lock_file: bool, seconds: float, n: int) -> float:
+    rate, _ = run_phase(
+        path, key, max_batch=1024, clients=16, seconds=seconds, lock_file=lock_file,
+        writer=f"p{n}",
+    )  # fmt: skip
+    return rate
+
+
+def run_two_processes(path: Path, key: bytes, *, lock_file: bool, seconds: float) -> float:
+    """Appends per second of two processes appending to the same file at once."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        rates = pool.starmap(_process_phase, [(path, key, lock_file, seconds, n) for n in (1, 2)])
+    return sum(rates)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter phases")
@@ -155,6 +178,16 @@ def main() -> None:
             normal_rates.append(rate)
             normal_lat.extend(lat)
             print(f"[{r}] group commit, synchronous=NORMAL: {rate:9.0f} appends/s", flush=True)
+        two_lock: list[float] = []
+        two_busy: list[float] = []
+        for r in range(repeats):
+            two_lock.append(run_two_processes(path, key, lock_file=True, seconds=seconds))
+            two_busy.append(run_two_processes(path, key, lock_file=False, seconds=seconds))
+            print(
+                f"[{r}] two processes: lock file {two_lock[-1]:9.0f} appends/s, "
+                f"SQLite busy handler {two_busy[-1]:9.0f}",
+                flush=True,
+            )
         _, alone = run_phase(path, key, max_batch=1024, clients=1, seconds=seconds / 2)
         async_rate, loop_cpu_us = run_async_phase(path, key, clients=args.clients, seconds=seconds)
         print(
@@ -185,6 +218,9 @@ def main() -> None:
         "async_loop_cpu_us_per_append": round(loop_cpu_us, 1),
         "normal_group_commit_appends_per_s": round(statistics.median(normal_rates), 1),
         "normal_p50_durable_ms": round(statistics.median(normal_lat) * 1000, 3),
+        "two_process_appends_per_s": round(statistics.median(two_lock), 1),
+        "two_process_appends_per_s_busy_handler": round(statistics.median(two_busy), 1),
+        "two_process_ratio": round(statistics.median(two_lock) / statistics.median(two_busy), 2),
     }
     print(json.dumps(result))
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +94,57 @@ def test_input_digest_of_a_log_is_the_keyed_function() -> None:
             assert log.input_digest(data) == audit.input_digest(KEY, data)
     finally:
         log.close()
+
+
+def test_writers_take_turns_on_the_lock_file(tmp_path: Path) -> None:
+    """A batch waits while another writer holds ``PATH.lock`` and goes in once it is released;
+    the lock file is private like the log."""
+    records, head, _ = _records_and_head(3)
+    path = tmp_path / "a.db"
+    store = SQLiteAuditStore(path)
+    other = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        writer = threading.Thread(target=store.append_batch, args=(records, head, []))
+        writer.start()
+        time.sleep(0.3)
+        assert writer.is_alive()  # waiting for the other writer
+        assert list(store.iter_records()) == []
+        fcntl.flock(other, fcntl.LOCK_UN)
+        writer.join(timeout=10)
+        assert not writer.is_alive()
+        assert list(store.iter_records()) == records
+        assert stat.S_IMODE(os.stat(f"{path}.lock").st_mode) == 0o600
+    finally:
+        os.close(other)
+        store.close()
+
+
+def test_a_lock_held_past_the_busy_timeout_does_not_stop_the_log(tmp_path: Path) -> None:
+    """The lock file only orders the writers: when its holder never lets go (a stopped process),
+    a batch goes on after ``busy_timeout`` with SQLite's own locking."""
+    records, head, _ = _records_and_head(2)
+    path = tmp_path / "a.db"
+    store = SQLiteAuditStore(path, busy_timeout=0.3)
+    other = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        started = time.monotonic()
+        store.append_batch(records, head, [])
+        assert 0.25 <= time.monotonic() - started < 5
+        assert list(store.iter_records()) == records
+    finally:
+        os.close(other)
+        store.close()
+
+
+def test_without_the_lock_file_sqlite_alone_orders_the_writers(tmp_path: Path) -> None:
+    records, head, _ = _records_and_head(2)
+    path = tmp_path / "a.db"
+    store = SQLiteAuditStore(path, lock_file=False)
+    try:
+        store.append_batch(records, head, [])
+        assert list(store.iter_records()) == records
+        assert not Path(f"{path}.lock").exists()
+    finally:
+        store.close()
