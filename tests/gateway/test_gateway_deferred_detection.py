@@ -431,3 +431,54 @@ def test_a_flag_whose_requests_went_away_is_still_set_and_audited(
     asyncio.run(scenario())
     assert bare_gateway.limits.get_flag("c") == "block"
     assert [(r.decision, r.extra["flag"]) for r in recorded] == [("detect", "block")]
+
+
+def test_the_idle_flush_leaves_a_client_that_keeps_sending_to_its_next_requests(
+    tmp_path: Path, victim: Predictor, fitted: Any, demo_data: DemoData
+) -> None:
+    """While a client keeps sending, its answered rows are observed by its own next requests
+    (in batches as large as they come); the idle flush observes only the rows of a client that
+    has gone quiet, ``idle_flush_seconds`` after its last request."""
+    config = load_config(write_config(tmp_path, BIG_TIER))
+    with access.open_registry(config.registry.url) as registry:
+        key = registry.add("c", models=["digits"], tier="big")[1].reveal()
+    observer = _observer(fitted, ALERT_ONLY)
+    recording = RecordingSuite(observer.suite)
+    observer.suite = recording
+    gateway = open_gateway(config, models={"digits": victim}, observers={"digits": observer})
+    gateway.idle_flush_seconds = 0.25
+    by_idle_flush: list[int] = []  # rows each idle flush observed
+    idle_flush = gateway._flush_idle
+
+    def counting_idle_flush(*, everything: bool = False) -> None:
+        before = sum(len(b) for b in recording.batches)
+        idle_flush(everything=everything)
+        by_idle_flush.append(sum(len(b) for b in recording.batches) - before)
+
+    gateway._flush_idle = counting_idle_flush  # type: ignore[method-assign]
+    rows = demo_data.x_test[:12]
+
+    async def scenario() -> tuple[list[int], int]:
+        transport = httpx.ASGITransport(app=build_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            for row in rows:
+                r = await client.post(
+                    "/v1/models/digits/predict",
+                    json={"inputs": [row.tolist()]},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                assert r.status_code == 200
+                await asyncio.sleep(0.04)  # busy: far less than idle_flush_seconds apart
+            while_busy = list(by_idle_flush)
+            await asyncio.sleep(0.6)  # quiet: the idle flush takes the last row
+        return while_busy, sum(len(b) for b in recording.batches)
+
+    try:
+        while_busy, observed = asyncio.run(scenario())
+    finally:
+        gateway.close()
+    assert while_busy  # the idle flush ran while the client was busy ...
+    assert sum(while_busy) == 0  # ... and left its rows to its next requests
+    assert by_idle_flush[-1] == 1  # once quiet, it observed the last answered row
+    assert observed == 12
+    assert observer.pending_clients() == []

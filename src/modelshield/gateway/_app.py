@@ -254,6 +254,8 @@ class Gateway:
     _questions: dict[str, list[tuple[Question, asyncio.Future[Answer]]]] = field(
         default_factory=dict, init=False, repr=False
     )
+    # client -> when (time.monotonic) its latest batch was deferred
+    _deferred_at: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     # client -> the requests waiting for this loop round's flush of its released rows
     _waiting: dict[str, list[asyncio.Future[list[Flagged]]]] = field(
         default_factory=dict, init=False, repr=False
@@ -365,6 +367,7 @@ class Gateway:
                 self._escalate(client.name, flag, evidence, entry, decision.flag)
             else:
                 after.append(functools.partial(deferred.release, client.name))
+                self._deferred_at[client.name] = time.monotonic()
                 self._schedule_idle_flush()
         elif observer is not None:
             flag, evidence = observer.observe(client.name, batch, result.scores, now, client.tier)
@@ -519,9 +522,13 @@ class Gateway:
             loop = asyncio.get_running_loop()
             self._idle_flush = loop.call_later(self.idle_flush_seconds, self._flush_idle)
 
-    def _flush_idle(self) -> None:
-        """Observe every deferred batch (runs on the event loop, after the responses went out);
-        a flag found here is set at once and audited in a record of its own."""
+    def _flush_idle(self, *, everything: bool = False) -> None:
+        """Observe the deferred batches of every client that sent nothing for
+        ``idle_flush_seconds`` (of all clients when ``everything``), on the event loop after the
+        responses went out; a flag found here is set at once and audited in a record of its own.
+
+        A client that keeps sending is left to its own next requests, which observe its answered
+        rows in larger batches (a flush every ``idle_flush_seconds`` would cut them up)."""
         self._idle_flush = None
         now = self.clock()
         for client in list(self._unapplied):
@@ -533,11 +540,16 @@ class Gateway:
                 _log.warning("cannot set the detection flag of a client yet")
                 continue
             self._record_detection(client, None, now, entry)
+        quiet_since = time.monotonic() - self.idle_flush_seconds
+        busy = False
         for model_name, observer in self.observers.items():
             deferred = _deferred(observer)
             if deferred is None:
                 continue
             for client in deferred.pending_clients():
+                if not everything and self._deferred_at.get(client, 0.0) > quiet_since:
+                    busy = True
+                    continue
                 entry = {}
                 try:
                     flag, evidence = deferred.flush(client)
@@ -546,6 +558,10 @@ class Gateway:
                     _log.exception("deferred extraction detection failed")
                     continue
                 self._record_detection(client, model_name, now, entry)
+        for client in [c for c, at in self._deferred_at.items() if everything or at <= quiet_since]:
+            del self._deferred_at[client]
+        if busy:
+            self._schedule_idle_flush()
 
     def _record_detection(
         self, client: str, model: str | None, now: float, entry: dict[str, Any]
@@ -576,7 +592,7 @@ class Gateway:
         before :meth:`close` on shutdown, on the serving loop)."""
         if self._idle_flush is not None:
             self._idle_flush.cancel()
-        self._flush_idle()
+        self._flush_idle(everything=True)
         if self._detached:
             await asyncio.gather(*self._detached, return_exceptions=True)
 
