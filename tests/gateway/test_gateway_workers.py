@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .conftest import free_port
 
@@ -68,3 +71,130 @@ def test_several_workers_answer_without_delayed_ack_stalls(tmp_path: Path) -> No
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+PID_APP = """
+import os
+
+def create_app():
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+    return app
+"""
+
+
+def _launch(tmp_path: Path, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
+    (tmp_path / "pid_app.py").write_text(PID_APP, encoding="utf-8")
+    launch = (
+        "from modelshield.gateway._server import run_uvicorn; "
+        f"run_uvicorn('pid_app:create_app', host='127.0.0.1', port={port}, workers={workers})"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", launch],
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _pids_seen(url: str, connections: int, deadline: float) -> set[int]:
+    """The worker pids that answer ``connections`` fresh connections (retrying until a worker
+    answers at all)."""
+    seen: set[int] = set()
+    while len(seen) == 0 or connections > 0:
+        try:
+            with httpx.Client(timeout=5) as client:  # a new connection each time
+                seen.add(int(client.get(url).text))
+            connections -= 1
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "no worker answered in time"
+            time.sleep(0.2)
+    return seen
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _listening(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:``port`` (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and local == f"0100007F:{port:04X}":
+            count += 1
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+def test_each_worker_listens_on_a_socket_of_its_own(tmp_path: Path) -> None:
+    """Two listening sockets for two workers, so the kernel spreads new connections over them
+    (with one shared socket, a burst of connections could all land on one worker), and both
+    workers answer."""
+    port = free_port()
+    proc = _launch(tmp_path, port)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        seen = _pids_seen(url, 1, deadline)
+        while len(seen) < 2 or _listening(port) < 2:  # the second worker may still be starting
+            assert time.monotonic() < deadline, f"only workers {seen} answered"
+            seen |= _pids_seen(url, 16, deadline)
+        assert len(seen) == 2
+        assert _listening(port) == 2  # the supervisor's own socket is bound, not listening
+    finally:
+        assert _stop(proc) == 0
+    for pid in seen:  # the supervisor stopped its workers before exiting
+        assert not _alive(pid)
+
+
+def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _launch(tmp_path, port)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        seen = _pids_seen(url, 1, deadline)
+        victim = next(iter(seen))
+        os.kill(victim, signal.SIGKILL)
+        while True:  # answered throughout, and by a new worker soon
+            seen |= _pids_seen(url, 8, deadline)
+            if len(seen - {victim}) >= 2:
+                break
+            assert time.monotonic() < deadline, f"no replacement worker: {seen}"
+        assert proc.poll() is None
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    from modelshield.errors import ConfigError
+    from modelshield.gateway._workers import Supervisor
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        supervisor = Supervisor("pid_app:create_app", host="127.0.0.1", port=port, workers=2)
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*in use"):
+            supervisor.run()
+        assert supervisor._processes == []

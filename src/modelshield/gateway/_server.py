@@ -312,11 +312,12 @@ def run_uvicorn(
     """Serve the ASGI app built by ``factory`` (``"module:function"``) with uvicorn, in
     ``workers`` processes, until interrupted.
 
-    With several workers, uvicorn binds the listening socket itself with protocol number 0, so
-    asyncio does not set ``TCP_NODELAY`` on the connections it accepts; each response then goes
-    out in two small writes, the second waiting for the client's delayed ACK (about 40 ms per
-    request instead of about 1 ms). The socket bound here has ``TCP_NODELAY``, which accepted
-    connections inherit on Linux.
+    With several workers, each accepts on a socket of its own (``SO_REUSEPORT``, see
+    :mod:`modelshield.gateway._workers`), so the kernel spreads connections over them. The sockets
+    have ``TCP_NODELAY``, which accepted connections inherit on Linux: asyncio does not set it on
+    connections accepted from a socket handed to uvicorn, and each response would then go out in
+    two small writes, the second waiting for the client's delayed ACK (about 40 ms per request
+    instead of about 1 ms). Without ``SO_REUSEPORT`` uvicorn's own supervisor shares one socket.
     """
     import inspect
     import socket
@@ -324,11 +325,18 @@ def run_uvicorn(
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from modelshield.gateway import _workers
+
     os.environ[WORKERS_ENV] = str(max(1, workers))  # inherited by the worker processes
     if workers <= 1:
         uvicorn.run(
             factory, factory=True, host=host, port=port, log_level=log_level, access_log=False
         )
+        return
+    if _workers.supported():
+        _workers.Supervisor(
+            factory, host=host, port=port, workers=workers, log_level=log_level
+        ).run()
         return
     config = uvicorn.Config(
         factory,
