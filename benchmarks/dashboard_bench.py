@@ -34,7 +34,7 @@ import pyotp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_bench import free_port, prepare, run_wrk, wait_ready
+from gateway_bench import free_port, prepare, request_bodies, run_wrk, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ("/dashboard/overview", "/dashboard/clients")
@@ -110,7 +110,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(
-    workdir: Path, headers: dict[str, str], body: str, seconds: int, cookies: httpx.Cookies | None
+    workdir: Path,
+    headers: dict[str, str],
+    bodies: list[str],
+    seconds: int,
+    cookies: httpx.Cookies | None,
 ) -> tuple[tuple[float, float, float], list[float], float]:
     """wrk's (rps, p50, p99), the dashboard page times, and server CPU microseconds per request."""
     port = free_port()
@@ -118,7 +122,7 @@ def measure(
     url = f"{base}/v1/models/digits/predict"
     proc = start(workdir, port)
     try:
-        wait_ready(url, proc, headers, body)
+        wait_ready(url, proc, headers, bodies[0])
         # an open tab: the dashboard is opened before the warm-up, so its first load (which
         # reads the last 15 minutes of the audit log once) is over when the measurement starts
         viewer = Viewer(base, cookies) if cookies is not None else None
@@ -127,11 +131,11 @@ def measure(
             deadline = time.monotonic() + 60
             while len(viewer.seconds) < len(PAGES) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        run_wrk(url, headers, body, 2, workdir)  # warm-up
+        run_wrk(url, headers, bodies, 2, workdir)  # warm-up
         first = len(viewer.seconds) if viewer is not None else 0
         try:
             cpu_before = cpu_seconds(proc.pid)
-            result = run_wrk(url, headers, body, seconds, workdir)
+            result = run_wrk(url, headers, bodies, seconds, workdir)
             cpu = cpu_seconds(proc.pid) - cpu_before
         finally:
             if viewer is not None:
@@ -176,18 +180,18 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
     seconds = 5 if args.quick else 10
     rounds = 2 if args.quick else 4
-    body = json.dumps({"inputs": [[0.5] * 64]})
+    bodies = request_bodies()
     results: dict[str, list[tuple[float, float, float]]] = {"closed": [], "open": []}
     cpu_us: dict[str, list[float]] = {"closed": [], "open": []}
     page_seconds: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ms-dashbench-") as tmp:
         workdir = Path(tmp)
         headers = prepare(workdir)
-        cookies = sign_in(workdir, headers, body)
+        cookies = sign_in(workdir, headers, bodies[0])
         for _ in range(rounds):
             for kind in ("closed", "open"):
                 r, pages, cpu = measure(
-                    workdir, headers, body, seconds, cookies if kind == "open" else None
+                    workdir, headers, bodies, seconds, cookies if kind == "open" else None
                 )
                 results[kind].append(r)
                 cpu_us[kind].append(cpu)
