@@ -190,6 +190,49 @@ def test_one_row_ring_search_equals_the_batch_search(size: int) -> None:
     assert clipped > 0  # the clipped branch ran
 
 
+def test_rings_with_the_same_rows_share_one_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rings fed the same batches through one memo search once per batch and answer, each
+    with its own radius, what a ring searching on its own answers."""
+    from modelshield.detect import _base
+
+    calls: list[int] = []
+    real = _base.sq_distances
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_base, "sq_distances", counting)
+    rng = np.random.default_rng(5)
+    first, second = RecentRows(16), RecentRows(16)
+    alone_small, alone_large = RecentRows(16), RecentRows(16)  # radius 0.5 and 2.0, no memo
+    other_size = RecentRows(8)  # holds other rows: never shares a search
+    pool = rng.standard_normal((6, 16))
+    for _ in range(60):
+        n = int(rng.integers(2, 7))
+        fresh = rng.standard_normal((n, 16))
+        z = np.where(rng.random((n, 1)) < 0.5, pool[rng.integers(0, 6, n)], fresh)
+        z = z.astype(np.float16).astype(np.float32)
+        labels = rng.integers(0, 3, n)
+        memo: dict[Any, Any] = {}
+        before = len(calls)
+        got_small = first.check_and_add(z, labels, 0.5, memo)
+        searched = len(calls) - before
+        got_large = second.check_and_add(z, labels, 2.0, memo)
+        assert len(calls) - before == searched  # the second ring reused the first one's search
+        other_size.check_and_add(z, labels, 0.5, memo)
+        assert len(calls) - before > searched
+        for got, want in (
+            (got_small, alone_small.check_and_add(z, labels, 0.5)),
+            (got_large, alone_large.check_and_add(z, labels, 2.0)),
+        ):
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+        assert first.token is second.token
+        assert first.rows.tobytes() == second.rows.tobytes() == alone_small.rows.tobytes()
+    assert first.fill == 16  # the rings filled and wrapped
+
+
 def test_one_row_labels_and_margins_equal_the_batch_ones() -> None:
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.full(10, 0.5), 500)

@@ -523,6 +523,15 @@ def duplicate_radius(
     return float(fraction * np.median(np.sqrt(d2.min(axis=1))))
 
 
+@functools.lru_cache(maxsize=256)
+def _upper_triangle(n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """``np.triu_indices(n)``, made once per ``n`` (read-only)."""
+    rows, cols = np.triu_indices(n)
+    rows.setflags(write=False)
+    cols.setflags(write=False)
+    return rows, cols
+
+
 @functools.lru_cache(maxsize=64)
 def _as_float32(value: float) -> float:
     return float(np.float32(value))
@@ -564,21 +573,30 @@ class RecentRows:
         """For each row of the batch ``z``: is it a near-duplicate of a recent query (or of an
         earlier row of the batch), and is that nearest duplicate's label different?"""
         n = z.shape[0]
-        z_sq = np.einsum("ij,ij->i", z, z)
-        if n > 1:
-            pairs = sq_distances(z, z, z_sq, z_sq)
-            pairs[np.triu_indices(n)] = np.inf  # only earlier rows of the batch
-        else:  # one-row requests are the common case: skip the empty pair matrix
-            pairs = np.full((1, 1), np.inf, np.float32)
-        if self.fill:
-            to_ring = sq_distances(z, self.rows[: self.fill], z_sq, self.sq[: self.fill])
-            d2 = np.concatenate([to_ring, pairs], axis=1)
-            known = np.concatenate([self.labels[: self.fill], labels])
-        else:
-            d2, known = pairs, labels
-        nearest = d2.argmin(axis=1)
-        dup = d2[np.arange(n), nearest] <= radius * radius
-        flip = dup & (known[nearest] != labels)
+        # a ring holding the same rows as one already searched for this batch (same token, same
+        # size) has the same nearest rows: reuse them (each detector still applies its radius)
+        key = (self.token, self.rows.shape[0], "nearest")
+        hit = None if memo is None else memo.get(key)
+        if hit is None:
+            z_sq = np.einsum("ij,ij->i", z, z)
+            if n > 1:
+                pairs = sq_distances(z, z, z_sq, z_sq)
+                pairs[_upper_triangle(n)] = np.inf  # only earlier rows of the batch
+            else:  # one-row requests are the common case: skip the empty pair matrix
+                pairs = np.full((1, 1), np.inf, np.float32)
+            if self.fill:
+                to_ring = sq_distances(z, self.rows[: self.fill], z_sq, self.sq[: self.fill])
+                d2 = np.concatenate([to_ring, pairs], axis=1)
+                known = np.concatenate([self.labels[: self.fill], labels])
+            else:
+                d2, known = pairs, labels
+            nearest = d2.argmin(axis=1)
+            hit = (d2[np.arange(n), nearest], known[nearest])
+            if memo is not None:
+                memo[key] = hit
+        nearest_d2, nearest_labels = hit
+        dup = nearest_d2 <= radius * radius
+        flip = dup & (nearest_labels != labels)
         keep = min(n, self.rows.shape[0])
         idx = (self.pos + np.arange(keep)) % self.rows.shape[0]
         stored = z[-keep:].astype(np.float16).astype(np.float32)
