@@ -20,6 +20,9 @@ from modelshield.detect._base import (
     as_labels_and_margins,
 )
 
+#: Batches of at most this many rows find their leaves row by row (see ``_update``).
+_FEW_ROWS = 32
+
 
 @dataclass
 class _CoverageState:
@@ -142,6 +145,9 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
     def _update(self, state: _CoverageState, batch: QueryBatch, now: float) -> None:
         if batch.n == 1 and self._fast_single_row:
             state.visited[self._leaf_one(batch.x[0])] = True
+        elif batch.n <= _FEW_ROWS and self._fast_single_row:
+            # a few rows: descending row by row costs less than a numpy step per tree level
+            state.visited[[self._leaf_one(row) for row in batch.x]] = True
         else:
             state.visited[self._leaves(batch.x)] = True
         state.n_queries += batch.n
