@@ -89,3 +89,15 @@ def test_projection_for_wide_inputs_and_bad_parameters() -> None:
         PradaDetector(max_distances=6000).fit(x)
     with pytest.raises(DetectorError):
         PradaDetector(min_distances=500, max_distances=100).fit(x)
+
+
+def test_w_is_scipys_shapiro_wilk_statistic() -> None:
+    """The detector calls the function under scipy's axis/NaN decorator: the same W."""
+    rng = np.random.default_rng(4)
+    detector = PradaDetector()
+    for n in (120, 1000, 4096):
+        d = rng.gamma(2.0, 1.0, n).astype(np.float32)
+        d[:3] = [40.0, 45.0, 50.0]  # beyond 3 sigma: removed before the test
+        kept = d[np.abs(d - d.mean()) <= 3.0 * d.std()].astype(np.float64)
+        assert kept.shape[0] <= n - 3  # (a gamma sample has a few 3-sigma values of its own)
+        assert detector._shapiro_w(d) == float(shapiro(kept).statistic)
