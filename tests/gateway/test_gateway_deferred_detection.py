@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
@@ -18,10 +19,11 @@ from modelshield import access, audit
 from modelshield.config import load_config
 from modelshield.demo import DemoData, DemoModel
 from modelshield.detect import ResponsePolicy, Rule, TierPolicy
-from modelshield.errors import ServiceUnavailableError
+from modelshield.errors import AuthorizationError, ServiceUnavailableError
 from modelshield.gateway import ServerThread, build_app, open_gateway
 from modelshield.gateway._app import Gateway
 from modelshield.gateway._detection import fit_and_calibrate
+from modelshield.gateway._pipeline import admit
 from modelshield.gateway._plugins import MAX_PENDING_ROWS, DetectionObserver
 from modelshield.models import Predictor, load_model
 from modelshield.stores import open_audit_store
@@ -412,13 +414,7 @@ def test_a_failed_shared_flush_reaches_every_waiting_request(
 def test_a_flag_whose_requests_went_away_is_still_set_and_audited(
     bare_gateway: Gateway, victim: Predictor
 ) -> None:
-    recorded: list[Any] = []
-
-    class Sink:
-        async def record(self, entry: Any) -> None:
-            recorded.append(entry)
-
-    bare_gateway.audit = Sink()
+    bare_gateway.audit = sink = Sink()
     _answered(bare_gateway, victim, _noise(np.random.default_rng(13), 300))
 
     async def scenario() -> None:
@@ -430,7 +426,7 @@ def test_a_flag_whose_requests_went_away_is_still_set_and_audited(
 
     asyncio.run(scenario())
     assert bare_gateway.limits.get_flag("c") == "block"
-    assert [(r.decision, r.extra["flag"]) for r in recorded] == [("detect", "block")]
+    assert [(r.decision, r.extra["flag"]) for r in sink.entries] == [("detect", "block")]
 
 
 def test_the_idle_flush_leaves_a_client_that_keeps_sending_to_its_next_requests(
@@ -482,3 +478,89 @@ def test_the_idle_flush_leaves_a_client_that_keeps_sending_to_its_next_requests(
     assert by_idle_flush[-1] == 1  # once quiet, it observed the last answered row
     assert observed == 12
     assert observer.pending_clients() == []
+
+
+class Sink:
+    """An audit sink keeping the entries it is given."""
+
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+
+    async def record(self, entry: Any) -> None:
+        self.entries.append(entry)
+
+
+def test_a_request_queued_after_the_flush_sees_its_flag(
+    bare_gateway: Gateway, victim: Predictor
+) -> None:
+    """The flush sets the flag itself: a request of the client that comes after the flush but
+    before the waiting request resumes is refused too."""
+    _answered(bare_gateway, victim, _noise(np.random.default_rng(14), 300))
+    big = bare_gateway.tiers["big"]
+
+    async def request() -> str:
+        await bare_gateway._observe_earlier("c", {})
+        try:
+            admit(bare_gateway.limits, "c", big, 1, 0.0)
+        except AuthorizationError:
+            return "refused"
+        return "admitted"
+
+    async def scenario() -> list[str]:
+        first = asyncio.ensure_future(request())  # waits for the flush at the end of the turn
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(request())  # runs after the flush, before `first`
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(scenario()) == ["refused", "refused"]
+
+
+def test_a_failing_model_does_not_lose_another_models_flag(
+    tmp_path: Path, victim: Predictor, fitted: Any
+) -> None:
+    config = load_config(write_config(tmp_path, BIG_TIER))
+    failing = _observer(fitted)
+    failing.suite = FailingSuite(failing.suite)
+    gateway = open_gateway(
+        config,
+        models={"digits": victim, "twin": victim},
+        observers={"digits": _observer(fitted), "twin": failing},
+    )
+    gateway.audit = sink = Sink()
+    rows = _noise(np.random.default_rng(15), 300)
+    for observer in gateway.observers.values():
+        observer.defer("c", rows, victim.predict_proba(rows), 1.0, "big")  # type: ignore[attr-defined]
+        observer.release("c")  # type: ignore[attr-defined]
+
+    async def scenario() -> Any:
+        outcome = await asyncio.gather(gateway._observe_earlier("c", {}), return_exceptions=True)
+        await gateway.drain()
+        return outcome[0]
+
+    try:
+        outcome = asyncio.run(scenario())
+    finally:
+        gateway.close()
+    assert isinstance(outcome, ServiceUnavailableError)  # the request hears of the failure
+    assert gateway.limits.get_flag("c") == "block"  # but the digits model's flag is set
+    assert [(e.decision, e.extra["flag"]) for e in sink.entries] == [("detect", "block")]
+
+
+def test_a_request_gone_after_the_flush_still_gets_its_evidence_audited(
+    bare_gateway: Gateway, victim: Predictor
+) -> None:
+    bare_gateway.audit = sink = Sink()
+    _answered(bare_gateway, victim, _noise(np.random.default_rng(16), 300))
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(bare_gateway._observe_earlier("c", {}))
+        await asyncio.sleep(0)  # the flush is queued
+        await asyncio.sleep(0)  # it ran and handed the evidence to `waiting`, not yet resumed
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await bare_gateway.drain()
+
+    asyncio.run(scenario())
+    assert bare_gateway.limits.get_flag("c") == "block"
+    assert [(e.decision, e.extra["flag"]) for e in sink.entries] == [("detect", "block")]

@@ -89,10 +89,6 @@ class AuditSink(Protocol):
     async def record(self, entry: AuditEntry) -> None: ...
 
 
-#: A flag (or ``None``) and its evidence, as an observer's flush returns them.
-Flagged = tuple[str | None, dict[str, Any]]
-
-
 @dataclass(frozen=True)
 class AuditEntry:
     """The facts about one request that the audit log keeps."""
@@ -257,7 +253,7 @@ class Gateway:
     # client -> when (time.monotonic) its latest batch was deferred
     _deferred_at: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     # client -> the requests waiting for this loop round's flush of its released rows
-    _waiting: dict[str, list[asyncio.Future[list[Flagged]]]] = field(
+    _waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -465,8 +461,9 @@ class Gateway:
 
         The observation is shared: every request of the client that arrives in the same turn of
         the event loop waits for one flush at the end of that turn, so that the detectors see the
-        rows of many concurrent requests in one batch (their cost per row falls several times);
-        the first of those requests carries what the flush found in its audit record."""
+        rows of many concurrent requests in one batch (their cost per row falls several times).
+        The flush sets the flags it finds itself; the first of those requests carries what it
+        found in its audit record."""
         kept = self._unapplied.pop(client, None)
         if kept is not None:
             self._escalate(client, kept[0], kept[1], entry, look_up=True)
@@ -481,41 +478,49 @@ class Gateway:
             if not self._waiting:
                 asyncio.get_running_loop().call_soon(self._flush_waiting)
             waiting = self._waiting[client] = []
-        future: asyncio.Future[list[Flagged]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         waiting.append(future)
-        for flag, evidence in await future:
-            self._escalate(client, flag, evidence, entry, look_up=True)
+        try:
+            extra = await future
+        except asyncio.CancelledError:
+            # gone after the flush handed it the evidence (the flag is set): audit it anyway
+            if future.done() and not future.cancelled() and future.exception() is None:
+                found = future.result()
+                if found is not None:
+                    self._record_detection(client, None, self.clock(), {"extra": found})
+            raise
+        if extra is not None and "flag" not in entry.get("extra", {}):
+            entry["extra"] = extra
 
     def _flush_waiting(self) -> None:
         """Observe the released rows of every client with requests waiting (see
-        :meth:`_observe_earlier`): the first waiting request gets the results, the others an
-        empty list; a failure reaches every one of them."""
+        :meth:`_observe_earlier`) and set the flags found, model by model, before any of those
+        requests goes on. The first waiting request gets the audit evidence (the others
+        ``None``); when nobody waits any more it gets a record of its own. A failure reaches
+        every waiting request, after the other models' rows were observed and their flags set
+        (a flag the state store refused is kept for the client's next request)."""
         waiting, self._waiting = self._waiting, {}
         for client, futures in waiting.items():
-            live = [f for f in futures if not f.done()]
-            try:
-                results = [
-                    deferred.flush(client, released_only=True)
-                    for deferred in map(_deferred, self.observers.values())
-                    if deferred is not None
-                ]
-            except Exception as exc:
-                for future in live:
-                    future.set_exception(exc)
-                continue
-            if live:
-                live[0].set_result(results)
-                for future in live[1:]:
-                    future.set_result([])
-                continue
-            for flag, evidence in results:  # nobody waits any more: set and audit it here
-                entry: dict[str, Any] = {}
-                try:
-                    self._escalate(client, flag, evidence, entry, look_up=True)
-                except Exception:  # kept by _escalate for the client's next request
-                    _log.warning("cannot set the detection flag of a client yet")
+            found: dict[str, Any] = {}
+            error: Exception | None = None
+            for deferred in map(_deferred, self.observers.values()):
+                if deferred is None:
                     continue
-                self._record_detection(client, None, self.clock(), entry)
+                try:
+                    flag, evidence = deferred.flush(client, released_only=True)
+                    self._escalate(client, flag, evidence, found, look_up=True)
+                except Exception as exc:
+                    error = error or exc
+            live = [f for f in futures if not f.done()]
+            if error is None and live:
+                live[0].set_result(found.get("extra"))
+                for future in live[1:]:
+                    future.set_result(None)
+                continue
+            self._record_detection(client, None, self.clock(), found)
+            if error is not None:
+                for future in live:
+                    future.set_exception(error)
 
     def _schedule_idle_flush(self) -> None:
         if self._idle_flush is None:
