@@ -186,11 +186,16 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         assert _stop(proc) == 0
 
 
-def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_port_in_use_is_refused_before_any_worker_starts(reuse_port: bool) -> None:
+    """Also when the listener used SO_REUSEPORT (a stale gateway of the same user), with which
+    a SO_REUSEPORT bind would silently share the port."""
     from modelshield.errors import ConfigError
     from modelshield.gateway._workers import Supervisor
 
     with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
@@ -198,3 +203,43 @@ def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> No
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*in use"):
             supervisor.run()
         assert supervisor._processes == []
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves the supervisor no chance to stop its workers: the kernel does
+    (PR_SET_PDEATHSIG), so no orphan keeps serving the port."""
+    port = free_port()
+    proc = _launch(tmp_path, port)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        seen = _pids_seen(url, 1, deadline)
+        while len(seen) < 2:
+            assert time.monotonic() < deadline, f"only workers {seen} answered"
+            seen |= _pids_seen(url, 16, deadline)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in seen):
+        assert time.monotonic() < deadline, "a worker outlived its supervisor"
+        time.sleep(0.1)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
+    port = free_port()
+    launch = (
+        "from modelshield.gateway._server import run_uvicorn; "
+        f"run_uvicorn('no_such_module:create_app', host='127.0.0.1', port={port}, workers=2)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", launch],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "could not start" in proc.stderr

@@ -106,6 +106,7 @@ def test_single_row_is_a_batch_of_one(
         (np.array([["a"] * 64]), "real numbers"),
         (np.zeros((2, 64), dtype=np.complex128), "real numbers"),
         (np.zeros((2, 64), dtype="datetime64[s]"), "real numbers"),
+        (np.zeros((2, 64), dtype="timedelta64[s]"), "real numbers"),  # numpy: an integer kind
         (np.array([[None] * 64]), "real numbers"),
         ([[0.0] * 64, [0.0] * 10], "numeric array"),
     ],

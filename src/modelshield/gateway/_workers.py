@@ -8,19 +8,26 @@ from a load generator, all 32 were seen on one of two guarded workers. Here each
 own socket to the same address with ``SO_REUSEPORT``, and the kernel spreads new connections over
 the workers' sockets by a hash of their addresses.
 
-The supervisor keeps the address bound (not listening, so it receives no connections) for as long
-as it runs, restarts a worker that dies (at most once a second), and on SIGINT or SIGTERM asks
-every worker to shut down gracefully, killing one that has not stopped after ``grace`` seconds.
+The supervisor first checks that nothing listens on the address (with a plain bind: a socket with
+``SO_REUSEPORT`` would share the port with a stale gateway of the same user), then keeps it bound
+(not listening, so it receives no connections) for as long as it runs. It restarts a worker that
+dies (at most once a second) and stops, with an error, when a worker cannot start (uvicorn's
+startup-failure exit code, or three quick deaths in a row). On SIGINT or SIGTERM it asks every
+worker to shut down gracefully and kills one that has not stopped after ``grace`` seconds; a
+worker whose supervisor dies (even by SIGKILL) gets SIGTERM from the kernel
+(``PR_SET_PDEATHSIG``), so no orphan keeps serving the port. Linux only; elsewhere
+:func:`~modelshield.gateway._server.run_uvicorn` uses uvicorn's own supervisor.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
-import threading
+import sys
 import time
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -30,9 +37,41 @@ from modelshield.errors import ConfigError
 _log = logging.getLogger(__name__)
 
 
+#: uvicorn's exit code for a worker that could not start (``uvicorn.config.STARTUP_FAILURE``).
+STARTUP_FAILURE = 3
+#: A worker that dies this soon after it started, three times in a row, cannot start.
+QUICK_DEATH_SECONDS = 10.0
+
+
 def supported() -> bool:
-    """Whether this platform can give each worker a socket of its own."""
-    return hasattr(socket, "SO_REUSEPORT")
+    """Whether this platform spreads connections over sockets sharing a port (Linux does; macOS
+    has ``SO_REUSEPORT`` but gives every connection to one of them)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def check_free(host: str, port: int) -> None:
+    """Raise :class:`ConfigError` when something listens on ``host:port`` (a plain bind, which
+    fails whatever options the listener used)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _die_with(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies; exit if it is gone already."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the check below still catches a dead parent
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -55,8 +94,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(factory: str, host: str, port: int, log_level: str) -> None:
+def _worker(factory: str, host: str, port: int, log_level: str, parent: int) -> None:
     """One worker process: its own socket, one uvicorn server (graceful stop on SIGTERM)."""
+    _die_with(parent)
     import uvicorn
 
     config = uvicorn.Config(
@@ -90,50 +130,67 @@ class Supervisor:
         self.grace = grace
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess] = []
-        self._stop = threading.Event()
+        self._started: list[float] = []
+        self._stopping = False  # set by the signal handler: a plain store, nothing that locks
 
     def _start_one(self) -> BaseProcess:
         process = self._context.Process(
             target=_worker,
-            args=(self.factory, self.host, self.port, self.log_level),
+            args=(self.factory, self.host, self.port, self.log_level, os.getpid()),
             name="modelshield-worker",
         )
         process.start()
         return process
 
     def stop(self, *_: Any) -> None:
-        self._stop.set()
+        self._stopping = True
 
     def run(self) -> None:
-        """Serve until SIGINT or SIGTERM (or :meth:`stop`)."""
-        # holding the address (bound, not listening) makes a busy port fail here, clearly, and
-        # keeps it ours while workers restart
-        try:
-            reserved = listening_socket(self.host, self.port)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from None
+        """Serve until SIGINT or SIGTERM (or :meth:`stop`); raise :class:`ConfigError` when the
+        address is in use or a worker cannot start."""
+        check_free(self.host, self.port)
+        reserved = listening_socket(self.host, self.port)  # held: the address stays ours
         previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self._processes = [self._start_one() for _ in range(self.workers)]
-            last_restart = 0.0
-            while not self._stop.wait(0.2):
-                for i, process in enumerate(self._processes):
-                    if process.is_alive() or time.monotonic() - last_restart < 1.0:
-                        continue
-                    _log.warning(
-                        "worker %s exited with code %s; starting another",
-                        process.pid,
-                        process.exitcode,
-                    )
-                    self._processes[i] = self._start_one()
-                    last_restart = time.monotonic()
+            for _ in range(self.workers):
+                self._processes.append(self._start_one())
+                self._started.append(time.monotonic())
+            self._watch()
         finally:
             self._shut_down()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             reserved.close()
+
+    def _watch(self) -> None:
+        last_restart = 0.0
+        quick_deaths = 0
+        while not self._stopping:
+            time.sleep(0.2)
+            for i, process in enumerate(self._processes):
+                if self._stopping or process.is_alive():
+                    continue
+                if process.exitcode == STARTUP_FAILURE:
+                    raise ConfigError(
+                        f"a worker process could not start (exit code {STARTUP_FAILURE}); "
+                        "its error is in the log above"
+                    )
+                if time.monotonic() - last_restart < 1.0:
+                    continue  # seen again at the next round
+                lived = time.monotonic() - self._started[i]
+                quick_deaths = quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+                if quick_deaths >= 3:
+                    raise ConfigError(
+                        f"worker processes keep exiting within {QUICK_DEATH_SECONDS:.0f} s of "
+                        f"their start (last exit code {process.exitcode}); see the log above"
+                    )
+                _log.warning(
+                    "worker %s exited with code %s; starting another",
+                    process.pid,
+                    process.exitcode,
+                )
+                self._processes[i] = self._start_one()
+                self._started[i] = last_restart = time.monotonic()
 
     def _shut_down(self) -> None:
         for process in self._processes:

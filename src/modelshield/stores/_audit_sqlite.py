@@ -4,11 +4,12 @@ WAL mode lets readers (``audit verify``, exports, backups) run while writers com
 processes on one machine may share the file: each writes its own segment, write transactions start
 with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` (5 s) for one another; past that the
 batch fails closed. The writers of this module first take an advisory lock on ``PATH.lock``
-(``flock``), polled every 0.1 ms: SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more between
-attempts, while a group commit holds the write lock for well under a millisecond, so two worker
-processes sharing one file spent most of their time asleep (``benchmarks/audit_bench.py``,
-two processes: ``two_process_ratio``). ``lock_file=False`` leaves the ordering to SQLite alone
-(for a file system without ``flock``).
+(``flock``), polled every 0.1 ms for up to ``busy_timeout`` before SQLite's own wait (so a batch
+fails closed after at most twice ``busy_timeout``). SQLite's own busy handler sleeps 1, 2, 5, 10 ms
+and more between attempts, while a group commit holds the write lock for well under a
+millisecond, so two worker processes sharing one file spent most of their time asleep
+(``benchmarks/audit_bench.py``, two processes: ``two_process_ratio``). ``lock_file=False`` leaves
+the ordering to SQLite alone (for a file system without ``flock``).
 
 ``synchronous=FULL`` is the default: in WAL mode it fsyncs the log at every commit, so a record
 whose future resolved survives a power cut or kernel crash, not only a killed process. Group
@@ -307,7 +308,7 @@ class SQLiteAuditStore:
     def _writing(self) -> Iterator[None]:
         """Hold ``PATH.lock`` (see the module docstring) for one write transaction; past
         ``busy_timeout`` go on without it and let SQLite's own locking decide."""
-        if not self._lock_file:
+        if not self._lock_file or self._closed:  # closed: _connection() raises next
             yield
             return
         if self._write_lock is None:
