@@ -442,7 +442,7 @@ def test_the_idle_flush_leaves_a_client_that_keeps_sending_to_its_next_requests(
     recording = RecordingSuite(observer.suite)
     observer.suite = recording
     gateway = open_gateway(config, models={"digits": victim}, observers={"digits": observer})
-    gateway.idle_flush_seconds = 0.25
+    gateway.idle_flush_seconds = 0.5  # a gap this long between two requests would be a fault
     by_idle_flush: list[int] = []  # rows each idle flush observed
     idle_flush = gateway._flush_idle
 
@@ -452,7 +452,7 @@ def test_the_idle_flush_leaves_a_client_that_keeps_sending_to_its_next_requests(
         by_idle_flush.append(sum(len(b) for b in recording.batches) - before)
 
     gateway._flush_idle = counting_idle_flush  # type: ignore[method-assign]
-    rows = demo_data.x_test[:12]
+    rows = demo_data.x_test[:30]
 
     async def scenario() -> tuple[list[int], int]:
         transport = httpx.ASGITransport(app=build_app(gateway))
@@ -466,7 +466,7 @@ def test_the_idle_flush_leaves_a_client_that_keeps_sending_to_its_next_requests(
                 assert r.status_code == 200
                 await asyncio.sleep(0.04)  # busy: far less than idle_flush_seconds apart
             while_busy = list(by_idle_flush)
-            await asyncio.sleep(0.6)  # quiet: the idle flush takes the last row
+            await asyncio.sleep(1.5)  # quiet: the idle flush takes the last row
         return while_busy, sum(len(b) for b in recording.batches)
 
     try:
@@ -476,7 +476,7 @@ def test_the_idle_flush_leaves_a_client_that_keeps_sending_to_its_next_requests(
     assert while_busy  # the idle flush ran while the client was busy ...
     assert sum(while_busy) == 0  # ... and left its rows to its next requests
     assert by_idle_flush[-1] == 1  # once quiet, it observed the last answered row
-    assert observed == 12
+    assert observed == 30
     assert observer.pending_clients() == []
 
 
