@@ -16,63 +16,8 @@ import pytest
 
 from .conftest import free_port
 
-# Answers in two ASGI messages (headers, then body), as Starlette responses do: without
-# TCP_NODELAY the body's write waits for the client's delayed ACK.
-TINY_APP = """
-def create_app():
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-    return app
-"""
-
-
-def test_several_workers_answer_without_delayed_ack_stalls(tmp_path: Path) -> None:
-    (tmp_path / "tiny_app.py").write_text(TINY_APP, encoding="utf-8")
-    port = free_port()
-    launch = (
-        "from modelshield.gateway._server import run_uvicorn; "
-        f"run_uvicorn('tiny_app:create_app', host='127.0.0.1', port={port}, workers=2)"
-    )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", launch],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 60
-        with httpx.Client(timeout=5) as client:
-            while True:
-                assert proc.poll() is None, "the launcher exited"
-                try:
-                    client.get(url)
-                    break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline, "no worker answered within 60 s"
-                    time.sleep(0.2)
-            took = []
-            for _ in range(30):  # one keep-alive connection: one worker's accepted socket
-                started = time.perf_counter()
-                assert client.get(url).text == "ok"
-                took.append(time.perf_counter() - started)
-        # with the stall every answer takes at least the 40 ms delayed-ACK timer
-        assert statistics.median(took) < 0.02, took
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
+# Answers its worker's pid in two ASGI messages (headers, then body), as Starlette responses do:
+# without TCP_NODELAY the body's write waits for the client's delayed ACK.
 PID_APP = """
 import os
 
@@ -117,6 +62,15 @@ def _pids_seen(url: str, connections: int, deadline: float) -> set[int]:
     return seen
 
 
+def _both_workers(url: str, deadline: float, port: int | None = None) -> set[int]:
+    """The pids of the two workers, once both answer (and, with ``port``, both listen)."""
+    seen = _pids_seen(url, 1, deadline)
+    while len(seen) < 2 or (port is not None and _listening(port) < 2):
+        assert time.monotonic() < deadline, f"only workers {seen} answered"
+        seen |= _pids_seen(url, 16, deadline)
+    return seen
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> int:
     proc.terminate()
     try:
@@ -133,6 +87,24 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_several_workers_answer_without_delayed_ack_stalls(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _launch(tmp_path, port)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _pids_seen(url, 1, time.monotonic() + 60)  # a worker is up
+        took = []
+        with httpx.Client(timeout=5) as client:
+            for _ in range(30):  # one keep-alive connection: one worker's accepted socket
+                started = time.perf_counter()
+                assert client.get(url).text.isdigit()
+                took.append(time.perf_counter() - started)
+        # with the stall every answer takes at least the 40 ms delayed-ACK timer
+        assert statistics.median(took) < 0.02, took
+    finally:
+        assert _stop(proc) == 0
 
 
 def _listening(port: int) -> int:
@@ -153,12 +125,7 @@ def test_each_worker_listens_on_a_socket_of_its_own(tmp_path: Path) -> None:
     port = free_port()
     proc = _launch(tmp_path, port)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 60
-        seen = _pids_seen(url, 1, deadline)
-        while len(seen) < 2 or _listening(port) < 2:  # the second worker may still be starting
-            assert time.monotonic() < deadline, f"only workers {seen} answered"
-            seen |= _pids_seen(url, 16, deadline)
+        seen = _both_workers(f"http://127.0.0.1:{port}/", time.monotonic() + 60, port)
         assert len(seen) == 2
         assert _listening(port) == 2  # the supervisor's own socket is bound, not listening
     finally:
@@ -211,12 +178,7 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     port = free_port()
     proc = _launch(tmp_path, port)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 60
-        seen = _pids_seen(url, 1, deadline)
-        while len(seen) < 2:
-            assert time.monotonic() < deadline, f"only workers {seen} answered"
-            seen |= _pids_seen(url, 16, deadline)
+        seen = _both_workers(f"http://127.0.0.1:{port}/", time.monotonic() + 60)
     finally:
         proc.kill()
         proc.wait()
