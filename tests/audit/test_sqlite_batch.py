@@ -9,6 +9,7 @@ import stat
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,5 +147,36 @@ def test_without_the_lock_file_sqlite_alone_orders_the_writers(tmp_path: Path) -
         store.append_batch(records, head, [])
         assert list(store.iter_records()) == records
         assert not Path(f"{path}.lock").exists()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("failure", ["open", "flock"])
+def test_a_lock_file_that_cannot_be_used_leaves_the_ordering_to_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """A folder where the lock file cannot be created, or a file system without ``flock``:
+    batches still go in, ordered by SQLite's own locking."""
+    from modelshield.stores import _audit_sqlite
+
+    real_open = os.open
+
+    def refusing_open(path: Any, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode)
+
+    def refusing_flock(fd: int, operation: int) -> None:
+        raise OSError(37, "No locks available")
+
+    if failure == "open":
+        monkeypatch.setattr(_audit_sqlite.os, "open", refusing_open)
+    else:
+        monkeypatch.setattr(_audit_sqlite.fcntl, "flock", refusing_flock)
+    records, head, _ = _records_and_head(3)
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    try:
+        store.append_batch(records, head, [])
+        assert list(store.iter_records()) == records
     finally:
         store.close()
