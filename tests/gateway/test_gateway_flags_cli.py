@@ -60,10 +60,14 @@ def test_clearing_a_flag_resets_the_shared_detector_state(
     try:
         assert state.save({state_key("digits", client): (ABSENT, b"state")}) is not None
         assert state.save({state_key("digits", f"{client}-other"): (ABSENT, b"state")}) is not None
+        alert = state_key("digits", f"alert:{client}")
+        assert state.claim(alert, 600.0, 0.0)  # an alert went out: the next is held back
         r = modelshield_cli("flags", "clear", client, "--config", str(path), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "detector state reset" in r.stdout
         assert state.load(state_key("digits", client), "?") == (ABSENT, None)
+        assert state.claim(alert, 600.0, 1.0)  # released: a new attack alerts at once
+        state.release(alert)
         assert (
             state.load(state_key("digits", f"{client}-other"), "?")[1] == b"state"
         )  # only that client

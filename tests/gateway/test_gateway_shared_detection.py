@@ -143,6 +143,9 @@ class HookedStore:
             raise ServiceUnavailableError("detector state store unavailable: test")
         return self.inner.claim(key, seconds, now)
 
+    def release(self, key: str) -> None:
+        self.inner.release(key)
+
     def close(self) -> None:
         return None
 
@@ -321,6 +324,26 @@ def test_an_alert_is_raised_by_one_replica_per_interval(
         raised.append("alert" in evidence)
     # the noise thief trips the detectors on both replicas, but only the first alert goes out
     assert sum(raised) == 1, raised
+
+
+def test_a_cleared_client_alerts_again_at_once_on_every_replica(
+    fitted: Any, victim: Predictor, redis_store: RedisDetectorStateStore
+) -> None:
+    """Clearing a flag also ends the client's alert claim: a new attack raises an alert within
+    the interval, on any replica."""
+    alert_only = ResponsePolicy({"standard": TierPolicy((Rule("alert"),))}, default_tier="standard")
+    a, b = (
+        DetectionObserver(
+            copy.deepcopy(fitted), alert_only, group=None, state=redis_store, namespace="digits"
+        )
+        for _ in range(2)
+    )
+    batches = _batches(victim, 16, 10, seed=9)
+    raised = ["alert" in a.observe("thief", x, p, float(i))[1] for i, (x, p) in enumerate(batches)]
+    assert sum(raised) == 1  # then held back by the claim
+    a.forget("thief")  # an admin cleared the flag (on replica a)
+    again = ["alert" in b.observe("thief", x, p, 20.0 + i)[1] for i, (x, p) in enumerate(batches)]
+    assert sum(again) == 1  # replica b alerts again, within the same minute
 
 
 def test_an_unreachable_store_still_lets_alerts_out(fitted: Any, victim: Predictor) -> None:

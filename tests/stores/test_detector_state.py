@@ -135,6 +135,19 @@ def test_a_claim_is_granted_once_per_interval_across_handles(handles: Factory) -
     assert not a.claim("m:alert:alice", 0.3, now + 0.5)
 
 
+def test_a_released_claim_is_granted_again(handles: Factory) -> None:
+    import time
+
+    a, b = handles(), handles()
+    now = time.time()
+    assert a.claim("m:alert:carol", 60.0, now)
+    assert not b.claim("m:alert:carol", 60.0, now + 1)
+    b.release("m:alert:carol")
+    assert a.claim("m:alert:carol", 60.0, now + 2)  # within the minute, on another handle
+    assert not b.claim("m:alert:carol", 60.0, now + 3)
+    a.release("m:alert:nobody")  # releasing what nobody claimed is fine
+
+
 def test_redis_keys_expire_when_idle(redis_url: str) -> None:
     import redis
 

@@ -110,8 +110,9 @@ def _shares_detector_state(config: Config) -> bool:
 
 
 def _forget_detector_state(config: Config, client: str) -> bool:
-    """Delete ``client``'s shared detector state for every model (its detectors would raise the
-    flag again); ``False`` when detection is off or its state is per process."""
+    """Delete ``client``'s shared detector state and alert claim for every model (its detectors
+    would raise the flag again, and a new attack should alert at once); ``False`` when
+    detection is off or its state is per process."""
     from modelshield.gateway._detection import detector_state_store
     from modelshield.gateway._plugins import state_key
 
@@ -123,6 +124,7 @@ def _forget_detector_state(config: Config, client: str) -> bool:
     try:
         for model in config.models:
             state.delete(state_key(model, client))
+            state.release(state_key(model, f"alert:{client}"))
     finally:
         state.close()
     return True

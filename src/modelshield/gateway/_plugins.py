@@ -290,13 +290,14 @@ class DetectionObserver:
 
     def forget(self, client: str) -> None:
         """Start ``client`` afresh (an admin cleared its flag): drop its deferred rows, its
-        detector state in the shared store and here, and its alert time. The store goes
-        first: when it cannot be reached, nothing is dropped and the error is raised. The
-        group view (``group``) keeps what the client contributed to it, and an alert claimed in
-        the shared store in the last ``alert_interval`` still holds back the next one."""
+        detector state and its alert claim in the shared store and here, and its alert time,
+        so that a new attack alerts again at once. The store goes first: when it cannot be
+        reached, nothing is dropped and the error is raised. The group view (``group``) keeps
+        what the client contributed to it."""
         with self._lock:
             if self.state is not None:
                 self.state.delete(self._key(client))
+                self.state.release(self._key(f"alert:{client}"))
             self._pending.pop(client, None)
             self._pending_rows.pop(client, None)
             self._released.pop(client, None)

@@ -58,6 +58,10 @@ class DetectorStateStore(Protocol):
         shared rate limit, for alerts); ``now`` is the caller's clock."""
         ...
 
+    def release(self, key: str) -> None:
+        """End the claim under ``key`` now: the next :meth:`claim` is granted."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -94,6 +98,10 @@ class MemoryDetectorStateStore:
                 return False
             self._claims[key] = now + seconds
             return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            self._claims.pop(key, None)
 
     def close(self) -> None:
         return None
@@ -183,6 +191,14 @@ class RedisDetectorStateStore:
             return bool(
                 self._redis.set(f"{self._prefix}:claim:{key}", b"1", nx=True, px=_ms(seconds))
             )
+        except self._errors as exc:
+            raise ServiceUnavailableError(
+                f"detector state store unavailable: {type(exc).__name__}"
+            ) from None
+
+    def release(self, key: str) -> None:
+        try:
+            self._redis.delete(f"{self._prefix}:claim:{key}")
         except self._errors as exc:
             raise ServiceUnavailableError(
                 f"detector state store unavailable: {type(exc).__name__}"
@@ -311,6 +327,12 @@ class PostgresDetectorStateStore:
             return row is not None
 
         return self._session.run(run)
+
+    def release(self, key: str) -> None:
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            conn.execute("DELETE FROM ms_detector_claims WHERE key = %s", (key,))
+
+        self._session.run(run)
 
     def close(self) -> None:
         self._session.close()
