@@ -550,3 +550,24 @@ def test_a_failing_model_does_not_lose_another_models_flag(
     assert isinstance(outcome, ServiceUnavailableError)  # the request hears of the failure
     assert gateway.limits.get_flag("c") == "block"  # but the digits model's flag is set
     assert [(e.decision, e.extra["flag"]) for e in sink.entries] == [("detect", "block")]
+
+
+def test_a_request_carrying_an_earlier_flag_leaves_a_new_flags_evidence_its_own_record(
+    bare_gateway: Gateway, victim: Predictor
+) -> None:
+    """A flag kept from a store outage is set, and audited, with this request; a stronger flag
+    the shared flush finds then gets a detection record of its own, so neither evidence is
+    lost."""
+    bare_gateway.audit = sink = Sink()
+    bare_gateway._unapplied["c"] = ("throttle", {"evidence": "kept from an outage"})
+    _answered(bare_gateway, victim, _noise(np.random.default_rng(17), 300))
+    entry: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        await bare_gateway._observe_earlier("c", entry)
+        await bare_gateway.drain()
+
+    asyncio.run(scenario())
+    assert entry["extra"]["flag"] == "throttle"
+    assert bare_gateway.limits.get_flag("c") == "block"
+    assert [(e.decision, e.extra["flag"]) for e in sink.entries] == [("detect", "block")]

@@ -489,8 +489,12 @@ class Gateway:
                 if found is not None:
                     self._record_detection(client, None, self.clock(), {"extra": found})
             raise
-        if extra is not None and "flag" not in entry.get("extra", {}):
+        if extra is None:
+            return
+        if "flag" not in entry.get("extra", {}):
             entry["extra"] = extra
+        elif "flag" in extra:  # this record carries an earlier flag already: one of its own
+            self._record_detection(client, None, self.clock(), {"extra": extra})
 
     def _flush_waiting(self) -> None:
         """Observe the released rows of every client with requests waiting (see
