@@ -190,33 +190,26 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
         httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
 
 
-def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
-    port = free_port()
-    launch = (
-        "from modelshield.gateway._server import run_uvicorn; "
-        f"run_uvicorn('no_such_module:create_app', host='127.0.0.1', port={port}, workers=2)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", launch],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    assert "could not start" in proc.stderr
-
-
-def test_workers_that_keep_dying_at_start_stop_the_supervisor(tmp_path: Path) -> None:
-    """A factory that exits its process (not uvicorn's startup-failure code): after three quick
-    deaths in a row the supervisor gives up with an error instead of restarting for ever."""
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        # uvicorn exits with its startup-failure code: the supervisor stops at once
+        ("no_such_module", "a worker process could not start (exit code 3)"),
+        # the factory ends its process: three quick deaths in a row, then the supervisor stops
+        ("dying_app", "keep exiting within 10 s of their start (last exit code 1)"),
+    ],
+)
+def test_workers_that_cannot_start_stop_the_supervisor(
+    tmp_path: Path, app: str, message: str
+) -> None:
+    """Instead of restarting them for ever, the launcher exits non-zero, saying why."""
     (tmp_path / "dying_app.py").write_text(
         "import os\n\ndef create_app():\n    os._exit(1)\n", encoding="utf-8"
     )
     port = free_port()
     launch = (
         "from modelshield.gateway._server import run_uvicorn; "
-        f"run_uvicorn('dying_app:create_app', host='127.0.0.1', port={port}, workers=2)"
+        f"run_uvicorn('{app}:create_app', host='127.0.0.1', port={port}, workers=2)"
     )
     proc = subprocess.run(
         [sys.executable, "-c", launch],
@@ -227,4 +220,4 @@ def test_workers_that_keep_dying_at_start_stop_the_supervisor(tmp_path: Path) ->
         timeout=120,
     )
     assert proc.returncode != 0
-    assert "keep exiting within 10 s of their start (last exit code 1)" in proc.stderr
+    assert message in proc.stderr
