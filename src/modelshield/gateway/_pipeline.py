@@ -136,9 +136,7 @@ def answer(
     marker: Marker | None = None,
 ) -> Answer:
     """Predict, harden and (optionally) watermark one validated batch."""
-    # the batch was validated by :func:`validate`; adapters skip validating it twice
-    checked = getattr(predictor, "predict_proba_validated", None)
-    scores = checked(batch) if checked is not None else predictor.predict_proba(batch)
+    scores = _scores(predictor, batch)
     classes = np.asarray(predictor.classes)
     top = scores.argmax(axis=1)
     marked = np.empty(0, dtype=np.intp)
@@ -147,11 +145,7 @@ def answer(
         if marked.size:
             top = top.copy()
             top[marked] = marked_labels
-    policy = DEGRADED if degraded else tier.policy
-    hardened = policy.apply(scores, rng)
-    if hardened is not None and marked.size:
-        # the watermark answer must look like an ordinary answer: the marked class on top
-        hardened = _move_top(hardened, marked, top[marked])
+    hardened = _harden(DEGRADED if degraded else tier.policy, scores, rng, marked, top)
     return Answer(
         labels=classes[top].tolist(),
         probabilities=hardened,
@@ -195,8 +189,7 @@ def answer_many(
         ]  # fmt: skip
     bounds = np.cumsum([0, *(q.batch.shape[0] for q in questions)]).tolist()
     batch = np.concatenate([q.batch for q in questions])
-    checked = getattr(predictor, "predict_proba_validated", None)
-    scores = checked(batch) if checked is not None else predictor.predict_proba(batch)
+    scores = _scores(predictor, batch)
     top = scores.argmax(axis=1)
     marked = np.zeros(batch.shape[0], dtype=bool)
     if marker is not None:
@@ -212,12 +205,9 @@ def answer_many(
         questions, lambda q: DEGRADED if q.degraded else q.tier.policy
     ).items():
         rows = _rows(members, bounds, batch.shape[0])
-        out = policy.apply(scores[rows], rng)
+        out = _harden(policy, scores[rows], rng, np.flatnonzero(marked[rows]), top[rows])
         if out is None:
             continue
-        moved = np.flatnonzero(marked[rows])
-        if moved.size:  # as in answer(): the watermark answer has the marked class on top
-            out = _move_top(out, moved, top[rows[moved]])
         start = 0
         for i in members:
             size = bounds[i + 1] - bounds[i]
@@ -252,6 +242,28 @@ def _rows(members: list[int], bounds: list[int], total: int) -> npt.NDArray[np.i
     if len(members) == len(bounds) - 1:
         return np.arange(total, dtype=np.intp)
     return np.concatenate([np.arange(bounds[i], bounds[i + 1], dtype=np.intp) for i in members])
+
+
+def _scores(predictor: Predictor, batch: FloatArray) -> FloatArray:
+    # the batch was validated by :func:`validate`; adapters skip validating it twice
+    checked = getattr(predictor, "predict_proba_validated", None)
+    out: FloatArray = checked(batch) if checked is not None else predictor.predict_proba(batch)
+    return out
+
+
+def _harden(
+    policy: OutputPolicy,
+    scores: FloatArray,
+    rng: np.random.Generator,
+    marked: npt.NDArray[np.intp],
+    top: npt.NDArray[np.intp],
+) -> FloatArray | None:
+    """``policy`` applied to ``scores``; the ``marked`` rows then get their watermark label
+    (in ``top``) on top, so that a watermark answer looks like an ordinary one."""
+    out = policy.apply(scores, rng)
+    if out is not None and marked.size:
+        out = _move_top(out, marked, top[marked])
+    return out
 
 
 def _move_top(
