@@ -20,7 +20,7 @@ from modelshield.detect._base import (
     as_labels_and_margins,
 )
 
-#: Batches of at most this many rows find their leaves row by row (see ``_update``).
+#: Batches of at most this many rows find their leaves row by row (see ``_leaves``).
 _FEW_ROWS = 32
 
 
@@ -111,6 +111,9 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
         return int(leaf_index[node])
 
     def _leaves(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+        if x.shape[0] <= _FEW_ROWS and self._fast_single_row:
+            # a few rows: descending row by row costs less than a numpy step per tree level
+            return np.array([self._leaf_one(row) for row in x], np.int64)
         # vectorised descent (one numpy step per tree level) instead of sklearn's per-call apply
         node = np.zeros(x.shape[0], np.int64)
         rows = np.arange(x.shape[0])
@@ -145,9 +148,6 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
     def _update(self, state: _CoverageState, batch: QueryBatch, now: float) -> None:
         if batch.n == 1 and self._fast_single_row:
             state.visited[self._leaf_one(batch.x[0])] = True
-        elif batch.n <= _FEW_ROWS and self._fast_single_row:
-            # a few rows: descending row by row costs less than a numpy step per tree level
-            state.visited[[self._leaf_one(row) for row in batch.x]] = True
         else:
             state.visited[self._leaves(batch.x)] = True
         state.n_queries += batch.n
