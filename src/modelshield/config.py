@@ -130,6 +130,10 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    # threads per worker for numpy's BLAS (the detectors' and the watermark's matrix products).
+    # Their matrices are a few rows, and a BLAS thread that waits for work spins on a core
+    # that the other workers, the audit writer and the clients need.
+    blas_threads: int = Field(default=1, ge=1, le=64)
 
 
 class ModelConfig(_Section):

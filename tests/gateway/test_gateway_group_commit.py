@@ -56,3 +56,38 @@ def test_the_factory_reads_the_worker_count(
         assert (_linger(gateway) > 0) is lingers
     finally:
         gateway.close()
+
+
+_BLAS_PROBE = """
+import warnings
+from threadpoolctl import threadpool_info
+from modelshield.gateway._server import create_app
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    app = create_app()
+app.gateway.close()
+print(max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"))
+"""
+
+
+@pytest.mark.parametrize(("setting", "threads"), [(None, 1), (1, 1), (2, 2)])
+def test_the_factory_caps_blas_threads(
+    tmp_path: Path, demo_model: DemoModel, setting: int | None, threads: int
+) -> None:
+    """A served worker's BLAS pool has ``[server] blas_threads`` threads (default 1); a second
+    thread spun on a core the load needed (docs/gateway.md)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "digits.onnx").write_bytes(demo_model.onnx_bytes)
+    extra = "" if setting is None else f"[server]\nblas_threads = {setting}\n"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["MODELSHIELD_CONFIG"] = str(write_config(tmp_path, extra))
+    env["OPENBLAS_NUM_THREADS"] = "3"  # the process starts with more; the setting decides
+    out = subprocess.run(
+        [sys.executable, "-c", _BLAS_PROBE],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert int(out.split()[-1]) == threads

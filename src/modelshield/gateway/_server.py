@@ -287,6 +287,17 @@ def _configured_observers(config: Config, served: dict[str, Predictor]) -> dict[
     return observers
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Cap numpy's BLAS thread pool in this (gateway worker) process at ``threads``.
+
+    With OpenBLAS's default of one thread per core, the detectors' small matrix products kept a
+    second thread spinning: the server with detection used 1.9 cores instead of 0.96 for the same
+    throughput (docs/gateway.md, Performance)."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 def create_app() -> Any:
     """uvicorn factory: the app for the configuration named by ``MODELSHIELD_CONFIG``."""
     path = os.environ.get(CONFIG_ENV, "shield.toml")
@@ -294,6 +305,7 @@ def create_app() -> Any:
     workers = os.environ.get(WORKERS_ENV, "")
     n_workers = int(workers) if workers.isdigit() else 1
     logging.basicConfig(level=config.logging.level, format="%(levelname)s %(name)s: %(message)s")
+    limit_blas_threads(config.server.blas_threads)
     with warnings.catch_warnings():
         warnings.simplefilter("always", UnsealedModelWarning)
         gateway = open_gateway(config, workers=n_workers)
