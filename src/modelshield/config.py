@@ -134,6 +134,8 @@ class ServerConfig(_Section):
     # Their matrices are a few rows, and a BLAS thread that waits for work spins on a core
     # that the other workers, the audit writer and the clients need.
     blas_threads: int = Field(default=1, ge=1, le=64)
+    # with several workers: a worker whose event loop has been silent this long is replaced
+    worker_timeout: float = Field(default=30.0, ge=2.0, le=3600.0)
 
 
 class ModelConfig(_Section):

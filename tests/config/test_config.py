@@ -20,6 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_example_file_loads() -> None:
     config = load_config(EXAMPLE)
     assert config.server.port == 8000
+    assert (config.server.blas_threads, config.server.worker_timeout) == (1, 30.0)
     assert "digits" in config.models
     assert config.models["digits"].path.is_absolute()
 
@@ -36,6 +37,8 @@ def test_relative_model_path_is_resolved_against_the_file(tmp_path: Path) -> Non
     [
         ("[server]\nport = 70000\n", "server.port"),
         ("[server]\nworkers = 0\n", "server.workers"),
+        ("[server]\nworker_timeout = 1\n", "server.worker_timeout"),
+        ("[server]\nblas_threads = 0\n", "server.blas_threads"),
         ('[server]\nhots = "x"\n', "server.hots"),
         ("[models.digits]\nformat = 'onnx'\n", "models.digits.path"),
         ("[models.digits]\npath = 'a'\nformat = 'pickle'\n", "models.digits.format"),

@@ -18,13 +18,22 @@ from .conftest import free_port
 
 # Answers its worker's pid in two ASGI messages (headers, then body), as Starlette responses do:
 # without TCP_NODELAY the body's write waits for the client's delayed ACK.
+# /hang blocks its worker's event loop for good (after writing its pid to hung.pid); /pause?S
+# blocks it for S seconds.
 PID_APP = """
 import os
+import time
 
 def create_app():
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
+        if scope["path"] == "/hang":
+            with open("hung.pid", "w") as fh:
+                fh.write(str(os.getpid()))
+            time.sleep(3600)
+        if scope["path"] == "/pause":
+            time.sleep(float(scope["query_string"]))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
@@ -32,11 +41,14 @@ def create_app():
 """
 
 
-def _launch(tmp_path: Path, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
+def _launch(
+    tmp_path: Path, port: int, workers: int = 2, worker_timeout: float = 30.0
+) -> subprocess.Popen[bytes]:
     (tmp_path / "pid_app.py").write_text(PID_APP, encoding="utf-8")
     launch = (
         "from modelshield.gateway._server import run_uvicorn; "
-        f"run_uvicorn('pid_app:create_app', host='127.0.0.1', port={port}, workers={workers})"
+        f"run_uvicorn('pid_app:create_app', host='127.0.0.1', port={port}, workers={workers}, "
+        f"worker_timeout={worker_timeout})"
     )
     return subprocess.Popen(
         [sys.executable, "-c", launch],
@@ -221,3 +233,49 @@ def test_workers_that_cannot_start_stop_the_supervisor(
     )
     assert proc.returncode != 0
     assert message in proc.stderr
+
+
+def test_a_hung_worker_is_replaced(tmp_path: Path) -> None:
+    """A worker whose event loop stops keeps its socket, so the kernel would go on giving it
+    connections: the supervisor kills it once its heartbeats stop and starts another."""
+    port = free_port()
+    proc = _launch(tmp_path, port, worker_timeout=3)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 90
+        before = _both_workers(url, deadline)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(f"{url}hang", timeout=1.5)
+        hung = int((tmp_path / "hung.pid").read_text())
+        assert hung in before
+        while _alive(hung):
+            assert time.monotonic() < deadline, "the hung worker was not killed"
+            time.sleep(0.2)
+        after = _both_workers(url, deadline)
+        assert hung not in after and len(after - before) == 1
+        assert proc.poll() is None
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_a_busy_worker_within_the_timeout_is_kept(tmp_path: Path) -> None:
+    """A loop blocked for less than the timeout (a slow request) is not a hung worker."""
+    port = free_port()
+    proc = _launch(tmp_path, port, worker_timeout=5)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _both_workers(url, time.monotonic() + 90)
+        busy = int(httpx.get(f"{url}pause?2", timeout=10).text)
+        time.sleep(3)  # past the moment a 2 s timeout would have fired
+        assert _alive(busy)
+        assert proc.poll() is None
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_the_worker_timeout_has_a_floor() -> None:
+    from modelshield.errors import ConfigError
+    from modelshield.gateway._workers import Supervisor
+
+    with pytest.raises(ConfigError, match="at least 2 seconds"):
+        Supervisor("pid_app:create_app", host="127.0.0.1", port=1, workers=2, timeout=1.0)

@@ -56,6 +56,7 @@ def serve(
         host=bind_host,
         port=bind_port,
         workers=n_workers,
+        worker_timeout=settings.server.worker_timeout,
     )
 
 

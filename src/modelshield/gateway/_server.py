@@ -319,7 +319,13 @@ def create_app() -> Any:
 
 
 def run_uvicorn(
-    factory: str, *, host: str, port: int, workers: int = 1, log_level: str = "warning"
+    factory: str,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    log_level: str = "warning",
+    worker_timeout: float = 30.0,
 ) -> None:
     """Serve the ASGI app built by ``factory`` (``"module:function"``) with uvicorn, in
     ``workers`` processes, until interrupted.
@@ -330,6 +336,8 @@ def run_uvicorn(
     connections accepted from a socket handed to uvicorn, and each response would then go out in
     two small writes, the second waiting for the client's delayed ACK (about 40 ms per request
     instead of about 1 ms). Without ``SO_REUSEPORT`` uvicorn's own supervisor shares one socket.
+    ``worker_timeout``: with several workers, a worker whose event loop has given no sign of life
+    for this many seconds is killed and replaced (:mod:`modelshield.gateway._workers`).
     """
     import inspect
     import socket
@@ -347,9 +355,17 @@ def run_uvicorn(
         return
     if _workers.supported():
         _workers.Supervisor(
-            factory, host=host, port=port, workers=workers, log_level=log_level
+            factory,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            timeout=worker_timeout,
         ).run()
         return
+    options: dict[str, Any] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+        options["timeout_worker_healthcheck"] = max(1, int(worker_timeout))  # uvicorn >= 0.30
     config = uvicorn.Config(
         factory,
         factory=True,
@@ -358,6 +374,7 @@ def run_uvicorn(
         workers=workers,
         log_level=log_level,
         access_log=False,
+        **options,
     )
     sock = config.bind_socket()
     if sock.family in (socket.AF_INET, socket.AF_INET6):

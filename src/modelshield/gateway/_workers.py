@@ -17,10 +17,19 @@ worker to shut down gracefully and kills one that has not stopped after ``grace`
 worker whose supervisor dies (even by SIGKILL) gets SIGTERM from the kernel
 (``PR_SET_PDEATHSIG``), so no orphan keeps serving the port. Linux only; elsewhere
 :func:`~modelshield.gateway._server.run_uvicorn` uses uvicorn's own supervisor.
+
+A worker whose event loop hangs (a handler that never yields, a deadlock) would keep its socket,
+and the kernel would go on handing it a share of the new connections, which would wait for ever.
+So each worker's event loop writes a heartbeat byte to a pipe about once a second (uvicorn's
+``callback_notify`` tick, which runs on the loop), and the supervisor kills a worker (SIGKILL: a
+hung loop cannot run a graceful shutdown) whose last heartbeat is older than ``timeout`` seconds,
+then starts another as for any worker that died. Only workers that have beaten once are judged:
+a worker still loading its models is not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -29,6 +38,7 @@ import signal
 import socket
 import sys
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -41,6 +51,8 @@ _log = logging.getLogger(__name__)
 STARTUP_FAILURE = 3
 #: A worker that dies this soon after it started, three times in a row, cannot start.
 QUICK_DEATH_SECONDS = 10.0
+#: How long a worker's event loop may go without a heartbeat before it is killed (default).
+WORKER_TIMEOUT_SECONDS = 30.0
 
 
 def supported() -> bool:
@@ -94,13 +106,30 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(factory: str, host: str, port: int, log_level: str, parent: int) -> None:
-    """One worker process: its own socket, one uvicorn server (graceful stop on SIGTERM)."""
+def _worker(
+    factory: str, host: str, port: int, log_level: str, parent: int, beat: Connection
+) -> None:
+    """One worker process: its own socket, one uvicorn server (graceful stop on SIGTERM), and a
+    heartbeat byte on ``beat`` from its event loop about once a second."""
     _die_with(parent)
     import uvicorn
 
+    fd = beat.fileno()
+    os.set_blocking(fd, False)
+
+    async def heartbeat() -> None:
+        with contextlib.suppress(OSError):  # a full pipe or a gone supervisor: nothing to tell
+            os.write(fd, b".")
+
     config = uvicorn.Config(
-        factory, factory=True, host=host, port=port, log_level=log_level, access_log=False
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        callback_notify=heartbeat,
+        timeout_notify=0,  # uvicorn's tick calls it once a second
     )
     sock = listening_socket(host, port)
     try:
@@ -121,26 +150,67 @@ class Supervisor:
         workers: int,
         log_level: str = "warning",
         grace: float = 30.0,
+        timeout: float = WORKER_TIMEOUT_SECONDS,
     ) -> None:
+        if timeout < 2.0:  # heartbeats come about once a second
+            raise ConfigError("the worker timeout must be at least 2 seconds")
         self.factory = factory
         self.host = host
         self.port = port
         self.workers = workers
         self.log_level = log_level
         self.grace = grace
+        self.timeout = timeout
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess] = []
         self._started: list[float] = []
+        self._beats: list[Connection] = []  # the read end of each worker's heartbeat pipe
+        self._last_beat: list[float | None] = []  # None: not beaten yet (still starting)
         self._stopping = False  # set by the signal handler: a plain store, nothing that locks
 
-    def _start_one(self) -> BaseProcess:
+    def _start_one(self, slot: int | None = None) -> None:
+        """Start a worker in ``slot`` (a new one at the end when ``None``)."""
+        reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker,
-            args=(self.factory, self.host, self.port, self.log_level, os.getpid()),
+            args=(self.factory, self.host, self.port, self.log_level, os.getpid(), writer),
             name="modelshield-worker",
         )
-        process.start()
-        return process
+        try:
+            process.start()
+        except BaseException:
+            reader.close()
+            raise
+        finally:
+            writer.close()  # the worker holds its own copy
+        os.set_blocking(reader.fileno(), False)
+        if slot is None:
+            self._processes.append(process)
+            self._started.append(time.monotonic())
+            self._beats.append(reader)
+            self._last_beat.append(None)
+        else:
+            self._beats[slot].close()
+            self._processes[slot], self._beats[slot] = process, reader
+            self._started[slot], self._last_beat[slot] = time.monotonic(), None
+
+    def _check_heartbeats(self) -> None:
+        """Note each worker's heartbeats; kill a worker whose loop has been silent too long
+        (the next round of :meth:`_watch` replaces it like any dead worker)."""
+        now = time.monotonic()
+        for i, process in enumerate(self._processes):
+            try:
+                while os.read(self._beats[i].fileno(), 4096):
+                    self._last_beat[i] = now
+            except OSError:  # nothing more to read (BlockingIOError) or a closed pipe
+                pass
+            last = self._last_beat[i]
+            if last is not None and now - last > self.timeout and process.is_alive():
+                _log.warning(
+                    "worker %s has not answered for %.0f s: killed", process.pid, now - last
+                )
+                process.kill()
+                process.join(5)
 
     def stop(self, *_: Any) -> None:
         self._stopping = True
@@ -153,8 +223,7 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for _ in range(self.workers):
-                self._processes.append(self._start_one())
-                self._started.append(time.monotonic())
+                self._start_one()
             self._watch()
         finally:
             self._shut_down()
@@ -167,6 +236,7 @@ class Supervisor:
         quick_deaths = 0
         while not self._stopping:
             time.sleep(0.2)
+            self._check_heartbeats()
             for i, process in enumerate(self._processes):
                 if self._stopping or process.is_alive():
                     continue
@@ -189,8 +259,8 @@ class Supervisor:
                     process.pid,
                     process.exitcode,
                 )
-                self._processes[i] = self._start_one()
-                self._started[i] = last_restart = time.monotonic()
+                self._start_one(i)
+                last_restart = time.monotonic()
 
     def _shut_down(self) -> None:
         for process in self._processes:
@@ -203,3 +273,5 @@ class Supervisor:
                 _log.warning("worker %s did not stop in %.0f s: killed", process.pid, self.grace)
                 process.kill()
                 process.join()
+        for reader in self._beats:
+            reader.close()
