@@ -197,6 +197,62 @@ def test_at_most_max_cached_clients_stay_in_memory(fitted: Any, victim: Predicto
     assert _seen(a, "c1") == 8
 
 
+def test_a_client_first_seen_in_an_outage_keeps_its_rows_unless_another_replica_wrote_it(
+    fitted: Any, victim: Predictor
+) -> None:
+    store = HookedStore()
+    a, b = _replica(fitted, store, store_retry=0.0), _replica(fitted, store)
+    b1, b2, b3 = _batches(victim, 3, 5, seed=10)
+    store.down = True
+    a.observe("newbie", *b1, 0.0)
+    a.observe("other", *b1, 0.0)
+    store.down = False
+    b.observe("other", *b3, 0.5)  # another replica writes "other" meanwhile
+    a.observe("newbie", *b2, 1.0)
+    a.observe("other", *b2, 1.0)
+    assert _seen(a, "newbie") == 10  # the store had nothing: the outage rows stand
+    assert _seen(a, "other") == 10  # b's 5 rows, then these 5 (a's outage rows left)
+    check = _replica(fitted, store)
+    check.observe("newbie", b1[0][:1], b1[1][:1], 2.0)
+    assert _seen(check, "newbie") == 11
+
+
+def test_eviction_keeps_the_states_the_store_lacks_and_saves_them_first(
+    fitted: Any, victim: Predictor
+) -> None:
+    store = HookedStore()
+    a = _replica(fitted, store, max_cached=2, store_retry=0.0)
+    x, p = _batches(victim, 1, 4, seed=8)[0]
+    a.observe("c1", x, p, 0.0)
+    store.down = True
+    a.observe("c2", x, p, 1.0)
+    a.observe("c3", x, p, 2.0)  # one too many: c1 (in the store) goes, not c2 (older, unsaved)
+    assert set(a.suite.detector("prada").clients()) == {"c2", "c3"}
+    store.down = False
+    a.observe("c4", x, p, 3.0)  # the store is back: c2 is saved, then dropped
+    assert set(a.suite.detector("prada").clients()) == {"c3", "c4"}
+    check = _replica(fitted, store)
+    for client in ("c1", "c2", "c4"):
+        check.observe(client, x[:1], p[:1], 4.0)
+        assert _seen(check, client) == 5, client  # every observed row reached the store
+
+
+def test_with_the_store_down_memory_stays_bounded_and_the_loss_is_logged(
+    fitted: Any, victim: Predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = HookedStore()
+    store.down = True
+    a = _replica(fitted, store, max_cached=2, store_retry=0.0)
+    x, p = _batches(victim, 1, 4, seed=9)[0]
+    with caplog.at_level(logging.WARNING, logger="modelshield.gateway._plugins"):
+        for client in ("c1", "c2", "c3"):
+            a.observe(client, x, p, 0.0)
+    assert set(a.suite.detector("prada").clients()) == {"c2", "c3"}
+    assert "detector state of client c1 dropped before the store had its latest rows" in (
+        caplog.text
+    )
+
+
 def test_an_unreadable_state_in_the_store_is_replaced(
     fitted: Any, victim: Predictor, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -24,7 +24,7 @@ view can be lost, never counted twice. After a store failure the observer leaves
 for ``store_retry`` seconds (the observations run on the event loop) and goes on with the state
 it holds; that state reaches the store later only if no other replica wrote the client in the
 meantime, otherwise the rows of the outage stay observed (with their flags) but leave the shared
-history.
+history. A client's state that the store lacks is dropped from memory last, and saved first.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ MAX_PENDING_ROWS = 4096
 
 #: Local version of a key whose state must be read from the shared store before use.
 _STALE = "?"
+#: Local version of a key first observed while the store was unreachable: its state holds this
+#: replica's rows only, and goes to the store when the store turns out to have none.
+_NEW = "new?"
 #: Observations of one batch at most, when other replicas keep saving the same keys first.
 _MAX_ATTEMPTS = 5
 #: After a failure of the shared store, how long observations use only this process's state.
@@ -95,7 +98,10 @@ class DetectionObserver:
     ``state`` (optional) shares the detectors' state with other replicas under keys prefixed
     ``namespace`` (the model's name); see the module docstring. Then at most ``max_cached``
     clients' states are kept in this process (least recently observed dropped first: the store
-    holds them). After a store failure the store is left alone for ``store_retry`` seconds.
+    holds them). A state that the store has not got yet (observed during an outage) is dropped
+    only after the saved ones, and is saved first when the store is back; when more than
+    ``max_cached`` clients are unsaved, the oldest are dropped with a warning (memory stays
+    bounded). After a store failure the store is left alone for ``store_retry`` seconds.
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class DetectionObserver:
         self._versions: dict[str, str] = {}  # key -> version of the store this state matches
         self._store_down_until = 0.0  # monotonic time before which the store is not tried
         self._cached: OrderedDict[str, None] = OrderedDict()  # clients, least recent first
+        self._unsaved: OrderedDict[str, None] = OrderedDict()  # ... whose rows the store lacks
         self._lock = threading.Lock()
         self._alerted: dict[str, float] = {}  # client -> time of its last alert
         self._pending: dict[str, list[_Deferred]] = {}
@@ -198,6 +205,7 @@ class DetectionObserver:
         only when nobody else saved it first (see the module docstring)."""
         keys = self.suite.state_keys(client, self.group)
         result = None
+        unsaved = False
         for attempt in range(_MAX_ATTEMPTS):
             if attempt and not self._store_usable():
                 break
@@ -207,8 +215,10 @@ class DetectionObserver:
                 client, inputs, scores, now, group=self.group, tier=tier or None
             )
             if not self._store_usable():
-                break  # goes on with this state; saved when the store is back (see _sync)
+                unsaved = True  # goes on with this state; saved when the store is back
+                break
             verdict = self._save(store, keys[0])
+            unsaved = verdict is None
             for key in keys[1:] if verdict else ():  # the group, once the client is saved
                 if self._save(store, key) is False:
                     # another replica saved the group first: read its state next time; this
@@ -231,13 +241,38 @@ class DetectionObserver:
                 "observation is not shared",
                 client,
             )
-        self._cached[client] = None
-        self._cached.move_to_end(client)
-        while len(self._cached) > self.max_cached:
-            old, _ = self._cached.popitem(last=False)
+        self._cached.pop(client, None)
+        self._unsaved.pop(client, None)
+        (self._unsaved if unsaved else self._cached)[client] = None
+        self._evict(store)
+        return result
+
+    def _evict(self, store: DetectorStateStore) -> None:
+        """Keep at most ``max_cached`` clients here. A client whose latest rows the store lacks
+        is saved before it is dropped (when the store is back, those go first: they date from
+        the outage); otherwise the least recently observed go first, and only when the store
+        is still down and nothing else is left does an unsaved state go, with a warning."""
+        saving = True  # one failed save ends the saving here (even with store_retry=0)
+        while len(self._cached) + len(self._unsaved) > self.max_cached:
+            if self._unsaved and saving and self._store_usable():
+                old = next(iter(self._unsaved))
+                self._sync(store, old)  # learns the version of a client new in the outage
+                if not self._store_usable() or self._save(store, old) is None:
+                    saving = False
+                    continue
+                del self._unsaved[old]
+            elif self._cached:
+                old, _ = self._cached.popitem(last=False)
+            else:
+                old, _ = self._unsaved.popitem(last=False)
+                _log.warning(
+                    "detector state of client %s dropped before the store had its latest "
+                    "rows (store unreachable, more than %d clients unsaved)",
+                    old,
+                    self.max_cached,
+                )
             self.suite.forget(old)
             self._versions.pop(old, None)
-        return result
 
     def _save(self, store: DetectorStateStore, key: str) -> bool | None:
         """Save ``key``: ``True`` when saved, ``False`` when another replica saved first,
@@ -269,14 +304,19 @@ class DetectionObserver:
     def _sync(self, store: DetectorStateStore, key: str) -> None:
         """Make the local state of ``key`` the store's, when the store has a newer one."""
         if not self._store_usable():
-            return  # observe on what this process holds
+            self._versions.setdefault(key, _NEW)  # observe on what this process holds
+            return
         known = self._versions.get(key, _STALE)
         try:
             version, data = store.load(self._key(key), known)
         except ServiceUnavailableError as exc:
             self._store_failed(exc)
+            self._versions.setdefault(key, _NEW)
             return
         if version == known:
+            return
+        if data is None and known == _NEW:  # the store has nothing: this replica's rows stand
+            self._versions[key] = version
             return
         if data is None:  # absent from the store (new, expired or deleted)
             self.suite.forget(key)
@@ -304,6 +344,7 @@ class DetectionObserver:
             self._alerted.pop(client, None)
             self.suite.forget(client)
             self._cached.pop(client, None)
+            self._unsaved.pop(client, None)
             self._versions.pop(client, None)
 
     def defer(
