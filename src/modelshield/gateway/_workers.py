@@ -20,11 +20,15 @@ worker whose supervisor dies (even by SIGKILL) gets SIGTERM from the kernel
 
 A worker whose event loop hangs (a handler that never yields, a deadlock) would keep its socket,
 and the kernel would go on handing it a share of the new connections, which would wait for ever.
-So each worker's event loop writes a heartbeat byte to a pipe about once a second (uvicorn's
-``callback_notify`` tick, which runs on the loop), and the supervisor kills a worker (SIGKILL: a
+So each worker's event loop writes a heartbeat byte to a pipe about once a second (every tenth
+of uvicorn's 0.1 s ticks, which run on the loop), and the supervisor kills a worker (SIGKILL: a
 hung loop cannot run a graceful shutdown) whose last heartbeat is older than ``timeout`` seconds,
-then starts another as for any worker that died. Only workers that have beaten once are judged:
-a worker still loading its models is not.
+then starts another as for any worker that died (such a kill does not count as a failure to
+start). Only workers that have beaten once are judged: a worker still loading its models is not.
+Silence is measured on the monotonic clock, and a round of the supervisor that comes more than
+2 s late (the whole gateway was stopped or suspended) judges nobody. A worker that is hung when
+the supervisor stops is killed at once; one whose supervisor died (the kernel's SIGTERM cannot
+reach a hung loop) ends itself ``grace`` seconds later.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -106,34 +111,49 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _watch_parent(parent: int, grace: float) -> None:
+    """In a worker: once the supervisor is gone, give the worker ``grace`` seconds to stop on the
+    SIGTERM the kernel sent (``PR_SET_PDEATHSIG``), then end it. A worker whose event loop hangs
+    cannot act on that SIGTERM and would otherwise keep serving the port for ever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    time.sleep(grace)
+    os._exit(1)
+
+
 def _worker(
-    factory: str, host: str, port: int, log_level: str, parent: int, beat: Connection
+    factory: str,
+    host: str,
+    port: int,
+    log_level: str,
+    parent: int,
+    beat: Connection,
+    grace: float = 30.0,
 ) -> None:
     """One worker process: its own socket, one uvicorn server (graceful stop on SIGTERM), and a
     heartbeat byte on ``beat`` from its event loop about once a second."""
     _die_with(parent)
+    threading.Thread(target=_watch_parent, args=(parent, grace), daemon=True).start()
     import uvicorn
 
     fd = beat.fileno()
     os.set_blocking(fd, False)
 
-    async def heartbeat() -> None:
-        with contextlib.suppress(OSError):  # a full pipe or a gone supervisor: nothing to tell
-            os.write(fd, b".")
+    class _BeatingServer(uvicorn.Server):
+        async def on_tick(self, counter: int) -> bool:
+            # uvicorn ticks every 0.1 s of its loop; counting ticks, not reading the wall clock,
+            # keeps the beat going when the clock is stepped back
+            if counter % 10 == 0:
+                with contextlib.suppress(OSError):  # a full pipe or a gone supervisor
+                    os.write(fd, b".")
+            return await super().on_tick(counter)
 
     config = uvicorn.Config(
-        factory,
-        factory=True,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        callback_notify=heartbeat,
-        timeout_notify=0,  # uvicorn's tick calls it once a second
+        factory, factory=True, host=host, port=port, log_level=log_level, access_log=False
     )
     sock = listening_socket(host, port)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _BeatingServer(config).run(sockets=[sock])
     finally:
         sock.close()
 
@@ -166,6 +186,8 @@ class Supervisor:
         self._started: list[float] = []
         self._beats: list[Connection] = []  # the read end of each worker's heartbeat pipe
         self._last_beat: list[float | None] = []  # None: not beaten yet (still starting)
+        self._checked = time.monotonic()  # the last round of _check_heartbeats
+        self._silenced: set[int] = set()  # slots whose worker was killed for silence
         self._stopping = False  # set by the signal handler: a plain store, nothing that locks
 
     def _start_one(self, slot: int | None = None) -> None:
@@ -173,7 +195,15 @@ class Supervisor:
         reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker,
-            args=(self.factory, self.host, self.port, self.log_level, os.getpid(), writer),
+            args=(
+                self.factory,
+                self.host,
+                self.port,
+                self.log_level,
+                os.getpid(),
+                writer,
+                self.grace,
+            ),
             name="modelshield-worker",
         )
         try:
@@ -198,6 +228,10 @@ class Supervisor:
         """Note each worker's heartbeats; kill a worker whose loop has been silent too long
         (the next round of :meth:`_watch` replaces it like any dead worker)."""
         now = time.monotonic()
+        # a round this late means the supervisor itself was stopped (SIGSTOP, a frozen cgroup,
+        # a suspended machine), and its workers with it: judge nobody on the time it lost
+        late = now - self._checked > 2.0
+        self._checked = now
         for i, process in enumerate(self._processes):
             try:
                 while os.read(self._beats[i].fileno(), 4096):
@@ -205,12 +239,17 @@ class Supervisor:
             except OSError:  # nothing more to read (BlockingIOError) or a closed pipe
                 pass
             last = self._last_beat[i]
-            if last is not None and now - last > self.timeout and process.is_alive():
+            if last is None:
+                continue
+            if late:
+                self._last_beat[i] = now
+            elif now - last > self.timeout and process.is_alive():
                 _log.warning(
                     "worker %s has not answered for %.0f s: killed", process.pid, now - last
                 )
                 process.kill()
                 process.join(5)
+                self._silenced.add(i)
 
     def stop(self, *_: Any) -> None:
         self._stopping = True
@@ -248,7 +287,10 @@ class Supervisor:
                 if time.monotonic() - last_restart < 1.0:
                     continue  # seen again at the next round
                 lived = time.monotonic() - self._started[i]
-                quick_deaths = quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+                if i in self._silenced:  # killed here for hanging: it did start
+                    self._silenced.discard(i)
+                else:
+                    quick_deaths = quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
                 if quick_deaths >= 3:
                     raise ConfigError(
                         f"worker processes keep exiting within {QUICK_DEATH_SECONDS:.0f} s of "
@@ -263,6 +305,7 @@ class Supervisor:
                 last_restart = time.monotonic()
 
     def _shut_down(self) -> None:
+        self._check_heartbeats()  # a hung worker is killed now, not after the grace period
         for process in self._processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)  # uvicorn drains and runs the lifespan end
