@@ -51,7 +51,7 @@ def test_flags_need_a_shared_state_store(tmp_path: Path, modelshield_cli: Any) -
 def test_clearing_a_flag_resets_the_shared_detector_state(
     tmp_path: Path, redis_url: str, modelshield_cli: Any
 ) -> None:
-    from modelshield.gateway._plugins import state_key
+    from modelshield.gateway._plugins import CLEARED, state_key
     from modelshield.stores import ABSENT, RedisDetectorStateStore
 
     path = write_config(tmp_path, f"[state]\nurl = '{redis_url}'\n[detection]\nenabled = true\n")
@@ -65,7 +65,7 @@ def test_clearing_a_flag_resets_the_shared_detector_state(
         r = modelshield_cli("flags", "clear", client, "--config", str(path), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "detector state reset" in r.stdout
-        assert state.load(state_key("digits", client), "?") == (ABSENT, None)
+        assert state.load(state_key("digits", client), "?")[1] == CLEARED
         assert state.claim(alert, 600.0, 1.0)  # released: a new attack alerts at once
         state.release(alert)
         assert (

@@ -25,7 +25,7 @@ from modelshield.detect import ResponsePolicy, Rule, TierPolicy
 from modelshield.errors import ServiceUnavailableError
 from modelshield.gateway import ServerThread, build_app, open_gateway
 from modelshield.gateway._detection import fit_and_calibrate
-from modelshield.gateway._plugins import DetectionObserver, state_key
+from modelshield.gateway._plugins import CLEARED, DetectionObserver, state_key
 from modelshield.models import Predictor, load_model
 from modelshield.stores import (
     ABSENT,
@@ -223,18 +223,64 @@ def test_eviction_keeps_the_states_the_store_lacks_and_saves_them_first(
     store = HookedStore()
     a = _replica(fitted, store, max_cached=2, store_retry=0.0)
     x, p = _batches(victim, 1, 4, seed=8)[0]
-    a.observe("c1", x, p, 0.0)
     store.down = True
-    a.observe("c2", x, p, 1.0)
-    a.observe("c3", x, p, 2.0)  # one too many: c1 (in the store) goes, not c2 (older, unsaved)
-    assert set(a.suite.detector("prada").clients()) == {"c2", "c3"}
+    a.observe("c1", x, p, 0.0)  # unsaved, and the least recently observed
     store.down = False
-    a.observe("c4", x, p, 3.0)  # the store is back: c2 is saved, then dropped
+    a.observe("c2", x, p, 1.0)  # saved
+    store.down = True
+    a.observe("c3", x, p, 2.0)  # one too many: c2 (in the store) goes, not c1
+    assert set(a.suite.detector("prada").clients()) == {"c1", "c3"}
+    store.down = False
+    a.observe("c4", x, p, 3.0)  # the store is back: c1 is saved, then dropped
     assert set(a.suite.detector("prada").clients()) == {"c3", "c4"}
     check = _replica(fitted, store)
     for client in ("c1", "c2", "c4"):
         check.observe(client, x[:1], p[:1], 4.0)
         assert _seen(check, client) == 5, client  # every observed row reached the store
+
+
+def test_a_client_that_just_failed_to_save_is_not_the_one_dropped(
+    fitted: Any, victim: Predictor
+) -> None:
+    store = HookedStore()
+    a = _replica(fitted, store, max_cached=2, store_retry=0.0)
+    x, p = _batches(victim, 1, 4, seed=22)[0]
+    a.observe("old1", x, p, 0.0)
+    a.observe("old2", x, p, 1.0)
+    real_save, calls = store.save, []
+
+    def blip(updates: Mapping[str, tuple[str, bytes]]) -> dict[str, str] | None:
+        calls.append(updates)
+        if len(calls) == 1:  # the save of "new" fails once; the store answers again at once
+            raise ServiceUnavailableError("detector state store unavailable: test")
+        return real_save(updates)
+
+    store.save = blip  # type: ignore[method-assign]
+    a.observe("new", x, p, 2.0)
+    assert set(a.suite.detector("prada").clients()) == {"old2", "new"}
+
+
+def test_a_client_cleared_elsewhere_during_an_outage_is_not_written_back(
+    fitted: Any, victim: Predictor
+) -> None:
+    """Replica a, cut off from the store, sees a client first; replica b observes it and an
+    admin clears it through b. When a reaches the store again it drops its rows from before the
+    clear instead of writing them back (the store holds a cleared state, not nothing)."""
+    store = HookedStore()
+    a_path = HookedStore()
+    a_path.inner = store.inner  # a's own route to the same store, which can fail alone
+    a, b = _replica(fitted, a_path, store_retry=0.0), _replica(fitted, store)
+    (x1, p1), (x2, p2), (x3, p3) = _batches(victim, 3, 6, seed=21)
+    a_path.down = True
+    a.observe("c", x1, p1, 0.0)
+    b.observe("c", x2, p2, 1.0)
+    b.forget("c")
+    a_path.down = False
+    a.observe("c", x3, p3, 2.0)
+    assert _seen(a, "c") == 6  # afresh: the clear won over the rows a held
+    check = _replica(fitted, store)
+    check.observe("c", x3[:1], p3[:1], 3.0)
+    assert _seen(check, "c") == 7
 
 
 def test_with_the_store_down_memory_stays_bounded_and_the_loss_is_logged(
@@ -335,7 +381,7 @@ def test_forget_drops_the_client_here_and_in_the_store(fitted: Any, victim: Pred
     a.forget("alice")
     assert "alice" not in a.suite.detector("prada").clients()
     assert a.pending_clients() == []
-    assert store.load(state_key("digits", "alice"), "?") == (ABSENT, None)
+    assert store.load(state_key("digits", "alice"), "?")[1] == CLEARED
     b.observe("alice", x, p, 2.0)
     assert _seen(b, "alice") == 4  # afresh
     b.observe("bob", x, p, 2.0)

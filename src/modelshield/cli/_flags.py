@@ -110,11 +110,11 @@ def _shares_detector_state(config: Config) -> bool:
 
 
 def _forget_detector_state(config: Config, client: str) -> bool:
-    """Delete ``client``'s shared detector state and alert claim for every model (its detectors
+    """Clear ``client``'s shared detector state and alert claim for every model (its detectors
     would raise the flag again, and a new attack should alert at once); ``False`` when
     detection is off or its state is per process."""
     from modelshield.gateway._detection import detector_state_store
-    from modelshield.gateway._plugins import state_key
+    from modelshield.gateway._plugins import clear_shared_state, state_key
 
     if not _shares_detector_state(config):
         return False
@@ -123,7 +123,7 @@ def _forget_detector_state(config: Config, client: str) -> bool:
         return False
     try:
         for model in config.models:
-            state.delete(state_key(model, client))
+            clear_shared_state(state, state_key(model, client))
             state.release(state_key(model, f"alert:{client}"))
     finally:
         state.close()

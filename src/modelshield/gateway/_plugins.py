@@ -63,6 +63,23 @@ _MAX_ATTEMPTS = 5
 STORE_RETRY_SECONDS = 10.0
 
 
+#: A cleared client's state in the shared store (not a deletion: a replica that still holds rows
+#: of that client from before the clear, read in earlier or observed while the store was out of
+#: reach, must drop them rather than write them back to an empty key).
+CLEARED = b"modelshield:cleared"
+
+
+def clear_shared_state(store: DetectorStateStore, key: str) -> None:
+    """Set the state of ``key`` (a :func:`state_key`) to :data:`CLEARED`, by compare-and-set,
+    retried when replicas keep writing it; raises :class:`ServiceUnavailableError` when the store
+    cannot be reached or the key never stays still."""
+    for _ in range(_MAX_ATTEMPTS):
+        version, _ = store.load(key, _STALE)
+        if store.save({key: (version, CLEARED)}) is not None:
+            return
+    raise ServiceUnavailableError("detector state kept changing on other replicas: not cleared")
+
+
 def state_key(namespace: str, key: str) -> str:
     """The shared store's key for ``key`` (a client, or a suite's group key) of the model
     ``namespace``: the namespace's length comes first, so that model ``a`` with client ``b:c``
@@ -244,20 +261,25 @@ class DetectionObserver:
         self._cached.pop(client, None)
         self._unsaved.pop(client, None)
         (self._unsaved if unsaved else self._cached)[client] = None
-        self._evict(store)
+        self._evict(store, client)
         return result
 
-    def _evict(self, store: DetectorStateStore) -> None:
+    def _evict(self, store: DetectorStateStore, current: str) -> None:
         """Keep at most ``max_cached`` clients here. A client whose latest rows the store lacks
         is saved before it is dropped (when the store is back, those go first: they date from
         the outage); otherwise the least recently observed go first, and only when the store
-        is still down and nothing else is left does an unsaved state go, with a warning."""
+        is still down and nothing else is left does an unsaved state go, with a warning. The
+        client ``current``, just observed, is not saved-and-dropped: it is the most recent."""
         saving = True  # one failed save ends the saving here (even with store_retry=0)
         while len(self._cached) + len(self._unsaved) > self.max_cached:
-            if self._unsaved and saving and self._store_usable():
-                old = next(iter(self._unsaved))
-                self._sync(store, old)  # learns the version of a client new in the outage
-                if not self._store_usable() or self._save(store, old) is None:
+            older = next((c for c in self._unsaved if c != current), None)
+            if older is not None and saving and self._store_usable():
+                old = older
+                # the store's state first: the version of a client new in the outage, or a
+                # newer state (another replica's, or a clear) that replaces this replica's
+                if not self._sync(store, old) and (
+                    not self._store_usable() or self._save(store, old) is None
+                ):
                     saving = False
                     continue
                 del self._unsaved[old]
@@ -301,24 +323,27 @@ class DetectionObserver:
             self._store_failed(exc)
             return True
 
-    def _sync(self, store: DetectorStateStore, key: str) -> None:
-        """Make the local state of ``key`` the store's, when the store has a newer one."""
+    def _sync(self, store: DetectorStateStore, key: str) -> bool:
+        """Make the local state of ``key`` the store's, when the store has a newer one.
+
+        ``True`` when the local state is now exactly the store's (read in, or dropped because the
+        store has none or a cleared one): then there is nothing of this replica's to save."""
         if not self._store_usable():
             self._versions.setdefault(key, _NEW)  # observe on what this process holds
-            return
+            return False
         known = self._versions.get(key, _STALE)
         try:
             version, data = store.load(self._key(key), known)
         except ServiceUnavailableError as exc:
             self._store_failed(exc)
             self._versions.setdefault(key, _NEW)
-            return
+            return False
         if version == known:
-            return
+            return False  # the store's, plus whatever this replica could not save yet
         if data is None and known == _NEW:  # the store has nothing: this replica's rows stand
             self._versions[key] = version
-            return
-        if data is None:  # absent from the store (new, expired or deleted)
+            return False
+        if data is None or data == CLEARED:  # absent (new or expired) or cleared by an admin
             self.suite.forget(key)
         else:
             try:
@@ -327,6 +352,7 @@ class DetectionObserver:
                 # the suite dropped the key; the next save replaces the unreadable state
                 _log.error("unreadable detector state in the store for %s: %s", key, exc)
         self._versions[key] = version  # only once the local state is the store's (or empty)
+        return True
 
     def forget(self, client: str) -> None:
         """Start ``client`` afresh (an admin cleared its flag): drop its deferred rows, its
@@ -336,7 +362,7 @@ class DetectionObserver:
         what the client contributed to it."""
         with self._lock:
             if self.state is not None:
-                self.state.delete(self._key(client))
+                clear_shared_state(self.state, self._key(client))
                 self.state.release(self._key(f"alert:{client}"))
             self._pending.pop(client, None)
             self._pending_rows.pop(client, None)

@@ -288,14 +288,16 @@ def _configured_observers(config: Config, served: dict[str, Predictor]) -> dict[
 
 
 def limit_blas_threads(threads: int) -> None:
-    """Cap numpy's BLAS thread pool in this (gateway worker) process at ``threads``.
+    """Cap the BLAS and OpenMP thread pools of the native libraries loaded in this (gateway
+    worker) process at ``threads`` (call once the models and detectors are loaded: a library
+    loaded later keeps its default).
 
     With OpenBLAS's default of one thread per core, the detectors' small matrix products kept a
     second thread spinning: the server with detection used 1.9 cores instead of 0.96 for the same
-    throughput (docs/gateway.md, Performance)."""
+    throughput (docs/gateway.md)."""
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-    threadpool_limits(limits=threads, user_api="blas")
+    threadpool_limits(limits=threads)
 
 
 def create_app() -> Any:
@@ -305,10 +307,10 @@ def create_app() -> Any:
     workers = os.environ.get(WORKERS_ENV, "")
     n_workers = int(workers) if workers.isdigit() else 1
     logging.basicConfig(level=config.logging.level, format="%(levelname)s %(name)s: %(message)s")
-    limit_blas_threads(config.server.blas_threads)
     with warnings.catch_warnings():
         warnings.simplefilter("always", UnsealedModelWarning)
         gateway = open_gateway(config, workers=n_workers)
+    limit_blas_threads(config.server.blas_threads)
     if config.backup.in_gateway and config.source is not None:
         # one schedule per process: with several workers prefer a systemd timer (docs/backup.md)
         from modelshield.backup import BackupScheduler
@@ -365,7 +367,9 @@ def run_uvicorn(
         return
     options: dict[str, Any] = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
-        options["timeout_worker_healthcheck"] = max(1, int(worker_timeout))  # uvicorn >= 0.30
+        # uvicorn >= 0.37 pings its workers; a thread of the worker answers, so this catches a
+        # process that is stuck as a whole, not a hung event loop (docs/gateway.md)
+        options["timeout_worker_healthcheck"] = max(1, int(worker_timeout))
     config = uvicorn.Config(
         factory,
         factory=True,
