@@ -251,6 +251,13 @@ def test_workers_that_cannot_start_stop_the_supervisor(
     assert message in proc.stderr
 
 
+def _hang_a_worker(url: str, tmp_path: Path) -> int:
+    """Block the event loop of the worker that takes a new connection for good; its pid."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(f"{url}hang", timeout=1.5)
+    return int((tmp_path / "hung.pid").read_text())
+
+
 def test_hung_workers_are_replaced(tmp_path: Path) -> None:
     """A worker whose event loop stops keeps its socket, so the kernel would go on giving it
     connections: the supervisor kills it once its heartbeats stop and starts another. Three in
@@ -263,9 +270,7 @@ def test_hung_workers_are_replaced(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         before = _both_workers(url, deadline)
         for _ in range(3):
-            with pytest.raises(httpx.ReadTimeout):
-                httpx.get(f"{url}hang", timeout=1.5)
-            hung = int((tmp_path / "hung.pid").read_text())
+            hung = _hang_a_worker(url, tmp_path)
             assert hung in before
             while _alive(hung):
                 assert time.monotonic() < deadline, "the hung worker was not killed"
@@ -337,12 +342,10 @@ def test_a_hung_worker_ends_after_its_supervisor_is_killed(tmp_path: Path) -> No
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 90
         seen = _both_workers(url, deadline)
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.get(f"{url}hang", timeout=1.5)
+        hung = _hang_a_worker(url, tmp_path)
     finally:
         proc.kill()
         proc.wait()
-    hung = int((tmp_path / "hung.pid").read_text())
     assert hung in seen
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in seen):
