@@ -410,6 +410,22 @@ def test_a_batch_that_never_wins_the_race_is_still_observed_and_logged(
     assert evidence["scores"]  # and the verdict of that observation is returned
 
 
+def test_a_clear_that_never_gets_through_raises_and_drops_nothing(
+    fitted: Any, victim: Predictor
+) -> None:
+    """Clearing is a compare-and-set too: when other replicas keep writing the client, it gives
+    up after five tries with an error, and this replica keeps everything it had."""
+    store = AlwaysRacing()
+    a = _replica(fitted, store)
+    x, p = _batches(victim, 1, 6, seed=11)[0]
+    a.observe("alice", x, p, 0.0)
+    store.saves = 0
+    with pytest.raises(ServiceUnavailableError, match="not cleared"):
+        a.forget("alice")
+    assert store.saves == 5
+    assert _seen(a, "alice") == 6
+
+
 def test_an_alert_is_raised_by_one_replica_per_interval(
     fitted: Any, victim: Predictor, redis_store: RedisDetectorStateStore
 ) -> None:
