@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -359,3 +360,32 @@ def test_the_worker_timeout_has_a_floor() -> None:
 
     with pytest.raises(ConfigError, match="at least 2 seconds"):
         Supervisor("pid_app:create_app", host="127.0.0.1", port=1, workers=2, timeout=1.0)
+
+
+def test_without_so_reuseport_uvicorns_supervisor_gets_the_worker_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Elsewhere than Linux the launcher hands over to uvicorn's own supervisor, with the worker
+    timeout as its health-check timeout (uvicorn >= 0.37; it catches a stuck process, not a hung
+    loop: docs/gateway.md)."""
+    import uvicorn.supervisors
+
+    from modelshield.gateway import _workers
+    from modelshield.gateway._server import WORKERS_ENV, run_uvicorn
+
+    seen: list[tuple[int, int]] = []
+
+    class Recorder:
+        def __init__(self, config: Any, **_: Any) -> None:
+            seen.append((config.workers, config.timeout_worker_healthcheck))
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(_workers, "supported", lambda: False)
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", Recorder)
+    monkeypatch.setenv(WORKERS_ENV, "1")  # run_uvicorn sets it: restored after the test
+    run_uvicorn(
+        "pid_app:create_app", host="127.0.0.1", port=free_port(), workers=2, worker_timeout=12.5
+    )
+    assert seen == [(2, 12)]
