@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
         raise
 
 
+@contextlib.contextmanager
+def _serving(tmp_path: Path, **launch: Any) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    """The launcher (see :func:`_launch`) on a free port: ``(process, url, port)``; stopped on
+    exit, which must be clean."""
+    port = free_port()
+    proc = _launch(tmp_path, port, **launch)
+    try:
+        yield proc, f"http://127.0.0.1:{port}/", port
+    finally:
+        assert _stop(proc) == 0
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -119,10 +133,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_several_workers_answer_without_delayed_ack_stalls(tmp_path: Path) -> None:
-    port = free_port()
-    proc = _launch(tmp_path, port)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with _serving(tmp_path) as (_, url, _):
         _pids_seen(url, 1, time.monotonic() + 60)  # a worker is up
         took = []
         with httpx.Client(timeout=5) as client:
@@ -132,8 +143,6 @@ def test_several_workers_answer_without_delayed_ack_stalls(tmp_path: Path) -> No
                 took.append(time.perf_counter() - started)
         # with the stall every answer takes at least the 40 ms delayed-ACK timer
         assert statistics.median(took) < 0.02, took
-    finally:
-        assert _stop(proc) == 0
 
 
 def _listening(port: int) -> int:
@@ -151,23 +160,16 @@ def test_each_worker_listens_on_a_socket_of_its_own(tmp_path: Path) -> None:
     """Two listening sockets for two workers, so the kernel spreads new connections over them
     (with one shared socket, a burst of connections could all land on one worker), and both
     workers answer."""
-    port = free_port()
-    proc = _launch(tmp_path, port)
-    try:
-        seen = _both_workers(f"http://127.0.0.1:{port}/", time.monotonic() + 60, port)
+    with _serving(tmp_path) as (_, url, port):
+        seen = _both_workers(url, time.monotonic() + 60, port)
         assert len(seen) == 2
         assert _listening(port) == 2  # the supervisor's own socket is bound, not listening
-    finally:
-        assert _stop(proc) == 0
     for pid in seen:  # the supervisor stopped its workers before exiting
         assert not _alive(pid)
 
 
 def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
-    port = free_port()
-    proc = _launch(tmp_path, port)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with _serving(tmp_path) as (proc, url, _):
         deadline = time.monotonic() + 60
         seen = _pids_seen(url, 1, deadline)
         victim = next(iter(seen))
@@ -178,8 +180,6 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, f"no replacement worker: {seen}"
         assert proc.poll() is None
-    finally:
-        assert _stop(proc) == 0
 
 
 @pytest.mark.parametrize("reuse_port", [False, True])
@@ -264,10 +264,7 @@ def test_hung_workers_are_replaced(tmp_path: Path) -> None:
     connections: the supervisor kills it once its heartbeats stop and starts another. Three in
     a row, soon after their start (a client retrying a request that hangs), are not taken for
     workers that cannot start."""
-    port = free_port()
-    proc = _launch(tmp_path, port, worker_timeout=3)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with _serving(tmp_path, worker_timeout=3) as (proc, url, _):
         deadline = time.monotonic() + 120
         before = _both_workers(url, deadline)
         for _ in range(3):
@@ -281,48 +278,33 @@ def test_hung_workers_are_replaced(tmp_path: Path) -> None:
             assert len(after - before) == 1
             assert proc.poll() is None
             before = after
-    finally:
-        assert _stop(proc) == 0
 
 
 def test_a_busy_worker_within_the_timeout_is_kept(tmp_path: Path) -> None:
     """A loop blocked for less than the timeout (a slow request) is not a hung worker."""
-    port = free_port()
-    proc = _launch(tmp_path, port, worker_timeout=5)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with _serving(tmp_path, worker_timeout=5) as (proc, url, _):
         _both_workers(url, time.monotonic() + 90)
         busy = int(httpx.get(f"{url}pause?2", timeout=10).text)
         time.sleep(3)  # past the moment a 2 s timeout would have fired
         assert _alive(busy)
         assert proc.poll() is None
-    finally:
-        assert _stop(proc) == 0
 
 
 def test_a_clock_stepped_back_kills_no_worker(tmp_path: Path) -> None:
     """The heartbeat counts the event loop's ticks: a wall clock stepped back an hour does not
     silence it (a beat timed by the wall clock would stop for that hour)."""
-    port = free_port()
-    proc = _launch(tmp_path, port, worker_timeout=3)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with _serving(tmp_path, worker_timeout=3) as (proc, url, _):
         _both_workers(url, time.monotonic() + 90)
         stepped = int(httpx.get(f"{url}step", timeout=10).text)
         time.sleep(6)  # twice the timeout
         assert _alive(stepped)
         assert proc.poll() is None
-    finally:
-        assert _stop(proc) == 0
 
 
 def test_a_gateway_stopped_and_resumed_kills_no_worker(tmp_path: Path) -> None:
     """SIGSTOP (Ctrl-Z, a frozen container) stops the supervisor and its workers alike: the time
     they were stopped is not silence."""
-    port = free_port()
-    proc = _launch(tmp_path, port, worker_timeout=3)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with _serving(tmp_path, worker_timeout=3) as (proc, url, _):
         before = _both_workers(url, time.monotonic() + 90)
         os.killpg(proc.pid, signal.SIGSTOP)
         time.sleep(5)
@@ -330,8 +312,6 @@ def test_a_gateway_stopped_and_resumed_kills_no_worker(tmp_path: Path) -> None:
         time.sleep(3)
         assert all(_alive(pid) for pid in before)
         assert _both_workers(url, time.monotonic() + 30) == before
-    finally:
-        assert _stop(proc) == 0
 
 
 def test_a_hung_worker_ends_after_its_supervisor_is_killed(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from modelshield.gateway._admin import admin_routes
 from modelshield.gateway._app import AuditEntry, Gateway, build_app
 from modelshield.gateway._limits import open_limit_store
 from modelshield.gateway._pipeline import Clock, Marker, Observer, Tier
+from modelshield.gateway._workers import WORKER_TIMEOUT_SECONDS
 from modelshield.models import Predictor, load_model
 
 _log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ def run_uvicorn(
     port: int,
     workers: int = 1,
     log_level: str = "warning",
-    worker_timeout: float = 30.0,
+    worker_timeout: float = WORKER_TIMEOUT_SECONDS,
 ) -> None:
     """Serve the ASGI app built by ``factory`` (``"module:function"``) with uvicorn, in
     ``workers`` processes, until interrupted.
