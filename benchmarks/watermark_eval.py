@@ -3,9 +3,12 @@
 Run: python benchmarks/watermark_eval.py [--quick]. The last line is one JSON object with the keys
 of issue 7. Everything is in-process: the thief queries the victim through the response watermark
 exactly as the gateway applies it (labels with the marked rows changed), with the parameters given
-here: ``--share 0.0005 --uncertain-share 0.3 --probes 16`` by default (the gateway's ``init``
-profile; ``--share 0.0035 --uncertain-share 0.2`` was the previous profile, see docs/watermark.md;
-``--share 0.008 --uncertain-share 0 --probes 0`` was the first measurement's setting).
+here: ``--share 0.0005 --uncertain-share 0.15 --uncertain-below 0.95 --probes 16`` by default
+(the gateway's ``init`` profile; ``--uncertain-share 0.3 --uncertain-below 0.9`` and, before it,
+``--share 0.0035 --uncertain-share 0.2 --uncertain-below 0.9`` were earlier profiles, see
+docs/watermark.md; ``--share 0.008 --uncertain-share 0 --probes 0`` was the first measurement's
+setting). Uncertain answers are marked with the model's runner-up and traced by the selection
+test against the unmarked uncertain answers (controls).
 ``response_cost_honest`` is the share of answers changed for five held-out honest clients;
 ``response_cost`` counts every client, thieves included.
 
@@ -295,7 +298,8 @@ def response_section(data: Any, victim: Any, quick: bool, args: Any) -> dict[str
                         "augmented": augment,
                         "fidelity": round(fidelity, 4),
                         "marked": len(marks),
-                        "cells": len({r.cell for r in marks.records}),
+                        "cells": len({r.cell for r in marks.records if r.kind != "control"}),
+                        "controls": sum(1 for r in marks.records if r.kind == "control"),
                         "matches": own.matches,
                         "trials": own.trials,
                         "p": own.p_value,
@@ -384,11 +388,14 @@ def main() -> None:
     parser.add_argument(
         "--uncertain-share",
         type=float,
-        default=0.3,
-        help="marking rate of uncertain answers (default 0.3; 0 turns it off)",
+        default=0.15,
+        help="marking rate of uncertain answers (default 0.15; 0 turns it off)",
     )
     parser.add_argument(
-        "--uncertain-below", type=float, default=0.9, help="top-1 probability called uncertain"
+        "--uncertain-below",
+        type=float,
+        default=0.95,
+        help="top-1 probability below which an answer is uncertain (default 0.95)",
     )
     parser.add_argument(
         "--probes", type=int, default=16, help="noisy probes per stored query (default 16)"

@@ -168,3 +168,66 @@ def test_a_cleared_flag_starts_the_client_afresh(
     # the detectors forgot the thief: it is refused again only once it has sent as many rows,
     # not on the request after the one the old state would have flagged
     assert requests_until_refused() >= 3
+
+
+def test_uncertain_answers_are_kept_with_their_controls_and_traced(
+    tmp_path: Path, demo_model: DemoModel, demo_data: DemoData
+) -> None:
+    """Uncertain answers: the marked ones answer the runner-up, the unmarked ones are stored
+    unchanged as controls, and the trace finds the client whose answers a copy learned."""
+    from modelshield.attacks._knockoff import shift_images
+    from modelshield.evidence._trace import response_trace
+
+    (tmp_path / "wm.key").write_text("ef" * 32)
+    extra = OPEN_TIER + (
+        "[watermark]\nenabled = true\nshare = 0.001\nuncertain_share = 0.3\n"
+        "uncertain_below = 0.95\nkey = { file = 'wm.key' }\n"
+    )
+    config = load_config(write_config(tmp_path, extra))
+    with access.open_registry(config.registry.url) as registry:
+        keys = {n: registry.add(n, models=["digits"], tier="open")[1].reveal() for n in "ab"}
+    victim = load_model(demo_model.onnx_bytes)
+    pool = demo_data.x_test[:300]
+    rows = np.concatenate(
+        [pool, np.clip(shift_images(pool, image_shape=(8, 8), max_shift=1, random_state=0), 0, 1)]
+    ).astype(np.float32)
+    got: dict[str, list[object]] = {"a": [], "b": []}
+    gateway = open_gateway(config, models={"digits": victim}, random_state=0)
+    with ServerThread(build_app(gateway)) as server:
+        for name in got:
+            for start in range(0, len(rows), 50):
+                r = _post(server.url, keys[name], rows[start : start + 50])
+                assert r.status_code == 200, r.text
+                got[name].extend(r.json()["labels"])
+    proba = victim.predict_proba(rows)
+    unsure = proba.max(1) < 0.95
+    assert unsure.sum() > 40
+    store = open_audit_store(config.audit.url)
+    try:
+        stored = audit.marks_by_client(store)
+    finally:
+        store.close()
+    received = np.asarray(got["a"])
+    changed = received != np.asarray(victim.predict(rows))
+    kept = {np.load(io.BytesIO(m.mark.row)).astype(np.float32).tobytes(): m for m in stored["a"]}
+    for i in np.flatnonzero(unsure):  # every uncertain answer is stored, as it was returned
+        mark = kept[rows[i].tobytes()]
+        assert mark.mark.label == received[i]
+        if changed[i]:
+            assert received[i] == np.argsort(-proba[i], kind="stable")[1]  # the runner-up
+    assert 0 < changed[unsure].mean() < 0.6
+    assert len(kept) > changed.sum()  # the controls are stored too
+    # a copy that reproduces what client b was answered names b, and the model itself nobody
+    answered_b = {row.tobytes(): label for row, label in zip(rows, got["b"], strict=True)}
+
+    def copy_of_b(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        own = victim.predict(x)
+        return np.asarray([answered_b.get(r.tobytes(), o) for r, o in zip(x, own, strict=True)])
+
+    run = response_trace(config, victim=victim)
+    results = run(copy_of_b)
+    assert results[0].client_id == "b"
+    assert results[0].verified
+    assert not any(r.verified for r in results[1:])
+    assert not any(r.verified for r in run(victim.predict))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from typing import Any
@@ -433,3 +434,192 @@ def test_fourier_embedding_is_the_rfft2_magnitude_without_the_constant(
     kept = np.where(images < 0.3, 0.0, images).reshape(20, *shape)  # the floor drops faint pixels
     expected = np.abs(np.fft.rfft2(kept)).reshape(20, -1)[:, 1:]
     np.testing.assert_allclose(fourier_embedding(images, shape), expected, rtol=0, atol=1e-9)
+
+
+def uncertain_wm(key: bytes = KEY, rate: float = 0.3) -> ResponseWatermark:
+    return ResponseWatermark(
+        key, classes=CLASSES, share=0.001, image_shape=(8, 8),
+        uncertain_share=rate, uncertain_below=0.95,
+    )  # fmt: skip
+
+
+def shifted_digits(digits: Any) -> np.ndarray[Any, Any]:
+    """Natural digits and their one-pixel shifts: many answers the model is unsure about."""
+    base = digits[:500]
+    return np.concatenate([base, shift(base, 1, 0), shift(base, 0, 1), shift(base, -1, 0)])
+
+
+def test_uncertain_marks_answer_the_runner_up_and_controls_are_kept(
+    digits: Any, demo_model: DemoModel
+) -> None:
+    queries = shifted_digits(digits)
+    proba = demo_model.estimator.predict_proba(queries)
+    wm = uncertain_wm()
+    marks = wm.select("alice", queries, outputs=proba)
+    by_digest = {r.digest: r for r in marks.records}
+    unsure = proba.max(1) < 0.95
+    second = np.argsort(-proba, axis=1, kind="stable")[:, 1]
+    kinds = {
+        kind: [r for r in marks.records if r.kind == kind] for kind in ("runner-up", "control")
+    }
+    assert len(kinds["runner-up"]) > 30
+    assert len(kinds["control"]) > 60
+    for row in range(len(queries)):
+        record = by_digest.get(
+            hashlib.sha256(queries[row].astype(np.float32).tobytes()).hexdigest()
+        )
+        if not unsure[row]:
+            assert record is None or record.kind == "keyed"
+            continue
+        # every uncertain answer is recorded: changed to its runner-up, or kept as a control
+        assert record is not None
+        assert record.kind in ("runner-up", "control")
+        assert record.alternative == CLASSES[second[row]]
+        assert record.rate == 0.3
+        expected = second[row] if record.kind == "runner-up" else proba[row].argmax()
+        assert record.label == CLASSES[expected]
+    # the changed rows are the runner-up and keyed records, never the controls
+    changed = {r.digest for r in marks.records if r.kind != "control"}
+    assert len(marks) == len(changed)
+    for row, label in zip(marks.rows.tolist(), marks.labels.tolist(), strict=True):
+        if unsure[row]:
+            assert label == second[row]
+    # one marking per cell: all uncertain rows of a cell share it
+    per_cell: dict[str, set[str]] = {}
+    for r in kinds["runner-up"] + kinds["control"]:
+        per_cell.setdefault(r.cell, set()).add(r.kind)
+    assert all(len(k) == 1 for k in per_cell.values())
+    marked_share = len({r.cell for r in kinds["runner-up"]}) / len(per_cell)
+    assert 0.15 < marked_share < 0.45  # the key marks about 30 % of the cells
+    # the gateway's path: the same decisions, controls answered with their own label
+    rows, labels = wm.choose("alice", queries, outputs=proba, controls=True)
+    assert len(rows) == len(marks.records)
+    answered = dict(zip(marks.rows.tolist(), marks.labels.tolist(), strict=True))
+    for row, label in zip(rows.tolist(), labels.tolist(), strict=True):
+        assert label == answered.get(row, proba[row].argmax())
+    plain_rows, plain_labels = wm.choose("alice", queries, outputs=proba)
+    np.testing.assert_array_equal(plain_rows, marks.rows)
+    np.testing.assert_array_equal(plain_labels, marks.labels)
+
+
+def _copy_of(records: list[ResponseRecord], fallback: Any) -> Any:
+    """A suspect that answers every stored query as the client was answered, else as fallback."""
+    table = {r.input: r.label for r in records}
+
+    def predict(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        guess = fallback(x)
+        return np.asarray(
+            [table.get(tuple(float(v) for v in row), g) for row, g in zip(x, guess, strict=True)]
+        )
+
+    return predict
+
+
+def test_selection_test_names_the_client_and_spares_a_runner_up_lover(
+    digits: Any, demo_model: DemoModel
+) -> None:
+    victim = demo_model.estimator
+    queries = shifted_digits(digits)
+    wm = uncertain_wm()
+    records = {
+        name: list(wm.select(name, queries, outputs=victim.predict_proba(queries)).records)
+        for name in ("alice", "bob", "carol")
+    }
+    kwargs: dict[str, Any] = {"classes": CLASSES, "input_shape": (64,)}
+    copy = _copy_of(records["bob"], victim.predict)
+    results = trace(copy, records, **kwargs)
+    assert results[0].client_id == "bob"
+    assert results[0].verified
+    assert results[0].p_value < 1e-20
+    assert not any(r.verified for r in results[1:])
+    # a model that answers the runner-up on every uncertain query, marked or not, and one that
+    # answers honestly, carry nobody's marks: the test compares marked cells with controls
+    alternative = {r.input: r.alternative for r in records["bob"] if r.kind != "keyed"}
+
+    def runner_up_lover(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        guess = victim.predict(x)
+        return np.asarray(
+            [
+                alternative.get(tuple(float(v) for v in row), g)
+                for row, g in zip(x, guess, strict=True)
+            ]
+        )
+
+    for suspect in (runner_up_lover, victim.predict):
+        assert not any(r.verified for r in trace(suspect, records, **kwargs))
+        assert not any(r.verified for r in trace(suspect, records, probes=4, **kwargs))
+    # from probabilities: a copy whose runner-up mass sits on the marked cells
+    marked = {r.input for r in records["bob"] if r.kind == "runner-up"}
+
+    def leaning(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        p = victim.predict_proba(x)
+        for i, row in enumerate(x):
+            if tuple(float(v) for v in row) in marked:
+                top, second = np.argsort(-p[i], kind="stable")[:2]
+                p[i, second] = p[i, top]  # a tie: the copy learned the mark halfway
+        return p / p.sum(1, keepdims=True)
+
+    by_scores = {r.client_id: r for r in trace(leaning, records, scores=True, **kwargs)}
+    assert by_scores["bob"].verified
+    assert not by_scores["alice"].verified
+    assert not by_scores["carol"].verified
+
+
+def test_selection_p_values_are_uniform_for_an_unrelated_suspect(
+    digits: Any, demo_model: DemoModel
+) -> None:
+    """One fixed suspect traced against many clients' independent markings of the same queries:
+    its p-values must not be small more often than they claim."""
+    victim = demo_model.estimator
+    queries = shifted_digits(digits)[::2]
+    proba = victim.predict_proba(queries)
+    rng = np.random.default_rng(3)
+    noisy = rng.dirichlet(np.ones(10) * 0.5, size=len(queries))  # an arbitrary, fixed suspect
+    table = {tuple(float(v) for v in row): p for row, p in zip(queries, noisy, strict=True)}
+
+    def suspect(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return np.asarray([table[tuple(float(v) for v in row)] for row in x])
+
+    wm = uncertain_wm()
+    p_values = []
+    for i in range(60):
+        records = list(wm.select(f"client{i}", queries, outputs=proba).records)
+        selection = [r for r in records if r.kind != "keyed"]
+        p_values.append(
+            trace(suspect, {"c": selection}, classes=CLASSES, input_shape=(64,), scores=True)[
+                0
+            ].p_value
+        )
+    p = np.asarray(p_values)
+    assert np.mean(p <= 0.1) <= 0.2  # at most twice the nominal rate, over 60 draws
+    assert np.mean(p <= 0.5) <= 0.7
+    assert p.min() > 1e-4
+
+
+def test_inconsistent_selection_records_are_refused(digits: Any, demo_model: DemoModel) -> None:
+    from dataclasses import replace
+
+    queries = shifted_digits(digits)
+    records = list(
+        uncertain_wm()
+        .select("alice", queries, outputs=demo_model.estimator.predict_proba(queries))
+        .records
+    )
+    kwargs: dict[str, Any] = {"classes": CLASSES, "input_shape": (64,)}
+    control = next(i for i, r in enumerate(records) if r.kind == "control")
+    marked = next(r for r in records if r.kind == "runner-up")
+    bad_unit = records.copy()
+    bad_unit[control] = replace(records[control], cell=marked.cell)  # one cell, two markings
+    no_rate = records.copy()
+    no_rate[control] = replace(records[control], rate=None)
+    two_rates = records.copy()
+    two_rates[control] = replace(records[control], rate=0.2)
+    for bad in (bad_unit, no_rate, two_rates):
+        with pytest.raises(InvalidInputError):
+            trace(demo_model.estimator.predict, {"alice": bad}, **kwargs)
+    # records written before the selection test (no kind) read as keyed marks
+    old = {
+        k: v for k, v in records[0].to_dict().items() if k not in ("kind", "alternative", "rate")
+    }
+    assert ResponseRecord.from_dict(old).kind == "keyed"
+    assert ResponseRecord.from_dict(marked.to_dict()) == marked

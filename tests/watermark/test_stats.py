@@ -11,7 +11,7 @@ import pytest
 
 from modelshield.errors import InvalidInputError, ShieldError
 from modelshield.watermark import Verification, binomial_verification, label_chance_rate
-from modelshield.watermark._stats import uniform_sum_tail, uniform_sum_verification
+from modelshield.watermark._stats import bernoulli_sum_tail, combine_independent, uniform_sum_tail
 
 
 def test_all_matches_at_one_tenth_is_ten_to_the_minus_ten() -> None:
@@ -141,23 +141,35 @@ def test_uniform_sum_tail_is_valid_under_the_null() -> None:
     assert np.mean(p <= 0.5) > 0.4  # not trivially conservative either
 
 
-def test_uniform_sum_verification() -> None:
-    choices = [[1] + [0] * 8] * 7
-    v = uniform_sum_verification(
-        scheme="s", choices=choices, observed=[1] * 7, matches=7, chance_rate=1 / 9
-    )
-    assert v.verified
-    assert v.p_value == pytest.approx((1 / 9) ** 7)
-    assert v.trials == 7
-    assert v.agreement == 1.0
-    none = uniform_sum_verification(scheme="s", choices=[], observed=[], matches=0, chance_rate=0.1)
-    assert none.p_value == 1.0
-    assert not none.verified
-    with pytest.raises(InvalidInputError):
-        uniform_sum_verification(
-            scheme="s", choices=choices, observed=[1], matches=1, chance_rate=0.1
-        )
-    with pytest.raises(InvalidInputError):
-        uniform_sum_verification(
-            scheme="s", choices=choices, observed=[1] * 7, matches=7, chance_rate=0.1, threshold=0
-        )
+def test_bernoulli_sum_tail_is_exact() -> None:
+    """Against enumeration of every marking, on small cases with negative and zero scores."""
+    rng = random.Random(1)
+    for _ in range(300):
+        values = [rng.randint(-6, 6) for _ in range(rng.randint(1, 8))]
+        rate = rng.uniform(0.02, 0.98)
+        observed = rng.randint(-20, 20)
+        exact = 0.0
+        for marks in itertools.product((0, 1), repeat=len(values)):
+            if sum(m * v for m, v in zip(marks, values, strict=True)) >= observed:
+                exact += math.prod(rate if m else 1 - rate for m in marks)
+        assert bernoulli_sum_tail(values, rate, observed) == pytest.approx(min(exact, 1.0))
+    assert bernoulli_sum_tail([], 0.3, 0) == 1.0
+    assert bernoulli_sum_tail([], 0.3, 1) == 0.0
+    # an attainable sum keeps a positive p-value even where the float product underflows
+    assert 0.0 < bernoulli_sum_tail([5] * 800, 1e-3, 4000) < 1e-300
+    for rate in (0.0, 1.0, -0.1):
+        with pytest.raises(InvalidInputError):
+            bernoulli_sum_tail([1], rate, 1)
+
+
+def test_combined_p_values_are_valid_for_independent_uniform_ones() -> None:
+    rng = np.random.default_rng(2)
+    u = rng.random((200_000, 2))
+    combined = np.asarray([combine_independent(a, b) for a, b in u[:20_000]])
+    for alpha in (0.01, 0.05, 0.2):
+        assert np.mean(combined <= alpha) <= alpha + 3 * math.sqrt(alpha / 20_000)
+        assert np.mean(combined <= alpha) > 0.8 * alpha  # Fisher's bound is tight for uniforms
+    # two small p-values are stronger together than either alone, and never below their product
+    assert 1e-8 < combine_independent(1e-4, 1e-4) < 1e-4
+    assert combine_independent(1.0, 1.0) == 1.0
+    assert combine_independent(0.0, 0.5) > 0.0

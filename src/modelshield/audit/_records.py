@@ -140,7 +140,8 @@ class AuditEvent:
 
 @dataclass(frozen=True, slots=True)
 class WatermarkMark:
-    """One watermarked response row, written in the same commit as its audit record (stable).
+    """One response row the watermark decided, written in the same commit as its audit record
+    (stable): a changed answer, or an uncertain one kept unchanged as a control.
 
     ``row`` is the input row as ``.npy`` bytes; ``label`` the label that was returned.
     """

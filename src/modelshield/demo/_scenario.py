@@ -292,7 +292,7 @@ def _proof_chapter(
             console.print(f"{name}: no marked answers to test")
             continue
         console.print(
-            f"{name}: best match client '{top.client_id}', its secret answer ranked first in "
+            f"{name}: best match client '{top.client_id}', its marked answers followed in "
             f"{top.matches}/{top.trials} marked cells, p = {top.p_value:.1e} -> "
             + ("[green]carries the watermark[/green]" if top.verified else "not shown to be ours")
         )

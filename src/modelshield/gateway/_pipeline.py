@@ -29,7 +29,8 @@ class Marker(Protocol):
     def mark(
         self, client: str, inputs: FloatArray, scores: FloatArray
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        """Row indices to mark and the class index to answer for each."""
+        """Row indices to record with the class index to answer for each: the changed rows
+        and any row kept unchanged for comparison (its label is then its own top-1)."""
         ...
 
 
@@ -106,6 +107,7 @@ class Answer:
     labels: list[Any]
     probabilities: FloatArray | None
     scores: FloatArray = field(repr=False)
+    # the rows the watermark decided: changed ones, and controls answered unchanged
     marked_rows: npt.NDArray[np.intp] = field(repr=False)
     degraded: bool = False
 

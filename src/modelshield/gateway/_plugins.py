@@ -435,5 +435,7 @@ class WatermarkMarker:
     def mark(
         self, client: str, inputs: FloatArray, scores: FloatArray
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        rows, labels = self.watermark.choose(client, inputs, outputs=scores)
+        # the control rows come too, answered unchanged: the audit store keeps their inputs
+        # for the selection test of a trace
+        rows, labels = self.watermark.choose(client, inputs, outputs=scores, controls=True)
         return rows.astype(np.intp), labels.astype(np.intp)

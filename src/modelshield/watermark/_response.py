@@ -19,17 +19,25 @@ Optionally (``uncertain_share``) answers the model is unsure about (top-1 probab
 answered confidently, so this costs it little, while thieves that augment or synthesise queries
 send many uncertain inputs (shifted digits: 42 % of them, against 3 % of natural digits) and so
 carry more marks; the cost on honest traffic must be measured (``benchmarks/watermark_eval.py``).
+Uncertain answers are also marked differently: a marked one answers the model's
+*runner-up*, a wrong label a copy learns as easily as the decision boundary it lies next to, where
+a keyed label drawn from all ``K - 1`` is learned only by copies trained to memorise. Its evidence
+comes from *which* cells the key marked, not from which label: the unmarked uncertain answers are
+kept as controls, and a copy answers the runner-up on the marked cells far more often than on the
+controls, while a model that never saw the client's answers cannot tell them apart.
 
-Verification (:func:`trace`) is an exact test per client over (cell, honest class) pairs, not
-queries (near duplicates are not independent trials). The key drew each pair's wrong-label offset
-uniformly among the ``K - 1`` and independently of every other pair, so for a model that never saw
-the client's answers the keyed offset is a uniform draw whatever the model answers: the suspect
-scores every candidate offset of a pair (from its labels, or from its probabilities when it exposes
-them), and the p-value is the exact permutation tail of the summed keyed scores. A copy that
-learned a mark only partly (the keyed label often among its wrong answers, or second to the honest
-label) still adds evidence, where a majority vote would lose it. Optionally the suspect is also
-asked about noisy copies of each stored query (``probes``): they are made without the key, so the
-test stays exact, and they reveal a mark a copy learned only off the training point.
+Verification (:func:`trace`) combines two exact tests per client. The keyed test runs over (cell,
+honest class) pairs, not queries (near duplicates are not independent trials). The key drew each
+pair's wrong-label offset uniformly among the ``K - 1`` and independently of every other pair, so
+for a model that never saw the client's answers the keyed offset is a uniform draw whatever the
+model answers: the suspect scores every candidate offset of a pair (from its labels, or from its
+probabilities when it exposes them), and the p-value is the exact permutation tail of the summed
+keyed scores. A copy that learned a mark only partly (the keyed label often among its wrong answers,
+or second to the honest label) still adds evidence, where a majority vote would lose it. Optionally
+the suspect is also asked about noisy copies of each stored query (``probes``): they are made
+without the key, so the test stays exact, and they reveal a mark a copy learned only off the
+training point. The selection test compares the marked uncertain cells with the controls (see
+:func:`trace`).
 
 Everything here is pure: keys arrive as bytes, nothing is read or written.
 """
@@ -59,7 +67,9 @@ from modelshield.watermark._keys import (
 from modelshield.watermark._stats import (
     DEFAULT_THRESHOLD,
     Verification,
-    uniform_sum_verification,
+    bernoulli_sum_tail,
+    combine_independent,
+    uniform_sum_tail,
 )
 
 SCHEME = "response"
@@ -71,16 +81,33 @@ _STORED_WEIGHT = 8
 _LABEL_RESOLUTION = 10
 _MIN_PROBABILITY = 1e-6
 _MAX_LOG_RATIO = 6.0
+# at most this many of a client's selection units (the first ones its queries reached) enter one
+# test, which bounds the exact convolution (about two seconds at the bound)
+_MAX_SELECTION_UNITS = 3000
+
+KEYED = "keyed"
+RUNNER_UP = "runner-up"
+CONTROL = "control"
 
 
 @dataclass(frozen=True)
 class ResponseRecord:
-    """One marked answer, as the audit store keeps it.
+    """One answer the watermark decided, as the audit store keeps it.
 
     ``input`` is the query row flattened (its digest is SHA-256 of the float32 bytes), ``label``
-    the keyed wrong label that was returned, ``honest_label`` what the model really answered, and
-    ``cell`` the (non-secret) identifier of the hash cell the query fell in together with its honest
-    label (one keyed wrong label, and one verification trial, per identifier).
+    the label that was returned and ``honest_label`` what the model really answered. ``kind``
+    says how the answer was decided:
+
+    - ``"keyed"``: a confident answer in a marked cell, changed to a keyed wrong label; ``cell``
+      identifies the hash cell together with the honest label (one keyed label, and one trial of
+      the keyed test, per identifier);
+    - ``"runner-up"``: an uncertain answer in a cell marked at ``rate``, changed to the model's
+      second most probable label (``alternative``);
+    - ``"control"``: an uncertain answer in a cell that was not marked, returned unchanged and
+      kept for comparison (``alternative`` is its runner-up all the same).
+
+    For the last two ``cell`` identifies the hash cell alone: one unit of the selection test.
+    Identifiers are not secret.
     """
 
     client_id: str
@@ -89,12 +116,16 @@ class ResponseRecord:
     label: Label
     honest_label: Label
     cell: str
+    kind: str = KEYED
+    alternative: Label | None = None
+    rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResponseRecord:
+        rate = data.get("rate")
         return cls(
             client_id=str(data["client_id"]),
             digest=str(data["digest"]),
@@ -102,6 +133,9 @@ class ResponseRecord:
             label=data["label"],
             honest_label=data["honest_label"],
             cell=str(data["cell"]),
+            kind=str(data.get("kind", KEYED)),
+            alternative=data.get("alternative"),
+            rate=None if rate is None else float(rate),
         )
 
 
@@ -109,8 +143,10 @@ class ResponseRecord:
 class Marks:
     """Which rows of one batch are marked, and how.
 
-    ``rows`` are row indices into the batch; ``labels`` the keyed wrong class *indices* and
-    ``honest`` the model's own top-1 indices for those rows; ``records`` the audit records.
+    ``rows`` are the row indices into the batch whose answer is changed; ``labels`` the class
+    *indices* answered instead (keyed wrong labels, or runner-ups) and ``honest`` the model's own
+    top-1 indices for those rows; ``records`` the audit records: one per changed row, and one per
+    control row (an uncertain answer left unchanged, kept for the selection test).
     """
 
     client_id: str
@@ -279,10 +315,15 @@ class ResponseWatermark:
         *,
         outputs: npt.ArrayLike,
         features: npt.ArrayLike | None = None,
+        controls: bool = False,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """The rows of this client's batch to mark and their keyed wrong class indices: what
-        :meth:`select` decides, without the audit records (the gateway's per-request path)."""
-        rows, labels, _, _ = self._choose(client_id, inputs, outputs, features)
+        """The rows of this client's batch to mark and the class index to answer for each: what
+        :meth:`select` decides, without the audit records (the gateway's per-request path).
+
+        With ``controls`` the control rows come too, each with its own top-1 index (an
+        unchanged answer): the rows whose input the audit store must keep.
+        """
+        rows, labels, _, _ = self._choose(client_id, inputs, outputs, features, controls)
         return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=np.int64)
 
     def select(
@@ -298,34 +339,39 @@ class ResponseWatermark:
         ``outputs`` are the model's answers for the batch: probabilities or scores ``(n, K)``, or
         top-1 class indices ``(n,)``. ``features`` optionally replaces the built-in representation
         (one row per input). Cheap and side-effect free: one projection and one HMAC per row, and
-        a second HMAC per marked row.
+        a second HMAC per marked confident row. The records include the control rows.
         """
-        rows, labels, cell_ids, honest_all = self._choose(client_id, inputs, outputs, features)
+        rows, labels, units, honest_all = self._choose(client_id, inputs, outputs, features, True)
         arr = np.asarray(inputs)
+        out = np.asarray(outputs)
         n = arr.shape[0]
-        rows_arr = np.asarray(rows, dtype=np.int64)
-        labels_arr = np.asarray(labels, dtype=np.int64)
-        honest = honest_all[rows_arr].astype(np.int64)
         flat = np.asarray(arr, dtype=np.float32).reshape(n, -1)
-        records = tuple(
-            ResponseRecord(
-                client_id=client_id,
-                digest=hashlib.sha256(flat[row].tobytes()).hexdigest(),
-                input=tuple(float(v) for v in flat[row]),
-                label=self.classes[wrong],
-                honest_label=self.classes[int(h)],
-                cell=hashlib.sha256(self._grid_key + cell_class).hexdigest()[:32],
+        records = []
+        for row, answered, (kind, unit) in zip(rows, labels, units, strict=True):
+            selection = kind != KEYED
+            records.append(
+                ResponseRecord(
+                    client_id=client_id,
+                    digest=hashlib.sha256(flat[row].tobytes()).hexdigest(),
+                    input=tuple(float(v) for v in flat[row]),
+                    label=self.classes[answered],
+                    honest_label=self.classes[int(honest_all[row])],
+                    cell=hashlib.sha256(
+                        self._grid_key + (b"unit\x00" if selection else b"") + unit
+                    ).hexdigest()[:32],
+                    kind=kind,
+                    alternative=self.classes[_runner_up(out[row])] if selection else None,
+                    rate=self.uncertain_share if selection else None,
+                )
             )
-            for row, wrong, h, cell_class in zip(
-                rows, labels, honest.tolist(), cell_ids, strict=True
-            )
-        )
+        changed = [i for i, (kind, _) in enumerate(units) if kind != CONTROL]
+        rows_arr = np.asarray([rows[i] for i in changed], dtype=np.int64)
         return Marks(
             client_id=client_id,
             rows=rows_arr,
-            labels=labels_arr,
-            honest=honest,
-            records=records,
+            labels=np.asarray([labels[i] for i in changed], dtype=np.int64),
+            honest=honest_all[rows_arr].astype(np.int64),
+            records=tuple(records),
             classes=self.classes,
         )
 
@@ -335,9 +381,10 @@ class ResponseWatermark:
         inputs: npt.ArrayLike,
         outputs: npt.ArrayLike,
         features: npt.ArrayLike | None,
-    ) -> tuple[list[int], list[int], list[bytes], npt.NDArray[np.int64]]:
-        """Marked rows, their keyed wrong class indices, their (cell, honest class) ids, and the
-        honest top-1 index of every row."""
+        controls: bool,
+    ) -> tuple[list[int], list[int], list[tuple[str, bytes]], npt.NDArray[np.int64]]:
+        """Decided rows, the class index answered for each, their (kind, unit) and the honest
+        top-1 index of every row. Control rows come only when ``controls``."""
         arr = np.asarray(inputs)
         n = arr.shape[0]
         out = np.asarray(outputs)
@@ -351,21 +398,35 @@ class ResponseWatermark:
         k = len(self.classes)
         rows: list[int] = []
         labels: list[int] = []
-        cell_ids: list[bytes] = []
+        units: list[tuple[str, bytes]] = []
         for row, cell_row in enumerate(self.cells(arr, features)):
             cell = cell_row.tobytes()
-            tag = hmac.digest(ck, cell, hashlib.sha256)
-            limit = self._uncertain_threshold if uncertain and uncertain[row] else self._threshold
-            if int.from_bytes(tag[:8], "big") < limit:
-                top = int(honest_all[row])
+            tag = int.from_bytes(hmac.digest(ck, cell, hashlib.sha256)[:8], "big")
+            top = int(honest_all[row])
+            if uncertain is not None and uncertain[row]:
+                # an unsure answer: its cell is marked at the uncertain rate, and a marked one
+                # answers the runner-up, a wrong label that a copy learns as easily as the
+                # boundary it lies on; unmarked ones are the controls of the selection test
+                marked = tag < self._uncertain_threshold
+                if marked or controls:
+                    rows.append(row)
+                    labels.append(_runner_up(out[row]) if marked else top)
+                    units.append((RUNNER_UP if marked else CONTROL, cell))
+            elif tag < self._threshold:
                 # one keyed wrong label per (cell, honest class): one trial each at verification
                 cell_class = cell + top.to_bytes(4, "big")
                 label_tag = hmac.digest(ck, b"label\x00" + cell_class, hashlib.sha256)
                 offset = 1 + int.from_bytes(label_tag[:8], "big") % (k - 1)
                 rows.append(row)
                 labels.append((top + offset) % k)
-                cell_ids.append(cell_class)
-        return rows, labels, cell_ids, honest_all
+                units.append((KEYED, cell_class))
+        return rows, labels, units, honest_all
+
+
+def _runner_up(probabilities: npt.NDArray[Any]) -> int:
+    """The index of the second highest value (the lower index on a tie, as argmax orders)."""
+    order = np.argsort(-np.asarray(probabilities, dtype=np.float64), kind="stable")
+    return int(order[1])
 
 
 def response_cost(marks: Sequence[Marks], n_answers: int) -> float:
@@ -430,7 +491,12 @@ def trace(
 ) -> list[Verification]:
     """Test the suspect against every client's marked answers; most significant first.
 
-    One trial per marked (cell, honest class) pair of a client, scored from the suspect's answers
+    Two exact tests per client, on disjoint records, combined by Fisher's method
+    (:func:`~modelshield.watermark._stats.combine_independent`; they are independent under the
+    null because one rests on the keyed labels and the other on the keyed choice of cells):
+
+    **The keyed test** (``kind == "keyed"`` records, confident answers). One trial per marked
+    (cell, honest class) pair of a client, scored from the suspect's answers
     on that pair's stored queries; the key chose the pair's wrong-label offset uniformly among the
     ``K - 1`` and independently of every other pair, so the p-value is the exact permutation tail
     of the summed keyed scores (:func:`~modelshield.watermark._stats.uniform_sum_tail`): for a
@@ -452,8 +518,22 @@ def trace(
     a mark only partly (the keyed label second to the honest one) still counts; probes are not
     used.
 
-    ``matches`` counts the trials in which the keyed offset scored highest (ties to the smallest
-    offset), against ``chance_rate = 1/(K-1)``; the verdict rests on the p-value.
+    **The selection test** (``"runner-up"`` and ``"control"`` records, uncertain answers). One
+    unit per hash cell of the client's uncertain answers; the key marked each cell with
+    probability ``rate`` independently of every other cell, and a marked cell answered the
+    model's runner-up. Each unit gets a score from the suspect alone: with labels, the share (in
+    tenths) of its answers on the unit's stored queries (weight 8) and their probes (weight 1)
+    that are the runner-up; with scores, the mean log-ratio of the suspect's probabilities of the
+    runner-up and of the honest label (clipped to +-6, in tenths). The statistic is the summed
+    centred score of the marked units, and its exact null is
+    :func:`~modelshield.watermark._stats.bernoulli_sum_tail`. A model that merely prefers
+    runner-ups on uncertain inputs prefers them on the controls too, and is not accused. At most
+    3,000 units per client (the first ones) enter the test.
+
+    ``matches`` counts the keyed trials in which the keyed offset scored highest (ties to the
+    smallest offset) and the marked units that scored above the centre; ``chance_rate`` is what
+    a model without the marks would reach (``1/(K-1)`` per keyed trial, the controls' share above
+    the centre per unit); the verdict rests on the p-value.
 
     Every client is a separate test, and the most significant one is what a trace reports, so
     each p-value is multiplied by the number of clients tested (Bonferroni, capped at 1): it is
@@ -465,6 +545,8 @@ def trace(
         raise InvalidInputError("need at least two classes")
     if probes < 0 or not probe_noise > 0:
         raise InvalidInputError("need probes >= 0 and probe_noise > 0")
+    if not 0.0 < threshold < 1.0:
+        raise InvalidInputError(f"threshold must be in (0, 1), got {threshold}")
     probes = 0 if scores else probes
     unique: dict[str, ResponseRecord] = {}
     for records in records_by_client.values():
@@ -501,15 +583,33 @@ def trace(
                     weights[(answer - honest) % k] += 1
         return _label_scores(weights, k)
 
+    def unit_score(unit: Mapping[str, ResponseRecord]) -> int:
+        """A selection unit's score: how much the suspect prefers the runner-ups there."""
+        rows = [position[d] for d in unit]
+        alternative = [index[label_key(r.alternative)] for r in unit.values()]
+        if scores:
+            honest = [index[label_key(r.honest_label)] for r in unit.values()]
+            logs = np.log(np.clip(probabilities[rows], _MIN_PROBABILITY, 1.0))
+            ratio = logs[np.arange(len(rows)), alternative] - logs[np.arange(len(rows)), honest]
+            mean = float(np.clip(ratio.mean(), -_MAX_LOG_RATIO, _MAX_LOG_RATIO))
+            return round(mean * _LABEL_RESOLUTION)
+        hit = total = 0
+        for row, alt in zip(rows, alternative, strict=True):
+            hit += _STORED_WEIGHT * (answers[row] == alt)
+            hit += sum(a == alt for a in answers[n + row * probes : n + (row + 1) * probes])
+            total += _STORED_WEIGHT + probes
+        return round(_LABEL_RESOLUTION * hit / total)
+
     results = []
     for client_id, records in records_by_client.items():
-        by_pair: dict[str, dict[str, ResponseRecord]] = defaultdict(dict)
+        keyed_pairs: dict[str, dict[str, ResponseRecord]] = defaultdict(dict)
+        units: dict[str, dict[str, ResponseRecord]] = defaultdict(dict)
         for r in records:
-            by_pair[r.cell][r.digest] = r
+            (keyed_pairs if r.kind == KEYED else units)[r.cell][r.digest] = r
         choices: list[list[int]] = []
         observed: list[int] = []
         matches = 0
-        for pair in by_pair.values():
+        for pair in keyed_pairs.values():
             first = next(iter(pair.values()))
             honest = index[label_key(first.honest_label)]
             keyed = (index[label_key(first.label)] - honest) % k
@@ -519,13 +619,26 @@ def trace(
             choices.append(candidate)
             observed.append(candidate[keyed - 1])
             matches += int(int(np.argmax(candidate)) == keyed - 1)
+        p_keyed = uniform_sum_tail(choices, sum(observed)) if choices else None
+        selection = _selection_test(units, unit_score)
+        trials = len(choices) + selection.trials
+        chance = (len(choices) / (k - 1) + selection.trials * selection.chance) / max(trials, 1)
+        p_value = (
+            combine_independent(p_keyed, selection.p_value)
+            if p_keyed is not None and selection.trials
+            else p_keyed
+            if p_keyed is not None
+            else selection.p_value
+        )
         results.append(
-            uniform_sum_verification(
+            Verification(
                 scheme=SCHEME,
-                choices=choices,
-                observed=observed,
-                matches=matches,
-                chance_rate=1.0 / (k - 1),
+                agreement=(matches + selection.matches) / trials if trials else 0.0,
+                trials=trials,
+                matches=matches + selection.matches,
+                chance_rate=chance if trials else 1.0 / (k - 1),
+                p_value=p_value,
+                verified=bool(p_value < threshold),
                 threshold=threshold,
                 client_id=client_id,
             )
@@ -538,3 +651,52 @@ def trace(
     ]
     results.sort(key=lambda v: (v.p_value, -v.matches))
     return results
+
+
+@dataclass(frozen=True)
+class _Selection:
+    p_value: float
+    trials: int  # marked units
+    matches: int  # marked units scored above the centre
+    chance: float  # share of control units scored above the centre
+
+
+def _selection_test(
+    units: Mapping[str, Mapping[str, ResponseRecord]],
+    unit_score: Callable[[Mapping[str, ResponseRecord]], int],
+) -> _Selection:
+    """The exact selection test over one client's uncertain units.
+
+    The key marked each unit with probability ``rate``, independently of every other unit and of
+    anything a model that never saw the client's answers can compute; such a model's unit scores
+    are therefore independent of which units are marked, and ``T``, the summed centred scores of
+    the marked units, has the distribution of :func:`bernoulli_sum_tail`. The centre is the
+    rounded mean score of all units (a function of the scores alone, so the test stays exact).
+    """
+    if not units:
+        return _Selection(1.0, 0, 0, 0.0)
+    marked: list[bool] = []
+    rates: set[float | None] = set()
+    for unit_id, unit in list(units.items())[:_MAX_SELECTION_UNITS]:
+        kinds = {r.kind for r in unit.values()}
+        if not kinds <= {RUNNER_UP, CONTROL} or len(kinds) != 1:
+            raise InvalidInputError(f"response records of unit {unit_id} disagree on its marking")
+        if any(r.alternative is None or r.rate is None for r in unit.values()):
+            raise InvalidInputError(f"response records of unit {unit_id} lack alternative or rate")
+        marked.append(kinds == {RUNNER_UP})
+        rates.update(r.rate for r in unit.values())
+    if len(rates) != 1:
+        raise InvalidInputError("a client's response records disagree on the marking rate")
+    (rate,) = rates
+    assert rate is not None
+    scored = [unit_score(unit) for unit in list(units.values())[: len(marked)]]
+    centre = round(sum(scored) / len(scored))
+    values = [v - centre for v in scored]
+    observed = sum(v for v, m in zip(values, marked, strict=True) if m)
+    controls = [v for v, m in zip(values, marked, strict=True) if not m]
+    return _Selection(
+        p_value=bernoulli_sum_tail(values, rate, observed),
+        trials=sum(marked),
+        matches=sum(1 for v, m in zip(values, marked, strict=True) if m and v > 0),
+        chance=sum(1 for v in controls if v > 0) / len(controls) if controls else 0.0,
+    )

@@ -143,36 +143,46 @@ def uniform_sum_tail(choices: Sequence[Sequence[int]], observed: int) -> float:
     return min(1.0, max(float(dist[index:].sum()), math.ulp(0.0)))
 
 
-def uniform_sum_verification(
-    *,
-    scheme: str,
-    choices: Sequence[Sequence[int]],
-    observed: Sequence[int],
-    matches: int,
-    chance_rate: float,
-    threshold: float = DEFAULT_THRESHOLD,
-    client_id: str | None = None,
-) -> Verification:
-    """A :class:`Verification` whose p-value is :func:`uniform_sum_tail` of ``sum(observed)``.
+def bernoulli_sum_tail(values: Sequence[int], rate: float, observed: int) -> float:
+    """Exact ``P(T >= observed)`` for ``T = m_1 v_1 + ... + m_n v_n`` with the ``m_j`` independent
+    Bernoulli(``rate``) draws and the integer ``values`` fixed.
 
-    ``observed[j]`` is the score of the candidate the key actually chose in trial ``j``;
-    ``matches`` (how many trials the keyed candidate won) and ``chance_rate`` (its probability of
-    winning under the null) are reported for reading, the verdict rests on the p-value.
+    This is the null distribution of a keyed selection test: the key chose each unit for marking
+    with probability ``rate``, independently of every other unit, and the suspect gave each unit a
+    score computed from its answers alone; a model that never saw the marked answers then sums
+    the scores of the chosen units with exactly this distribution. Computed by convolution over
+    the integer support (no approximation).
     """
-    if not 0.0 < threshold < 1.0:
-        raise InvalidInputError(f"threshold must be in (0, 1), got {threshold}")
-    trials = len(choices)
-    if len(observed) != trials or not 0 <= matches <= trials:
-        raise InvalidInputError("need one observed score per trial and 0 <= matches <= trials")
-    p_value = uniform_sum_tail(choices, sum(observed)) if trials else 1.0
-    return Verification(
-        scheme=scheme,
-        agreement=matches / trials if trials else 0.0,
-        trials=trials,
-        matches=matches,
-        chance_rate=float(chance_rate),
-        p_value=p_value,
-        verified=bool(p_value < threshold),
-        threshold=threshold,
-        client_id=client_id,
-    )
+    if not 0.0 < rate < 1.0:
+        raise InvalidInputError(f"rate must be in (0, 1), got {rate}")
+    # each unit adds min(v, 0) for sure, and |v| with probability rate (v > 0) or 1 - rate (v < 0)
+    base = sum(min(v, 0) for v in values)
+    jumps = [(abs(v), rate if v > 0 else 1.0 - rate) for v in values if v != 0]
+    width = sum(j for j, _ in jumps)
+    dist = np.zeros(width + 1)
+    dist[0] = 1.0
+    reached = 0
+    for jump, chance in jumps:
+        moved = dist[: reached + 1] * chance
+        dist[: reached + 1] *= 1.0 - chance
+        dist[jump : reached + jump + 1] += moved
+        reached += jump
+    index = observed - base
+    if index <= 0:
+        return 1.0
+    if index > width:
+        return 0.0
+    return min(1.0, max(float(dist[index:].sum()), math.ulp(0.0)))
+
+
+def combine_independent(p_first: float, p_second: float) -> float:
+    """Fisher's combination of two independent p-values, as an exact bound.
+
+    For independent p-values that are each at least uniform under the null (exact or
+    conservative), ``P(p_1 p_2 <= t) <= t (1 - ln t)``; the bound is returned for
+    ``t = p_first * p_second``.
+    """
+    t = p_first * p_second
+    if t <= 0.0:
+        return math.ulp(0.0)
+    return min(1.0, t * (1.0 - math.log(t)))
