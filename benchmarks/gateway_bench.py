@@ -157,7 +157,10 @@ def prepare(workdir: Path, synchronous: str = "FULL") -> dict[str, str]:
         base
         + "[detection]\nenabled = true\naction = 'alert'\nreference = 'reference.npy'\n"
         + "calibration = 'calibration.npy'\n"
-        + "[watermark]\nenabled = true\nkey = { file = 'wm.key' }\n",
+        # the response watermark as `modelshield init` configures it: uncertain answers are
+        # marked or kept as controls, so their rows are written with the audit records
+        + "[watermark]\nenabled = true\nshare = 0.0005\nuncertain_share = 0.15\n"
+        + "uncertain_below = 0.95\nkey = { file = 'wm.key' }\n",
         encoding="utf-8",
     )
     with access.open_registry(f"sqlite:///{workdir / 'registry.db'}") as registry:

@@ -299,10 +299,13 @@ def render_evidence_html(report: EvidenceReport) -> str:
         "model would know. The p-value is the probability that a model built independently would "
         "match this well by chance. For the trigger set it is an exact binomial test whose "
         "chance rate is estimated from the suspect's own answers. For the response watermark, "
-        "the secret wrong answer of each marked cell was drawn at random by the owner's key, so "
-        "for an independent model it is a random pick among the wrong answers: the p-value is "
-        "the exact probability that such picks score at least as well on the suspect's answers "
-        "(a permutation test), multiplied by the number of clients tested.</p>",
+        "the owner's key chose at random which of a client's answers to change (and, for "
+        "confident ones, to which wrong answer), so for an independent model those choices are "
+        "random picks: the p-value is the exact probability that such picks score at least as "
+        "well on the suspect's answers (two permutation tests: the changed answers against the "
+        "wrong answers the key could have chosen, and the changed answers against similar "
+        "answers that were left unchanged, combined), multiplied by the number of clients "
+        "tested.</p>",
         tests if report.tests else "<p>No test applied.</p>",
         "<h2>3. Who leaked it</h2>",
         f"<p>Identified client: <b>{esc(report.leaking_client or 'none identified')}</b>. "
