@@ -98,6 +98,23 @@ def test_marks_written_with_their_record(store: AuditStore, key: bytes) -> None:
     assert verify(store, key).marks_checked == 2
 
 
+def test_mark_kinds_are_kept_and_covered_by_the_chain(
+    store_and_raw: tuple[AuditStore, Any], key: bytes
+) -> None:
+    store, raw = store_and_raw
+    kinds = ["keyed", "runner-up@0.15", "control@0.15", ""]
+    marks = [
+        WatermarkMark("bob", "digits", "cd" * 32, b"\x93NUMPY-" + k.encode(), 3, k) for k in kinds
+    ]
+    with AuditLog(store, key) as log:
+        log.append(event(1), marks=marks).result(timeout=10)
+    assert [m.mark.kind for m in marks_by_client(store)["bob"]] == kinds
+    assert verify(store, key).ok
+    if raw is not None:  # a kind changed in the store is found
+        raw.sql("UPDATE audit_marks SET kind = 'runner-up@0.15' WHERE kind = 'control@0.15'")
+        assert not verify(store, key).ok
+
+
 def test_several_threads_one_log(store: AuditStore, key: bytes) -> None:
     log = AuditLog(store, key)
     results: list[AuditRecord] = []

@@ -167,11 +167,34 @@ def test_numpy_values_are_stored_as_plain_json() -> None:
         assert log.append(event, marks=[mark]).result(timeout=10).rows == 3
 
 
+def test_a_mark_without_kind_keeps_its_digest_from_before_kinds() -> None:
+    from modelshield.audit._records import mark_digest
+
+    old = WatermarkMark("a", "digits", "ab" * 32, b"\x93NUMPY-row", 4)
+    # the encoding of marks before they had kinds: five fields, sorted keys, domain-separated
+    body = json.dumps(
+        {
+            "client": "a",
+            "input_digest": "ab" * 32,
+            "label": 4,
+            "model": "digits",
+            "row": hashlib.sha256(b"\x93NUMPY-row").hexdigest(),
+        },
+        separators=(",", ":"),
+    ).encode()
+    assert mark_digest(old) == hashlib.sha256(b"modelshield.audit.mark.v1\n" + body).hexdigest()
+    kinds = {mark_digest(WatermarkMark("a", "digits", "ab" * 32, b"\x93NUMPY-row", 4, k))
+             for k in ("", "keyed", "control@0.15", "runner-up@0.15")}  # fmt: skip
+    assert len(kinds) == 4
+
+
 def test_mark_validation() -> None:
     with pytest.raises(TypeError):
         WatermarkMark("a", "m", "d", "not bytes", 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         WatermarkMark("a", "m", "d", b"", True)
+    with pytest.raises(TypeError):
+        WatermarkMark("a", "m", "d", b"", 1, "x" * 65)
 
 
 text = st.text(max_size=20)

@@ -176,3 +176,64 @@ def test_sqlite_batch_larger_than_one_statement(tmp_path: Path) -> None:
         assert verify(store, key).ok
     finally:
         store.close()
+
+
+def test_a_sqlite_log_from_before_mark_kinds_gets_the_column(tmp_path: Path) -> None:
+    from modelshield.audit import WatermarkMark, marks_by_client
+
+    path = tmp_path / "audit.db"
+    conn = sqlite3.connect(path)
+    with conn:  # the marks table as releases before mark kinds created it
+        conn.execute(
+            "CREATE TABLE audit_marks (segment TEXT NOT NULL, seq INTEGER NOT NULL, "
+            "idx INTEGER NOT NULL, time_s REAL NOT NULL, client TEXT NOT NULL, "
+            "model TEXT NOT NULL, input_digest TEXT NOT NULL, row_npy BLOB NOT NULL, "
+            "label TEXT NOT NULL, PRIMARY KEY (segment, seq, idx))"
+        )
+        conn.execute("INSERT INTO audit_marks VALUES ('old', 1, 0, 1.0, 'a', 'm', 'd', x'00', '3')")
+    conn.close()
+    key = bytes(range(32))
+    store = SQLiteAuditStore(path)
+    try:
+        with AuditLog(store, key) as log:
+            mark = WatermarkMark("a", "m", "ab" * 32, b"\x93NUMPY-row", 5, "control@0.15")
+            log.append(ev(1), [mark]).result(timeout=10)
+        kept = marks_by_client(store)["a"]
+        assert [(m.mark.label, m.mark.kind) for m in kept] == [(3, ""), (5, "control@0.15")]
+    finally:
+        store.close()
+    store = SQLiteAuditStore(path)  # opening it again finds the column there
+    try:
+        assert len(list(store.iter_marks())) == 2
+    finally:
+        store.close()
+
+
+@pytest.mark.services
+def test_a_postgres_log_from_before_mark_kinds_gets_the_column(pg_schema: tuple[str, str]) -> None:
+    import psycopg
+
+    from modelshield.audit import WatermarkMark, marks_by_client
+
+    dsn, schema = pg_schema
+    with psycopg.connect(dsn, autocommit=True) as conn:  # as releases before mark kinds made it
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(
+            f'CREATE TABLE "{schema}".audit_marks (segment TEXT NOT NULL, seq BIGINT NOT NULL, '
+            "idx INTEGER NOT NULL, time_s DOUBLE PRECISION NOT NULL, client TEXT NOT NULL, "
+            "model TEXT NOT NULL, input_digest TEXT NOT NULL, row_npy BYTEA NOT NULL, "
+            "label TEXT NOT NULL, PRIMARY KEY (segment, seq, idx))"
+        )
+        conn.execute(
+            f"INSERT INTO \"{schema}\".audit_marks VALUES ('old', 1, 0, 1.0, 'a', 'm', 'd', "
+            "'\\x00', '3')"
+        )
+    store = PostgresAuditStore(dsn, schema=schema)
+    try:
+        with AuditLog(store, bytes(range(32))) as log:
+            mark = WatermarkMark("a", "m", "ab" * 32, b"\x93NUMPY-row", 5, "runner-up@0.15")
+            log.append(ev(1), [mark]).result(timeout=10)
+        kept = marks_by_client(store)["a"]
+        assert [(m.mark.label, m.mark.kind) for m in kept] == [(3, ""), (5, "runner-up@0.15")]
+    finally:
+        store.close()

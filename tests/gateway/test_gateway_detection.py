@@ -213,6 +213,7 @@ def test_uncertain_answers_are_kept_with_their_controls_and_traced(
     for i in np.flatnonzero(unsure):  # every uncertain answer is stored, as it was returned
         mark = kept[rows[i].tobytes()]
         assert mark.mark.label == received[i]
+        assert mark.mark.kind == ("runner-up@0.3" if changed[i] else "control@0.3")
         if changed[i]:
             assert received[i] == np.argsort(-proba[i], kind="stable")[1]  # the runner-up
     assert 0 < changed[unsure].mean() < 0.6
@@ -231,3 +232,10 @@ def test_uncertain_answers_are_kept_with_their_controls_and_traced(
     assert results[0].verified
     assert not any(r.verified for r in results[1:])
     assert not any(r.verified for r in run(victim.predict))
+    # the trace reads what was decided then, not the rates configured now
+    path = tmp_path / "shield.toml"
+    text = path.read_text(encoding="utf-8").replace(
+        "uncertain_share = 0.3", "uncertain_share = 0.1"
+    )
+    path.write_text(text.replace("uncertain_below = 0.95", "uncertain_below = 0.8"), "utf-8")
+    assert response_trace(load_config(path), victim=victim)(copy_of_b) == results

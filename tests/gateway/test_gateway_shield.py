@@ -85,9 +85,9 @@ def test_degrade_flag_returns_labels_only(demo_model: DemoModel, demo_data: Demo
 class MarkFirstRow:
     def mark(
         self, client: str, inputs: np.ndarray, scores: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         wrong = (np.argmax(scores[:1], axis=1) + 1) % scores.shape[1]
-        return np.array([0], dtype=np.intp), wrong.astype(np.intp)
+        return np.array([0], dtype=np.intp), wrong.astype(np.intp), ["keyed"]
 
 
 def test_marker_changes_the_marked_label_and_keeps_scores_consistent(

@@ -302,11 +302,12 @@ def test_uncertain_answers_are_marked_more_often(digits: Any, demo_model: DemoMo
     b = boosted.select("alice", digits[confident], outputs=proba[confident])
     np.testing.assert_array_equal(a.rows, b.rows)
     np.testing.assert_array_equal(a.labels, b.labels)
-    # uncertain answers: marked at the higher rate, a superset of the plain marks
+    # uncertain answers: marked at the higher rate (by a tag of their own, so which cells are
+    # marked is independent of the confident answers' marks)
     few = plain.select("alice", digits, outputs=flat)
     many = boosted.select("alice", digits, outputs=flat)
-    assert set(few.rows.tolist()) <= set(many.rows.tolist())
     assert len(many) > 5 * max(len(few), 1)
+    assert not set(many.rows.tolist()) >= set(few.rows.tolist())
     assert np.all(many.labels != many.honest)
     # labels only: no confidence, so the plain rate applies
     labels_only = boosted.select("alice", digits, outputs=flat.argmax(1))
@@ -492,11 +493,20 @@ def test_uncertain_marks_answer_the_runner_up_and_controls_are_kept(
     marked_share = len({r.cell for r in kinds["runner-up"]}) / len(per_cell)
     assert 0.15 < marked_share < 0.45  # the key marks about 30 % of the cells
     # the gateway's path: the same decisions, controls answered with their own label
-    rows, labels = wm.choose("alice", queries, outputs=proba, controls=True)
+    rows, labels, kinds_kept = wm.decide("alice", queries, outputs=proba)
     assert len(rows) == len(marks.records)
     answered = dict(zip(marks.rows.tolist(), marks.labels.tolist(), strict=True))
     for row, label in zip(rows.tolist(), labels.tolist(), strict=True):
         assert label == answered.get(row, proba[row].argmax())
+    assert set(kinds_kept) == {"keyed", "runner-up@0.3", "control@0.3"} - (
+        set() if any(r.kind == "keyed" for r in marks.records) else {"keyed"}
+    )
+    # the trace's records, rebuilt from what the audit store keeps, are the same records
+    rebuilt = wm.records(
+        "alice", queries[rows], outputs=proba[rows],
+        labels=[CLASSES[i] for i in labels], kinds=kinds_kept,
+    )  # fmt: skip
+    assert sorted(rebuilt, key=lambda r: r.digest) == sorted(marks.records, key=lambda r: r.digest)
     plain_rows, plain_labels = wm.choose("alice", queries, outputs=proba)
     np.testing.assert_array_equal(plain_rows, marks.rows)
     np.testing.assert_array_equal(plain_labels, marks.labels)
@@ -612,14 +622,98 @@ def test_inconsistent_selection_records_are_refused(digits: Any, demo_model: Dem
     bad_unit[control] = replace(records[control], cell=marked.cell)  # one cell, two markings
     no_rate = records.copy()
     no_rate[control] = replace(records[control], rate=None)
-    two_rates = records.copy()
-    two_rates[control] = replace(records[control], rate=0.2)
-    for bad in (bad_unit, no_rate, two_rates):
+    bad_rate = records.copy()
+    bad_rate[control] = replace(records[control], rate=1.5)
+    bad_kind = records.copy()
+    bad_kind[control] = replace(records[control], kind="runner_up")
+    bad_label = records.copy()
+    bad_label[control] = replace(records[control], alternative="eleven")
+    for bad in (bad_unit, no_rate, bad_rate, bad_kind, bad_label):
         with pytest.raises(InvalidInputError):
             trace(demo_model.estimator.predict, {"alice": bad}, **kwargs)
+    with pytest.raises(InvalidInputError):
+        trace(demo_model.estimator.predict_proba, {"alice": bad_label}, scores=True, **kwargs)
     # records written before the selection test (no kind) read as keyed marks
     old = {
         k: v for k, v in records[0].to_dict().items() if k not in ("kind", "alternative", "rate")
     }
     assert ResponseRecord.from_dict(old).kind == "keyed"
     assert ResponseRecord.from_dict(marked.to_dict()) == marked
+
+
+def test_rows_stored_before_kinds_are_traced_as_the_keyed_marks_they_were(
+    digits: Any, demo_model: DemoModel
+) -> None:
+    """An audit trail written by a release that marked uncertain answers with keyed labels and
+    kept no controls: its rows carry no kind, and must not enter the selection test (they are
+    all marked cells, so they would accuse an independent model)."""
+    victim = demo_model.estimator
+    queries = shifted_digits(digits)[::2]
+    proba = victim.predict_proba(queries)
+    unsure = proba.max(1) < 0.9
+    old = make(0.3)  # the old release: uncertain answers marked at 0.3 with keyed labels
+    new = uncertain_wm()
+    rng = np.random.default_rng(5)
+    noisy = rng.dirichlet(np.ones(10) * 0.5, size=len(queries))  # an unrelated, fixed suspect
+    table = {tuple(float(v) for v in row): p for row, p in zip(queries, noisy, strict=True)}
+
+    def suspect(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return np.asarray([table[tuple(float(v) for v in row)] for row in x])
+
+    p_values = []
+    for i in range(30):
+        client = f"partner{i}"
+        marks = old.select(client, queries[unsure], outputs=proba[unsure])
+        stored = queries[unsure][marks.rows]
+        records = new.records(
+            client, stored, outputs=victim.predict_proba(stored),
+            labels=[r.label for r in marks.records], kinds=[""] * len(marks),
+        )  # fmt: skip
+        assert {r.kind for r in records} == {"keyed"}
+        assert sorted(r.cell for r in records) == sorted(r.cell for r in marks.records)
+        result = trace(suspect, {client: list(records)}, classes=CLASSES, input_shape=(64,),
+                       scores=True)[0]  # fmt: skip
+        p_values.append(result.p_value)
+    p = np.asarray(p_values)
+    assert np.mean(p <= 0.1) <= 0.25
+    assert p.min() > 1e-4
+
+
+def test_selection_units_do_not_depend_on_the_order_of_the_records(
+    digits: Any, demo_model: DemoModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the cap, the units kept are chosen by their public identifiers: records handed in
+    marked-first give the same test as records in query order."""
+    import modelshield.watermark._response as response
+
+    victim = demo_model.estimator
+    queries = shifted_digits(digits)
+    records = list(
+        uncertain_wm().select("alice", queries, outputs=victim.predict_proba(queries)).records
+    )
+    monkeypatch.setattr(response, "_MAX_SELECTION_UNITS", 25)
+    kwargs: dict[str, Any] = {"classes": CLASSES, "input_shape": (64,), "scores": True}
+    marked_first = sorted(records, key=lambda r: r.kind != "runner-up")
+    in_order = trace(victim.predict_proba, {"alice": records}, **kwargs)[0]
+    reordered = trace(victim.predict_proba, {"alice": marked_first}, **kwargs)[0]
+    assert in_order == reordered
+    assert in_order.trials < 25  # about a third of the 25 units kept are marked
+
+
+def test_a_client_with_no_marked_unit_has_no_evidence(digits: Any, demo_model: DemoModel) -> None:
+    victim = demo_model.estimator
+    queries = shifted_digits(digits)
+    records = uncertain_wm().select("alice", queries, outputs=victim.predict_proba(queries)).records
+    controls = [r for r in records if r.kind == "control"]
+
+    def against_runner_ups(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return -victim.predict_proba(x)  # logits that rank the runner-ups high everywhere
+
+    for scores in (False, True):
+        suspect = against_runner_ups if scores else victim.predict
+        result = trace(
+            suspect, {"alice": controls}, classes=CLASSES, input_shape=(64,), scores=scores
+        )[0]
+        assert result.trials == 0
+        assert result.p_value == 1.0
+        assert not result.verified

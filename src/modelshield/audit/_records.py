@@ -143,7 +143,9 @@ class WatermarkMark:
     """One response row the watermark decided, written in the same commit as its audit record
     (stable): a changed answer, or an uncertain one kept unchanged as a control.
 
-    ``row`` is the input row as ``.npy`` bytes; ``label`` the label that was returned.
+    ``row`` is the input row as ``.npy`` bytes; ``label`` the label that was returned; ``kind``
+    how the watermark decided the row (``keyed``, ``runner-up@RATE`` or ``control@RATE``, RATE
+    being the marking rate of its cell then; empty in marks written before kinds were kept).
     """
 
     client: str
@@ -151,6 +153,7 @@ class WatermarkMark:
     input_digest: str
     row: bytes
     label: str | int
+    kind: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.client, str) or not isinstance(self.model, str):
@@ -159,6 +162,8 @@ class WatermarkMark:
             raise TypeError("WatermarkMark.row must be bytes (.npy)")
         if isinstance(self.label, bool) or not isinstance(self.label, str | Integral):
             raise TypeError("WatermarkMark.label must be a str or an int")
+        if not isinstance(self.kind, str) or len(self.kind) > 64:
+            raise TypeError("WatermarkMark.kind must be a str of at most 64 characters")
         if not isinstance(self.label, str):
             object.__setattr__(self, "label", int(self.label))
 
@@ -316,17 +321,20 @@ def head_mac(key: bytes, segment: str, seq: int, hash_: str, closed: bool) -> st
 
 
 def mark_digest(mark: WatermarkMark) -> str:
-    """SHA-256 of a mark's canonical encoding (the record's HMAC then covers it)."""
-    body = orjson.dumps(
-        {
-            "client": mark.client,
-            "model": mark.model,
-            "input_digest": mark.input_digest,
-            "label": mark.label,
-            "row": hashlib.sha256(mark.row).hexdigest(),
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
+    """SHA-256 of a mark's canonical encoding (the record's HMAC then covers it).
+
+    ``kind`` is encoded only when set, so marks written before kinds were kept keep their digest.
+    """
+    fields: dict[str, Any] = {
+        "client": mark.client,
+        "model": mark.model,
+        "input_digest": mark.input_digest,
+        "label": mark.label,
+        "row": hashlib.sha256(mark.row).hexdigest(),
+    }
+    if mark.kind:
+        fields["kind"] = mark.kind
+    body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(_MARK_DOMAIN + body).hexdigest()
 
 

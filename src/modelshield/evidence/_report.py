@@ -302,9 +302,9 @@ def render_evidence_html(report: EvidenceReport) -> str:
         "the owner's key chose at random which of a client's answers to change (and, for "
         "confident ones, to which wrong answer), so for an independent model those choices are "
         "random picks: the p-value is the exact probability that such picks score at least as "
-        "well on the suspect's answers (two permutation tests: the changed answers against the "
-        "wrong answers the key could have chosen, and the changed answers against similar "
-        "answers that were left unchanged, combined), multiplied by the number of clients "
+        "well on the suspect's answers (two exact tests, combined: the changed answers against "
+        "the other wrong answers the key could have chosen, and the changed answers against "
+        "similar answers that the key left unchanged), multiplied by the number of clients "
         "tested.</p>",
         tests if report.tests else "<p>No test applied.</p>",
         "<h2>3. Who leaked it</h2>",

@@ -32,9 +32,11 @@ def response_trace(
 ) -> Callable[..., list[Any]]:
     """A function that traces a suspect against every client's watermarked answers.
 
-    The marked answers are read back from the audit store; the model that gave them (the
-    deployment's own, opened from its seal, or ``victim``) recomputes each mark's cell and honest
-    label, so that the trace needs nothing the audit log did not keep. The suspect is also asked
+    The marked answers are read back from the audit store with what was decided for each (the
+    label returned and the mark's kind); the model that gave them (the deployment's own, opened
+    from its seal, or ``victim``) recomputes each mark's cell, honest label and runner-up, so
+    that the trace needs nothing the audit log did not keep and does not depend on the marking
+    rates configured now. The suspect is also asked
     about 16 noisy copies of each marked query (``PROBES``), which reveals marks a copy learned
     only partly without making the test inexact.
 
@@ -66,16 +68,27 @@ def response_trace(
         store.close()
     records: dict[str, list[Any]] = {}
     for client, stored in by_client.items():
-        rows = [
-            np.load(io.BytesIO(m.mark.row), allow_pickle=False)
-            for m in stored
-            if m.mark.model == name
-        ]
-        if not rows:
+        kept = [m.mark for m in stored if m.mark.model == name]
+        if not kept:
             continue
-        batch = np.stack([np.asarray(r).reshape(predictor.input_spec.shape) for r in rows])
-        marks = mark.select(client, batch, outputs=predictor.predict_proba(batch))
-        records[client] = list(marks.records)
+        batch = np.stack(
+            [
+                np.asarray(np.load(io.BytesIO(m.row), allow_pickle=False)).reshape(
+                    predictor.input_spec.shape
+                )
+                for m in kept
+            ]
+        )
+        # what was decided when the answers were given (not the rates configured now)
+        records[client] = list(
+            mark.records(
+                client,
+                batch,
+                outputs=predictor.predict_proba(batch),
+                labels=[m.label for m in kept],
+                kinds=[m.kind for m in kept],
+            )
+        )
     shape = predictor.input_spec.shape
     classes = tuple(predictor.classes)
 

@@ -104,7 +104,8 @@ class AuditEntry:
     reason: str
     status: int
     extra: dict[str, Any] = field(default_factory=dict)
-    marks: tuple[tuple[Any, Any], ...] = ()  # (input row array, label returned)
+    # (input row array, label returned, how the watermark decided it)
+    marks: tuple[tuple[Any, Any, str], ...] = ()
 
 
 class HttpError(Exception):
@@ -372,7 +373,8 @@ class Gateway:
         entry["output_summary"] = ",".join(str(label) for label in result.labels[:16])
         if result.marked_rows.size:
             entry["marks"] = tuple(
-                (batch[i], result.labels[i]) for i in result.marked_rows.tolist()
+                (batch[i], result.labels[i], kind)
+                for i, kind in zip(result.marked_rows.tolist(), result.marked_kinds, strict=True)
             )
         payload: dict[str, Any] = {"model": model_name, "labels": result.labels}
         if result.probabilities is not None:

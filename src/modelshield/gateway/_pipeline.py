@@ -28,9 +28,10 @@ class Marker(Protocol):
 
     def mark(
         self, client: str, inputs: FloatArray, scores: FloatArray
-    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        """Row indices to record with the class index to answer for each: the changed rows
-        and any row kept unchanged for comparison (its label is then its own top-1)."""
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], Sequence[str]]:
+        """Row indices to record, the class index to answer for each, and how each was decided
+        (kept with the audit record): the changed rows, and any row kept unchanged for
+        comparison (its label is then its own top-1)."""
         ...
 
 
@@ -110,6 +111,7 @@ class Answer:
     # the rows the watermark decided: changed ones, and controls answered unchanged
     marked_rows: npt.NDArray[np.intp] = field(repr=False)
     degraded: bool = False
+    marked_kinds: tuple[str, ...] = field(default=(), repr=False)  # one per marked row
 
 
 def admit(limits: LimitStore, client: str, tier: Tier, rows: int, now: float) -> LimitDecision:
@@ -142,8 +144,9 @@ def answer(
     classes = np.asarray(predictor.classes)
     top = scores.argmax(axis=1)
     marked = np.empty(0, dtype=np.intp)
+    kinds: Sequence[str] = ()
     if marker is not None:
-        marked, marked_labels = marker.mark(client, batch, scores)
+        marked, marked_labels, kinds = marker.mark(client, batch, scores)
         if marked.size:
             top = top.copy()
             top[marked] = marked_labels
@@ -154,6 +157,7 @@ def answer(
         scores=scores,
         marked_rows=marked,
         degraded=degraded,
+        marked_kinds=tuple(kinds),
     )
 
 
@@ -194,14 +198,16 @@ def answer_many(
     scores = _scores(predictor, batch)
     top = scores.argmax(axis=1)
     marked = np.zeros(batch.shape[0], dtype=bool)
+    kinds: dict[int, str] = {}
     if marker is not None:
         for client, members in _groups(questions, lambda q: q.client).items():
             rows = _rows(members, bounds, batch.shape[0])
-            hits, labels = marker.mark(client, batch[rows], scores[rows])
+            hits, labels, decided = marker.mark(client, batch[rows], scores[rows])
             if hits.size:
                 chosen = rows[hits]
                 top[chosen] = labels
                 marked[chosen] = True
+                kinds.update(zip(chosen.tolist(), decided, strict=True))
     hardened: list[FloatArray | None] = [None] * len(questions)
     for policy, members in _groups(
         questions, lambda q: DEGRADED if q.degraded else q.tier.policy
@@ -219,13 +225,15 @@ def answer_many(
     answers = []
     for i, q in enumerate(questions):
         lo, hi = bounds[i], bounds[i + 1]
+        own = np.flatnonzero(marked[lo:hi]).astype(np.intp)
         answers.append(
             Answer(
                 labels=classes[top[lo:hi]].tolist(),
                 probabilities=hardened[i],
                 scores=scores[lo:hi],
-                marked_rows=np.flatnonzero(marked[lo:hi]).astype(np.intp),
+                marked_rows=own,
                 degraded=q.degraded,
+                marked_kinds=tuple(kinds[lo + r] for r in own.tolist()),
             )
         )
     return answers

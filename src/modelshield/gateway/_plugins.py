@@ -434,8 +434,8 @@ class WatermarkMarker:
 
     def mark(
         self, client: str, inputs: FloatArray, scores: FloatArray
-    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        # the control rows come too, answered unchanged: the audit store keeps their inputs
-        # for the selection test of a trace
-        rows, labels = self.watermark.choose(client, inputs, outputs=scores, controls=True)
-        return rows.astype(np.intp), labels.astype(np.intp)
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], list[str]]:
+        # the control rows come too, answered unchanged: the audit store keeps their inputs,
+        # and every row's kind, for the selection test of a trace
+        rows, labels, kinds = self.watermark.decide(client, inputs, outputs=scores)
+        return rows.astype(np.intp), labels.astype(np.intp), kinds

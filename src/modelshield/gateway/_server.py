@@ -112,8 +112,9 @@ class AuditLogSink:
                 input_digest=audit.input_digest(self._key, np.ascontiguousarray(row).tobytes()),
                 row=npy_bytes(row),
                 label=label,
+                kind=kind,
             )
-            for row, label in entry.marks
+            for row, label, kind in entry.marks
         ]
         return event, marks
 

@@ -55,8 +55,10 @@ CREATE TABLE IF NOT EXISTS {schema}.audit_marks (
     segment TEXT NOT NULL, seq BIGINT NOT NULL, idx INTEGER NOT NULL,
     time_s DOUBLE PRECISION NOT NULL, client TEXT NOT NULL, model TEXT NOT NULL,
     input_digest TEXT NOT NULL, row_npy BYTEA NOT NULL, label TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (segment, seq, idx)
 );
+ALTER TABLE {schema}.audit_marks ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT '';
 """
 
 

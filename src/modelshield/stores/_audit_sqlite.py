@@ -74,6 +74,7 @@ MARK_COLUMNS = (
     "input_digest",
     "row_npy",
     "label",
+    "kind",
 )
 
 _SCHEMA = """
@@ -93,7 +94,7 @@ CREATE TABLE IF NOT EXISTS audit_heads (
 CREATE TABLE IF NOT EXISTS audit_marks (
     segment TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, time_s REAL NOT NULL,
     client TEXT NOT NULL, model TEXT NOT NULL, input_digest TEXT NOT NULL, row_npy BLOB NOT NULL,
-    label TEXT NOT NULL,
+    label TEXT NOT NULL, kind TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (segment, seq, idx)
 );
 """
@@ -146,12 +147,24 @@ def head_from_row(row: Sequence[Any]) -> SegmentHead:
 def mark_row(m: MarkRecord) -> tuple[Any, ...]:
     label = orjson.dumps(m.mark.label).decode()
     return (m.segment, m.seq, m.index, m.time, m.mark.client, m.mark.model, m.mark.input_digest,
-            m.mark.row, label)  # fmt: skip
+            m.mark.row, label, m.mark.kind)  # fmt: skip
+
+
+def _add_mark_kinds(conn: sqlite3.Connection) -> None:
+    """Give a log created before marks had kinds its ``kind`` column (old marks keep ``''``)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(audit_marks)")}
+    if "kind" in columns:
+        return
+    try:
+        conn.execute("ALTER TABLE audit_marks ADD COLUMN kind TEXT NOT NULL DEFAULT ''")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):  # another process added it meanwhile
+            raise
 
 
 def mark_from_row(row: Sequence[Any]) -> MarkRecord:
-    segment, seq, idx, time_s, client, model, digest, row_npy, label = row
-    mark = WatermarkMark(client, model, digest, bytes(row_npy), orjson.loads(label))
+    segment, seq, idx, time_s, client, model, digest, row_npy, label, kind = row
+    mark = WatermarkMark(client, model, digest, bytes(row_npy), orjson.loads(label), str(kind))
     return MarkRecord(segment, int(seq), int(idx), float(time_s), mark)
 
 
@@ -281,6 +294,7 @@ class SQLiteAuditStore:
             try:
                 conn = self._open()
                 conn.executescript(_SCHEMA)
+                _add_mark_kinds(conn)
                 # the log holds client ids and watermarked query rows: keep it private (an
                 # empty file created ahead of SQLite raced with other processes' WAL set-up)
                 with contextlib.suppress(OSError):

@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -258,6 +259,8 @@ class ResponseWatermark:
         self.uncertain_below = float(uncertain_below)
         self._threshold = int(self.share * 2.0**64)
         self._uncertain_threshold = int((uncertain_share or share) * 2.0**64)
+        self._runner_up_kind = f"{RUNNER_UP}@{uncertain_share!r}"
+        self._control_kind = f"{CONTROL}@{uncertain_share!r}"
         self._projections: dict[int, tuple[FloatArray, FloatArray]] = {}
         self._client_keys: dict[str, bytes] = {}
         self._index = {label_key(c): i for i, c in enumerate(self.classes)}
@@ -315,16 +318,26 @@ class ResponseWatermark:
         *,
         outputs: npt.ArrayLike,
         features: npt.ArrayLike | None = None,
-        controls: bool = False,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """The rows of this client's batch to mark and the class index to answer for each: what
-        :meth:`select` decides, without the audit records (the gateway's per-request path).
-
-        With ``controls`` the control rows come too, each with its own top-1 index (an
-        unchanged answer): the rows whose input the audit store must keep.
-        """
-        rows, labels, _, _ = self._choose(client_id, inputs, outputs, features, controls)
+        """The rows of this client's batch whose answer changes, and the class index to answer
+        for each: what :meth:`select` decides, without the audit records."""
+        rows, labels, _, _ = self._choose(client_id, inputs, outputs, features, False)
         return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
+    def decide(
+        self,
+        client_id: str,
+        inputs: npt.ArrayLike,
+        *,
+        outputs: npt.ArrayLike,
+        features: npt.ArrayLike | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[str]]:
+        """The rows the audit store must keep (the gateway's per-request path): the changed ones
+        and the controls, the class index answered for each (a control's own top-1), and how
+        each was decided (``keyed``, ``runner-up@RATE`` or ``control@RATE``): what
+        :meth:`records` needs to rebuild the trace's records from the stored rows."""
+        rows, labels, kinds, _ = self._choose(client_id, inputs, outputs, features, True)
+        return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=np.int64), kinds
 
     def select(
         self,
@@ -341,39 +354,97 @@ class ResponseWatermark:
         (one row per input). Cheap and side-effect free: one projection and one HMAC per row, and
         a second HMAC per marked confident row. The records include the control rows.
         """
-        rows, labels, units, honest_all = self._choose(client_id, inputs, outputs, features, True)
+        rows, labels, kinds, honest_all = self._choose(client_id, inputs, outputs, features, True)
         arr = np.asarray(inputs)
-        out = np.asarray(outputs)
-        n = arr.shape[0]
-        flat = np.asarray(arr, dtype=np.float32).reshape(n, -1)
-        records = []
-        for row, answered, (kind, unit) in zip(rows, labels, units, strict=True):
-            selection = kind != KEYED
-            records.append(
-                ResponseRecord(
-                    client_id=client_id,
-                    digest=hashlib.sha256(flat[row].tobytes()).hexdigest(),
-                    input=tuple(float(v) for v in flat[row]),
-                    label=self.classes[answered],
-                    honest_label=self.classes[int(honest_all[row])],
-                    cell=hashlib.sha256(
-                        self._grid_key + (b"unit\x00" if selection else b"") + unit
-                    ).hexdigest()[:32],
-                    kind=kind,
-                    alternative=self.classes[_runner_up(out[row])] if selection else None,
-                    rate=self.uncertain_share if selection else None,
-                )
-            )
-        changed = [i for i, (kind, _) in enumerate(units) if kind != CONTROL]
+        records = self._records(
+            client_id, arr[rows], np.asarray(outputs)[rows], labels, kinds, _subset(features, rows)
+        )
+        changed = [i for i, kind in enumerate(kinds) if not kind.startswith(CONTROL)]
         rows_arr = np.asarray([rows[i] for i in changed], dtype=np.int64)
         return Marks(
             client_id=client_id,
             rows=rows_arr,
             labels=np.asarray([labels[i] for i in changed], dtype=np.int64),
             honest=honest_all[rows_arr].astype(np.int64),
-            records=tuple(records),
+            records=records,
             classes=self.classes,
         )
+
+    def records(
+        self,
+        client_id: str,
+        inputs: npt.ArrayLike,
+        *,
+        outputs: npt.ArrayLike,
+        labels: Sequence[Label],
+        kinds: Sequence[str],
+        features: npt.ArrayLike | None = None,
+    ) -> tuple[ResponseRecord, ...]:
+        """The trace's records of rows kept by the audit store, from what was decided then.
+
+        ``labels`` are the labels that were returned and ``kinds`` how each row was decided (what
+        :meth:`decide` gave; ``""`` for rows stored before kinds were kept, which are read as
+        keyed marks, as they were made); ``outputs`` the model's probabilities for the rows now
+        (their honest labels and runner-ups). Nothing is decided again, so a trace does not
+        depend on the current marking rates. A keyed row whose returned label is now the model's
+        own answer carries no mark and gives no record.
+        """
+        arr = np.asarray(inputs)
+        if not len(labels) == len(kinds) == arr.shape[0]:
+            raise InvalidInputError("need one label and one kind per stored row")
+        answered = []
+        for label in labels:
+            position = self._index.get(label_key(label))
+            if position is None:
+                raise InvalidInputError(f"a stored label {label!r} is not one of the classes")
+            answered.append(position)
+        return self._records(client_id, arr, np.asarray(outputs), answered, list(kinds), features)
+
+    def _records(
+        self,
+        client_id: str,
+        inputs: npt.NDArray[Any],
+        outputs: npt.NDArray[Any],
+        answered: Sequence[int],
+        kinds: Sequence[str],
+        features: npt.ArrayLike | None,
+    ) -> tuple[ResponseRecord, ...]:
+        n = inputs.shape[0]
+        if n == 0:
+            return ()
+        flat = np.asarray(inputs, dtype=np.float32).reshape(n, -1)
+        honest_all = np.argmax(outputs, axis=1) if outputs.ndim == 2 else outputs.reshape(-1)
+        out = []
+        for row, (cell_row, answer, stored) in enumerate(
+            zip(self.cells(inputs, features), answered, kinds, strict=True)
+        ):
+            kind, rate = _parse_kind(stored)
+            honest = int(honest_all[row])
+            cell = cell_row.tobytes()
+            if kind == KEYED:
+                if answer == honest:
+                    continue
+                unit = cell + honest.to_bytes(4, "big")
+                alternative = None
+            else:
+                if outputs.ndim != 2:
+                    raise InvalidInputError("uncertain marks need the model's probabilities")
+                unit = b"unit\x00" + cell
+                alternative = self.classes[_runner_up(outputs[row])]
+            out.append(
+                ResponseRecord(
+                    client_id=client_id,
+                    digest=hashlib.sha256(flat[row].tobytes()).hexdigest(),
+                    input=tuple(float(v) for v in flat[row]),
+                    label=self.classes[answer],
+                    honest_label=self.classes[honest],
+                    cell=hashlib.sha256(self._grid_key + unit).hexdigest()[:32],
+                    kind=kind,
+                    alternative=alternative,
+                    rate=rate,
+                )
+            )
+        return tuple(out)
 
     def _choose(
         self,
@@ -382,8 +453,8 @@ class ResponseWatermark:
         outputs: npt.ArrayLike,
         features: npt.ArrayLike | None,
         controls: bool,
-    ) -> tuple[list[int], list[int], list[tuple[str, bytes]], npt.NDArray[np.int64]]:
-        """Decided rows, the class index answered for each, their (kind, unit) and the honest
+    ) -> tuple[list[int], list[int], list[str], npt.NDArray[np.int64]]:
+        """Decided rows, the class index answered for each, their stored kind and the honest
         top-1 index of every row. Control rows come only when ``controls``."""
         arr = np.asarray(inputs)
         n = arr.shape[0]
@@ -398,29 +469,49 @@ class ResponseWatermark:
         k = len(self.classes)
         rows: list[int] = []
         labels: list[int] = []
-        units: list[tuple[str, bytes]] = []
+        kinds: list[str] = []
         for row, cell_row in enumerate(self.cells(arr, features)):
             cell = cell_row.tobytes()
-            tag = int.from_bytes(hmac.digest(ck, cell, hashlib.sha256)[:8], "big")
             top = int(honest_all[row])
             if uncertain is not None and uncertain[row]:
                 # an unsure answer: its cell is marked at the uncertain rate, and a marked one
                 # answers the runner-up, a wrong label that a copy learns as easily as the
-                # boundary it lies on; unmarked ones are the controls of the selection test
-                marked = tag < self._uncertain_threshold
+                # boundary it lies on; unmarked ones are the controls of the selection test.
+                # Its own tag: which cells are marked here is independent of the keyed marks.
+                tag = hmac.digest(ck, b"uncertain\x00" + cell, hashlib.sha256)
+                marked = int.from_bytes(tag[:8], "big") < self._uncertain_threshold
                 if marked or controls:
                     rows.append(row)
                     labels.append(_runner_up(out[row]) if marked else top)
-                    units.append((RUNNER_UP if marked else CONTROL, cell))
-            elif tag < self._threshold:
+                    kinds.append(self._runner_up_kind if marked else self._control_kind)
+            elif int.from_bytes(hmac.digest(ck, cell, hashlib.sha256)[:8], "big") < self._threshold:
                 # one keyed wrong label per (cell, honest class): one trial each at verification
                 cell_class = cell + top.to_bytes(4, "big")
                 label_tag = hmac.digest(ck, b"label\x00" + cell_class, hashlib.sha256)
                 offset = 1 + int.from_bytes(label_tag[:8], "big") % (k - 1)
                 rows.append(row)
                 labels.append((top + offset) % k)
-                units.append((KEYED, cell_class))
-        return rows, labels, units, honest_all
+                kinds.append(KEYED)
+        return rows, labels, kinds, honest_all
+
+
+def _subset(features: npt.ArrayLike | None, rows: Sequence[int]) -> npt.NDArray[Any] | None:
+    return None if features is None else np.asarray(features)[list(rows)]
+
+
+def _parse_kind(stored: str) -> tuple[str, float | None]:
+    """``(kind, rate)`` of a stored kind: ``keyed`` (also ``""``, rows stored before kinds were
+    kept), ``runner-up@RATE`` or ``control@RATE``."""
+    if stored in ("", KEYED):
+        return KEYED, None
+    kind, _, rate_text = stored.partition("@")
+    try:
+        rate = float(rate_text)
+    except ValueError:
+        rate = math.nan
+    if kind not in (RUNNER_UP, CONTROL) or not 0.0 < rate < 1.0:
+        raise InvalidInputError(f"unknown watermark kind {stored!r}")
+    return kind, rate
 
 
 def _runner_up(probabilities: npt.NDArray[Any]) -> int:
@@ -491,9 +582,11 @@ def trace(
 ) -> list[Verification]:
     """Test the suspect against every client's marked answers; most significant first.
 
-    Two exact tests per client, on disjoint records, combined by Fisher's method
-    (:func:`~modelshield.watermark._stats.combine_independent`; they are independent under the
-    null because one rests on the keyed labels and the other on the keyed choice of cells):
+    Two exact tests per client, on disjoint records, combined by Fisher's bound
+    (:func:`~modelshield.watermark._stats.combine_independent`). The keyed test is valid whatever
+    the key's tags, and the selection test rests on the uncertain answers' own tags, drawn apart
+    from the confident ones'; which tests run depends only on whether the client has keyed trials
+    and uncertain units, never on the uncertain marking:
 
     **The keyed test** (``kind == "keyed"`` records, confident answers). One trial per marked
     (cell, honest class) pair of a client, scored from the suspect's answers
@@ -528,7 +621,8 @@ def trace(
     centred score of the marked units, and its exact null is
     :func:`~modelshield.watermark._stats.bernoulli_sum_tail`. A model that merely prefers
     runner-ups on uncertain inputs prefers them on the controls too, and is not accused. At most
-    3,000 units per client (the first ones) enter the test.
+    3,000 units per client enter the test, those whose public identifiers sort first; a client
+    with no marked unit gets p = 1.
 
     ``matches`` counts the keyed trials in which the keyed offset scored highest (ties to the
     smallest offset) and the marked units that scored above the centre; ``chance_rate`` is what
@@ -586,9 +680,9 @@ def trace(
     def unit_score(unit: Mapping[str, ResponseRecord]) -> int:
         """A selection unit's score: how much the suspect prefers the runner-ups there."""
         rows = [position[d] for d in unit]
-        alternative = [index[label_key(r.alternative)] for r in unit.values()]
+        alternative = [_class_index(index, r.alternative) for r in unit.values()]
         if scores:
-            honest = [index[label_key(r.honest_label)] for r in unit.values()]
+            honest = [_class_index(index, r.honest_label) for r in unit.values()]
             logs = np.log(np.clip(probabilities[rows], _MIN_PROBABILITY, 1.0))
             ratio = logs[np.arange(len(rows)), alternative] - logs[np.arange(len(rows)), honest]
             mean = float(np.clip(ratio.mean(), -_MAX_LOG_RATIO, _MAX_LOG_RATIO))
@@ -605,31 +699,36 @@ def trace(
         keyed_pairs: dict[str, dict[str, ResponseRecord]] = defaultdict(dict)
         units: dict[str, dict[str, ResponseRecord]] = defaultdict(dict)
         for r in records:
+            if r.kind not in (KEYED, RUNNER_UP, CONTROL):
+                raise InvalidInputError(f"unknown response record kind {r.kind!r}")
             (keyed_pairs if r.kind == KEYED else units)[r.cell][r.digest] = r
         choices: list[list[int]] = []
         observed: list[int] = []
         matches = 0
         for pair in keyed_pairs.values():
             first = next(iter(pair.values()))
-            honest = index[label_key(first.honest_label)]
-            keyed = (index[label_key(first.label)] - honest) % k
+            honest = _class_index(index, first.honest_label)
+            keyed = (_class_index(index, first.label) - honest) % k
+            if keyed == 0:
+                raise InvalidInputError(f"a keyed record of pair {first.cell} was not changed")
             candidate = pair_scores(pair, honest)
             if candidate is None:
                 continue
             choices.append(candidate)
             observed.append(candidate[keyed - 1])
             matches += int(int(np.argmax(candidate)) == keyed - 1)
-        p_keyed = uniform_sum_tail(choices, sum(observed)) if choices else None
         selection = _selection_test(units, unit_score)
         trials = len(choices) + selection.trials
         chance = (len(choices) / (k - 1) + selection.trials * selection.chance) / max(trials, 1)
-        p_value = (
-            combine_independent(p_keyed, selection.p_value)
-            if p_keyed is not None and selection.trials
-            else p_keyed
-            if p_keyed is not None
-            else selection.p_value
-        )
+        # which tests run depends on nothing the key decided for the other one: keyed trials on
+        # the confident tags (and the suspect), selection units on the answers' uncertainty
+        p_value = 1.0
+        if choices and units:
+            p_value = combine_independent(uniform_sum_tail(choices, sum(observed)), selection.p)
+        elif choices:
+            p_value = uniform_sum_tail(choices, sum(observed))
+        elif units:
+            p_value = selection.p
         results.append(
             Verification(
                 scheme=SCHEME,
@@ -643,7 +742,7 @@ def trace(
                 client_id=client_id,
             )
         )
-    tested = sum(1 for v in results if v.trials)
+    tested = sum(1 for records in records_by_client.values() if records)
     results = [
         replace(v, p_value=p, verified=bool(p < v.threshold))
         for v in results
@@ -655,7 +754,7 @@ def trace(
 
 @dataclass(frozen=True)
 class _Selection:
-    p_value: float
+    p: float  # 1 when no unit is marked
     trials: int  # marked units
     matches: int  # marked units scored above the centre
     chance: float  # share of control units scored above the centre
@@ -667,36 +766,47 @@ def _selection_test(
 ) -> _Selection:
     """The exact selection test over one client's uncertain units.
 
-    The key marked each unit with probability ``rate``, independently of every other unit and of
-    anything a model that never saw the client's answers can compute; such a model's unit scores
-    are therefore independent of which units are marked, and ``T``, the summed centred scores of
-    the marked units, has the distribution of :func:`bernoulli_sum_tail`. The centre is the
-    rounded mean score of all units (a function of the scores alone, so the test stays exact).
+    The key marked each unit (a hash cell) with probability ``rate``, independently of every
+    other unit and of anything a model that never saw the client's answers can compute; such a
+    model's unit scores are therefore independent of which units are marked, and ``T``, the
+    summed centred scores of the marked units, has the distribution of
+    :func:`bernoulli_sum_tail`. Nothing the marking decided chooses the units: every uncertain
+    answer was kept, the centre is the rounded mean score of all units, a unit whose rows were
+    kept under several rates keeps those of the lowest, and at most ``_MAX_SELECTION_UNITS`` units
+    enter, those whose public identifiers sort first. With no marked unit the p-value is 1.
     """
-    if not units:
-        return _Selection(1.0, 0, 0, 0.0)
-    marked: list[bool] = []
-    rates: set[float | None] = set()
-    for unit_id, unit in list(units.items())[:_MAX_SELECTION_UNITS]:
-        kinds = {r.kind for r in unit.values()}
-        if not kinds <= {RUNNER_UP, CONTROL} or len(kinds) != 1:
-            raise InvalidInputError(f"response records of unit {unit_id} disagree on its marking")
-        if any(r.alternative is None or r.rate is None for r in unit.values()):
+    chosen: list[tuple[str, list[ResponseRecord], float]] = []
+    for unit_id in sorted(units)[:_MAX_SELECTION_UNITS]:
+        records = list(units[unit_id].values())
+        if any(r.alternative is None or r.rate is None for r in records):
             raise InvalidInputError(f"response records of unit {unit_id} lack alternative or rate")
-        marked.append(kinds == {RUNNER_UP})
-        rates.update(r.rate for r in unit.values())
-    if len(rates) != 1:
-        raise InvalidInputError("a client's response records disagree on the marking rate")
-    (rate,) = rates
-    assert rate is not None
-    scored = [unit_score(unit) for unit in list(units.values())[: len(marked)]]
+        rate = min(float(r.rate) for r in records if r.rate is not None)
+        if not 0.0 < rate < 1.0:
+            raise InvalidInputError(f"response records of unit {unit_id} have rate {rate}")
+        records = [r for r in records if r.rate == rate]
+        if len({r.kind for r in records}) != 1:
+            raise InvalidInputError(f"response records of unit {unit_id} disagree on its marking")
+        chosen.append((unit_id, records, rate))
+    if not chosen:
+        return _Selection(1.0, 0, 0, 0.0)
+    marked = [records[0].kind == RUNNER_UP for _, records, _ in chosen]
+    scored = [unit_score({r.digest: r for r in records}) for _, records, _ in chosen]
     centre = round(sum(scored) / len(scored))
     values = [v - centre for v in scored]
     observed = sum(v for v, m in zip(values, marked, strict=True) if m)
     controls = [v for v, m in zip(values, marked, strict=True) if not m]
     return _Selection(
-        p_value=bernoulli_sum_tail(values, rate, observed),
+        p=bernoulli_sum_tail(values, [rate for _, _, rate in chosen], observed)
+        if any(marked)
+        else 1.0,
         trials=sum(marked),
         matches=sum(1 for v, m in zip(values, marked, strict=True) if m and v > 0),
         chance=sum(1 for v in controls if v > 0) / len(controls) if controls else 0.0,
     )
+
+
+def _class_index(index: Mapping[str, int], label: Label | None) -> int:
+    position = None if label is None else index.get(label_key(label))
+    if position is None:
+        raise InvalidInputError(f"a response record's label {label!r} is not one of the classes")
+    return position

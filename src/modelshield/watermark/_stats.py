@@ -143,21 +143,27 @@ def uniform_sum_tail(choices: Sequence[Sequence[int]], observed: int) -> float:
     return min(1.0, max(float(dist[index:].sum()), math.ulp(0.0)))
 
 
-def bernoulli_sum_tail(values: Sequence[int], rate: float, observed: int) -> float:
+def bernoulli_sum_tail(
+    values: Sequence[int], rate: float | Sequence[float], observed: int
+) -> float:
     """Exact ``P(T >= observed)`` for ``T = m_1 v_1 + ... + m_n v_n`` with the ``m_j`` independent
-    Bernoulli(``rate``) draws and the integer ``values`` fixed.
+    Bernoulli draws (probability ``rate``, or ``rate[j]`` per term) and the integer ``values``
+    fixed.
 
     This is the null distribution of a keyed selection test: the key chose each unit for marking
-    with probability ``rate``, independently of every other unit, and the suspect gave each unit a
-    score computed from its answers alone; a model that never saw the marked answers then sums
+    with a known probability, independently of every other unit, and the suspect gave each unit
+    a score computed from its answers alone; a model that never saw the marked answers then sums
     the scores of the chosen units with exactly this distribution. Computed by convolution over
     the integer support (no approximation).
     """
-    if not 0.0 < rate < 1.0:
-        raise InvalidInputError(f"rate must be in (0, 1), got {rate}")
-    # each unit adds min(v, 0) for sure, and |v| with probability rate (v > 0) or 1 - rate (v < 0)
+    rates = [float(rate)] * len(values) if isinstance(rate, int | float) else list(rate)
+    if len(rates) != len(values):
+        raise InvalidInputError("need one rate per value")
+    if not all(0.0 < r < 1.0 for r in rates):
+        raise InvalidInputError(f"rates must be in (0, 1), got {sorted(set(rates))[:3]}")
+    # each unit adds min(v, 0) for sure, and |v| with probability r (v > 0) or 1 - r (v < 0)
     base = sum(min(v, 0) for v in values)
-    jumps = [(abs(v), rate if v > 0 else 1.0 - rate) for v in values if v != 0]
+    jumps = [(abs(v), r if v > 0 else 1.0 - r) for v, r in zip(values, rates, strict=True) if v]
     width = sum(j for j, _ in jumps)
     dist = np.zeros(width + 1)
     dist[0] = 1.0
