@@ -159,7 +159,7 @@ def prepare(workdir: Path, synchronous: str = "FULL") -> dict[str, str]:
         + "calibration = 'calibration.npy'\n"
         # the response watermark as `modelshield init` configures it: uncertain answers are
         # marked or kept as controls, so their rows are written with the audit records
-        + "[watermark]\nenabled = true\nshare = 0.0005\nuncertain_share = 0.15\n"
+        + "[watermark]\nenabled = true\nshare = 0.0005\nuncertain_share = 0.14\n"
         + "uncertain_below = 0.95\nkey = { file = 'wm.key' }\n",
         encoding="utf-8",
     )

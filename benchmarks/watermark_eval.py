@@ -3,7 +3,7 @@
 Run: python benchmarks/watermark_eval.py [--quick]. The last line is one JSON object with the keys
 of issue 7. Everything is in-process: the thief queries the victim through the response watermark
 exactly as the gateway applies it (labels with the marked rows changed), with the parameters given
-here: ``--share 0.0005 --uncertain-share 0.15 --uncertain-below 0.95 --probes 16`` by default
+here: ``--share 0.0005 --uncertain-share 0.14 --uncertain-below 0.95 --probes 16`` by default
 (the gateway's ``init`` profile; ``--uncertain-share 0.3 --uncertain-below 0.9`` and, before it,
 ``--share 0.0035 --uncertain-share 0.2 --uncertain-below 0.9`` were earlier profiles, see
 docs/watermark.md; ``--share 0.008 --uncertain-share 0 --probes 0`` was the first measurement's
@@ -388,8 +388,8 @@ def main() -> None:
     parser.add_argument(
         "--uncertain-share",
         type=float,
-        default=0.15,
-        help="marking rate of uncertain answers (default 0.15; 0 turns it off)",
+        default=0.14,
+        help="marking rate of uncertain answers (default 0.14; 0 turns it off)",
     )
     parser.add_argument(
         "--uncertain-below",

@@ -151,7 +151,7 @@ def test_detector_state_follows_the_state_store_unless_named(tmp_path: Path) -> 
 def test_watermark_rates(tmp_path: Path) -> None:
     config = load_config(EXAMPLE)
     assert config.watermark.share == 0.0005
-    assert config.watermark.uncertain_share == 0.15
+    assert config.watermark.uncertain_share == 0.14
     assert config.watermark.uncertain_below == 0.95
     path = write(tmp_path, "[watermark]\nshare = 0.01\nuncertain_share = 0.005\n")
     with pytest.raises(ConfigError, match="uncertain_share must be at least share"):

@@ -77,14 +77,14 @@ enabled = {detection}
 action = "block"                              # alert | throttle | degrade | block
 {reference}
 # The per-client response watermark: a keyed share of each client's answers carry its keyed
-# mark: 0.05% of confident answers (a keyed wrong label) and 15% of those the model is unsure
+# mark: 0.05% of confident answers (a keyed wrong label) and 14% of those the model is unsure
 # about (top-1 below 0.95; its runner-up label), which thieves that augment or synthesise queries
-# send far more often than honest clients (measured on digits: 0.92% of honest answers changed;
+# send far more often than honest clients (measured on digits: 0.96% of honest answers changed;
 # docs/watermark.md).
 [watermark]
 enabled = true
 share = 0.0005
-uncertain_share = 0.15
+uncertain_share = 0.14
 uncertain_below = 0.95
 key = {{ file = "keys/response-watermark.key" }}
 
