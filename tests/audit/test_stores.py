@@ -179,7 +179,6 @@ def test_sqlite_batch_larger_than_one_statement(tmp_path: Path) -> None:
 
 
 def test_a_sqlite_log_from_before_mark_kinds_gets_the_column(tmp_path: Path) -> None:
-    from modelshield.audit import WatermarkMark, marks_by_client
 
     path = tmp_path / "audit.db"
     conn = sqlite3.connect(path)
@@ -192,16 +191,7 @@ def test_a_sqlite_log_from_before_mark_kinds_gets_the_column(tmp_path: Path) -> 
         )
         conn.execute("INSERT INTO audit_marks VALUES ('old', 1, 0, 1.0, 'a', 'm', 'd', x'00', '3')")
     conn.close()
-    key = bytes(range(32))
-    store = SQLiteAuditStore(path)
-    try:
-        with AuditLog(store, key) as log:
-            mark = WatermarkMark("a", "m", "ab" * 32, b"\x93NUMPY-row", 5, "control@0.15")
-            log.append(ev(1), [mark]).result(timeout=10)
-        kept = marks_by_client(store)["a"]
-        assert [(m.mark.label, m.mark.kind) for m in kept] == [(3, ""), (5, "control@0.15")]
-    finally:
-        store.close()
+    _append_a_kind_to_an_old_log(SQLiteAuditStore(path), "control@0.15")
     store = SQLiteAuditStore(path)  # opening it again finds the column there
     try:
         assert len(list(store.iter_marks())) == 2
@@ -212,8 +202,6 @@ def test_a_sqlite_log_from_before_mark_kinds_gets_the_column(tmp_path: Path) -> 
 @pytest.mark.services
 def test_a_postgres_log_from_before_mark_kinds_gets_the_column(pg_schema: tuple[str, str]) -> None:
     import psycopg
-
-    from modelshield.audit import WatermarkMark, marks_by_client
 
     dsn, schema = pg_schema
     with psycopg.connect(dsn, autocommit=True) as conn:  # as releases before mark kinds made it
@@ -228,12 +216,19 @@ def test_a_postgres_log_from_before_mark_kinds_gets_the_column(pg_schema: tuple[
             f"INSERT INTO \"{schema}\".audit_marks VALUES ('old', 1, 0, 1.0, 'a', 'm', 'd', "
             "'\\x00', '3')"
         )
-    store = PostgresAuditStore(dsn, schema=schema)
+    _append_a_kind_to_an_old_log(PostgresAuditStore(dsn, schema=schema), "runner-up@0.15")
+
+
+def _append_a_kind_to_an_old_log(store: AuditStore, kind: str) -> None:
+    """Append a mark of ``kind`` to a log holding one mark from before kinds (label 3), and
+    read both back: the old one with an empty kind."""
+    from modelshield.audit import WatermarkMark, marks_by_client
+
     try:
         with AuditLog(store, bytes(range(32))) as log:
-            mark = WatermarkMark("a", "m", "ab" * 32, b"\x93NUMPY-row", 5, "runner-up@0.15")
+            mark = WatermarkMark("a", "m", "ab" * 32, b"\x93NUMPY-row", 5, kind)
             log.append(ev(1), [mark]).result(timeout=10)
         kept = marks_by_client(store)["a"]
-        assert [(m.mark.label, m.mark.kind) for m in kept] == [(3, ""), (5, "runner-up@0.15")]
+        assert [(m.mark.label, m.mark.kind) for m in kept] == [(3, ""), (5, kind)]
     finally:
         store.close()
