@@ -210,7 +210,9 @@ def test_uncertain_answers_are_kept_with_their_controls_and_traced(
     received = np.asarray(got["a"])
     changed = received != np.asarray(victim.predict(rows))
     kept = {np.load(io.BytesIO(m.mark.row)).astype(np.float32).tobytes(): m for m in stored["a"]}
-    for i in np.flatnonzero(unsure):  # every uncertain answer is stored, as it was returned
+    # every uncertain answer is stored, as it was returned (rows at the threshold to within
+    # float noise of batching could fall either side)
+    for i in np.flatnonzero(unsure & (np.abs(proba.max(1) - 0.95) > 1e-4)):
         mark = kept[rows[i].tobytes()]
         assert mark.mark.label == received[i]
         assert mark.mark.kind == ("runner-up@0.3" if changed[i] else "control@0.3")
