@@ -717,3 +717,25 @@ def test_a_client_with_no_marked_unit_has_no_evidence(digits: Any, demo_model: D
         assert result.trials == 0
         assert result.p_value == 1.0
         assert not result.verified
+
+
+def test_records_refuse_what_the_audit_store_cannot_have_kept(
+    digits: Any, demo_model: DemoModel
+) -> None:
+    queries = digits[:4]
+    proba = demo_model.estimator.predict_proba(queries)
+    wm = uncertain_wm()
+    ok = {"outputs": proba, "labels": [0, 1, 2, 3], "kinds": ["control@0.3"] * 4}
+    assert len(wm.records("alice", queries, **ok)) == 4
+    bad: list[dict[str, Any]] = [
+        {**ok, "labels": [0, 1, 2]},  # one label short
+        {**ok, "kinds": ["control@0.3"] * 5},  # one kind too many
+        {**ok, "labels": [0, 1, 2, "eleven"]},  # not a class
+        {**ok, "kinds": ["control@0.3"] * 3 + ["runner-up@1.5"]},  # no such rate
+        {**ok, "kinds": ["control@0.3"] * 3 + ["runner_up@0.3"]},  # no such kind
+        {**ok, "kinds": ["control@0.3"] * 3 + ["control@"]},
+        {**ok, "outputs": proba.argmax(1)},  # labels only: no runner-up to rebuild
+    ]
+    for kwargs in bad:
+        with pytest.raises(InvalidInputError):
+            wm.records("alice", queries, **kwargs)

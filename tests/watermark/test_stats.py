@@ -160,6 +160,10 @@ def test_bernoulli_sum_tail_is_exact() -> None:
     for rate in (0.0, 1.0, -0.1):
         with pytest.raises(InvalidInputError):
             bernoulli_sum_tail([1], rate, 1)
+    # one rate per unit: T = 2 m1 - m2 + 3 m3 >= 4 only when m1 = m3 = 1 (m2 either way)
+    assert bernoulli_sum_tail([2, -1, 3], [0.1, 0.5, 0.9], 4) == pytest.approx(0.1 * 0.9)
+    with pytest.raises(InvalidInputError):
+        bernoulli_sum_tail([1, 2], [0.5], 1)
 
 
 def test_combined_p_values_are_valid_for_independent_uniform_ones() -> None:
