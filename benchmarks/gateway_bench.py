@@ -17,6 +17,11 @@ Each server is also measured with one connection, where a request does not queue
 ``p50_overhead_ms_1conn`` is the median cost of the guarded path (with one fsync-ed commit per
 request, since group commit has nothing to group).
 
+Both run on uvicorn's fast stack (httptools, uvloop), as the issue's reference figure for the
+bare endpoint (about 8,500 req/s on a 2-core machine) was measured; ``http_stack`` in the JSON
+names it. Without those two packages uvicorn falls back to h11 and asyncio's loop, which halve
+the bare endpoint's throughput and so flatter every ratio.
+
 Last line: JSON with guarded_rps, bare_rps, ratio (1 worker), ratio_2w, guarded_p50_ms,
 bare_p50_ms, p50_overhead_ms, guarded_p99_ms (1 worker, 32 connections), guarded_p50_ms_1conn,
 bare_p50_ms_1conn, p50_overhead_ms_1conn, ratio_with_detection.
@@ -207,6 +212,19 @@ def measure(
             proc.wait()
 
 
+def http_stack() -> str:
+    """What uvicorn serves both endpoints with: its ``auto`` choice takes httptools and uvloop
+    when they are installed (modelshield depends on both), else its pure-Python h11 parser and
+    asyncio's own loop, which halve the bare endpoint's requests per second."""
+    import importlib.util
+
+    import uvicorn
+
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn {uvicorn.__version__}, {parser}, {loop}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
@@ -262,6 +280,7 @@ def main() -> None:
     if ("guarded", 2) in results:
         figures["ratio_2w"] = round(med("guarded", 2, 0) / med("bare", 2, 0), 3)
     figures["audit_synchronous"] = args.synchronous
+    figures["http_stack"] = http_stack()
     figures["ours"] = figures["guarded_rps"]
     figures["peer"] = figures["bare_rps"]
     print(json.dumps(figures))
