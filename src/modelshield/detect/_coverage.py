@@ -22,6 +22,10 @@ from modelshield.detect._base import (
 
 #: Batches of at most this many rows find their leaves row by row (see ``_leaves``).
 _FEW_ROWS = 32
+#: The honest expectation and spread are tabulated for fewer queries than this (two float64
+#: values per count, shared by every client: 1 MiB at most), grown by this many counts at a time.
+_TABLE_LIMIT = 1 << 16
+_TABLE_CHUNK = 1024
 
 
 @dataclass
@@ -91,6 +95,7 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
         counts = np.bincount(self._leaves(x), minlength=self.n_leaves_).astype(np.float64)
         self.leaf_p_ = (counts + 0.5) / (counts.sum() + 0.5 * self.n_leaves_)
         self.log1m_leaf_p_ = np.log1p(-self.leaf_p_)
+        self.table_ = np.zeros((2, 0))  # (expected, sd) by number of queries, grown on demand
         # the tree as Python lists: one row descends it faster without numpy
         self.node_lists_ = (
             self.left_.tolist(),
@@ -132,15 +137,33 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
         return float(np.sum(-np.expm1(n * np.log1p(-self.leaf_p_))))
 
     def _expected_and_sd(self, n: int) -> tuple[float, float]:
+        """``expected`` and ``sd`` for ``n`` queries: looked up below :data:`_TABLE_LIMIT`
+        (every observation needs them, and they depend on ``n`` alone)."""
+        if n >= _TABLE_LIMIT:
+            expected, variance = self._expected_and_variance(np.array([n], np.float64))
+            return float(expected[0]), math.sqrt(max(float(variance[0]), 1e-12))
+        table = self.table_
+        if n >= table.shape[1]:
+            start = table.shape[1]
+            stop = min(_TABLE_LIMIT, max(n + 1, start + _TABLE_CHUNK))
+            expected, variance = self._expected_and_variance(np.arange(start, stop, dtype=float))
+            chunk = np.stack([expected, np.sqrt(np.maximum(variance, 1e-12))])
+            # a new array, set in one assignment: a reader never sees a half-grown table
+            table = self.table_ = np.concatenate([table, chunk], axis=1)
+        return table.item(0, n), table.item(1, n)
+
+    def _expected_and_variance(
+        self, counts: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         # q = -expm1(n log(1 - p_l)) = P(leaf l covered after n queries); leaf indicators are
         # negatively correlated: sum q (1 - q) bounds the variance above. Computed on
         # m = -q: IEEE rounding is symmetric in sign, so every operation on m gives exactly
         # the negation of the same operation on q (one numpy call fewer).
-        m = n * self.log1m_leaf_p_
+        m = counts[:, None] * self.log1m_leaf_p_[None, :]
         np.expm1(m, out=m)
         spread = 1.0 + m  # = 1 - q
         spread *= m  # = -(q (1 - q))
-        return -float(np.add.reduce(m)), math.sqrt(max(-float(np.add.reduce(spread)), 1e-12))
+        return -np.add.reduce(m, axis=1), -np.add.reduce(spread, axis=1)
 
     def _new_state(self) -> _CoverageState:
         return _CoverageState(np.zeros(self.n_leaves_, np.bool_))

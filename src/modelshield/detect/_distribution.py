@@ -22,7 +22,6 @@ from modelshield.detect._base import (
     as_labels_and_margins,
     duplicate_radius,
     random_projection,
-    sq_distances,
 )
 
 
@@ -180,6 +179,10 @@ class OutOfDistributionDetector(_WindowDetector):
         z = (centred @ self.components_).astype(np.float32)
         self.reference_ = z
         self.reference_sq_ = np.einsum("ij,ij->i", z, z)
+        # -2 z^T, contiguous: ``q @ reference_m2t_`` is exactly ``-2.0 * (q @ z.T)`` (scaling
+        # by a power of two is exact) in one product, and BLAS gives a row the same values
+        # alone as in a batch with this layout (with ``z.T`` it does not)
+        self.reference_m2t_ = np.ascontiguousarray(-2.0 * z.T, dtype=np.float32)
         raw = self._statistics(held, standardise=False)
         self.center_ = np.median(raw, axis=0)
         mad = np.median(np.abs(raw - self.center_), axis=0) * 1.4826
@@ -219,7 +222,10 @@ class OutOfDistributionDetector(_WindowDetector):
         centred = x - self.mean_
         z = centred @ self.components_
         z_sq = np.einsum("ij,ij->i", z, z)
-        nn2 = sq_distances(z, self.reference_, z_sq, self.reference_sq_).min(axis=1)
+        # sq_distances(z, reference_, ...): (z_sq + ref_sq) - 2 z.ref, clipped at 0
+        d2 = z_sq[:, None] + self.reference_sq_[None, :]
+        d2 += z @ self.reference_m2t_
+        nn2 = np.maximum(d2, 0.0, out=d2).min(axis=1)
         raw = self._raw(x, centred, z, nn2)
         if not standardise:
             return raw
@@ -257,7 +263,7 @@ class OutOfDistributionDetector(_WindowDetector):
         z = centred @ self.components_
         z_sq = np.einsum("ij,ij->i", z, z)[0]
         d2 = z_sq + self.reference_sq_
-        d2 -= 2.0 * (z @ self.reference_.T)[0]
+        d2 += (z @ self.reference_m2t_)[0]
         # sq_distances clips at 0 before the min; clipping after it is the same
         nn2 = max(float(d2[d2.argmin()]), 0.0)  # argmin is the cheaper way to the min
         residual = float(np.einsum("ij,ij->i", centred, centred)[0] - z_sq)

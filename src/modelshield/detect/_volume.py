@@ -64,7 +64,7 @@ class VolumeDetector(StatefulDetector[_VolumeState]):
         window_seconds: float = 3600.0,
         n_buckets: int = 60,
         threshold: float = 1.0,
-        recent: int = 128,
+        recent: int = 256,
         duplicate_fraction: float = 0.25,
         random_state: int = 0,
     ) -> None:
