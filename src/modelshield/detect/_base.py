@@ -419,10 +419,14 @@ class StatefulDetector(Generic[S]):
         """:meth:`observe` with a batch already checked (by :class:`DetectorSuite`, once for
         all its detectors); its width must be :attr:`n_features_in_`."""
         self._require_fitted()
+        return self._observe_fitted(client, batch, float(now))
+
+    def _observe_fitted(self, client: str, batch: QueryBatch, now: float) -> Observation:
+        # observe_batch without the fitted check (DetectorSuite checks once for all)
         state = self.states_.get(client)
         if state is None:
             state = self.states_[client] = self._new_state()
-        self._update(state, batch, float(now))
+        self._update(state, batch, now)
         return self._observation(client, state)
 
     def peek(self, client: str) -> Observation:

@@ -93,8 +93,24 @@ class DetectorSuite:
         for detector in self.detectors:
             detector.fit(reference_inputs, reference_outputs)
         self._share_projections()
+        self._plan()
         self.fitted_ = True
         return self
+
+    def _plan(self) -> None:
+        # what observe() would otherwise work out on every call: the input widths to check and
+        # how to call each detector (the stateful ones skip their own fitted check: fit() ran)
+        widths = [d.n_features_in_ for d in self.detectors if isinstance(d, StatefulDetector)]
+        self._widths = tuple(dict.fromkeys(widths))  # distinct, in order
+        self._calls = tuple(
+            (
+                d,
+                d._observe_fitted if isinstance(d, StatefulDetector) else None,
+                isinstance(d, VolumeDetector),
+                d.name in self.group_detectors,
+            )
+            for d in self.detectors
+        )
 
     def _share_projections(self) -> None:
         # detectors seeded alike draw the same near-duplicate projection: holding one array
@@ -113,7 +129,7 @@ class DetectorSuite:
 
     def _batch(self, inputs: FloatArray, outputs: Any) -> QueryBatch:
         # the checks every detector makes, once, in the order the first detector makes them
-        widths = [d.n_features_in_ for d in self.detectors if isinstance(d, StatefulDetector)]
+        widths = self._widths
         x = as_batch(inputs, widths[0] if widths else None)
         for width in widths[1:]:
             check_width(x, width)
@@ -143,22 +159,23 @@ class DetectorSuite:
         if client.startswith(GROUP_PREFIX):
             raise DetectorError(f"client names may not start with {GROUP_PREFIX!r}")
         batch = self._batch(inputs, outputs)
+        now = float(now)
         own = []
-        for detector in self.detectors:
-            if tier is not None and isinstance(detector, VolumeDetector):
-                detector.set_tier(client, tier)
-            if isinstance(detector, StatefulDetector):
-                own.append(detector.observe_batch(client, batch, now))
+        for detector, observe_fitted, volume, _ in self._calls:
+            if volume and tier is not None:
+                detector.set_tier(client, tier)  # type: ignore[attr-defined]
+            if observe_fitted is not None:
+                own.append(observe_fitted(client, batch, now))
             else:
                 own.append(detector.observe(client, inputs, outputs, now))
         grouped = []
         if group is not None:
             key = GROUP_PREFIX + group
-            for detector in self.detectors:
-                if detector.name not in self.group_detectors:
+            for detector, observe_fitted, _, in_group in self._calls:
+                if not in_group:
                     continue
-                if isinstance(detector, StatefulDetector):
-                    grouped.append(detector.observe_batch(key, batch, now))
+                if observe_fitted is not None:
+                    grouped.append(observe_fitted(key, batch, now))
                 else:
                     grouped.append(detector.observe(key, inputs, outputs, now))
         return SuiteResult(client, tuple(own), tuple(grouped))
