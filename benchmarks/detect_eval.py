@@ -147,7 +147,7 @@ def build_suite(task: Task, *, random_state: int = 0) -> DetectorSuite:
         [
             PradaDetector(random_state=random_state),
             OutOfDistributionDetector(random_state=random_state),
-            BoundaryDetector(),
+            BoundaryDetector(random_state=random_state),
             CoverageDetector(random_state=random_state),
             VolumeDetector(
                 rows_per_window=ROWS_PER_HOUR, window_seconds=3600.0, random_state=random_state

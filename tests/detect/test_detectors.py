@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,27 @@ def test_coverage_ratio_and_merge(reference, held_out) -> None:
     assert covered >= dict(wide.details)["leaves_covered"]
     with pytest.raises(DetectorError, match="outputs"):
         CoverageDetector().fit(reference[0])
+
+
+def test_coverage_expectation_table_equals_the_formula(reference) -> None:
+    """The honest expectation and spread are looked up from a table grown on demand (shared by
+    every client): the same values as the formula, up to and past the table's end."""
+    from modelshield.detect import _coverage
+
+    detector = CoverageDetector(max_leaves=64).fit(*reference)
+    p = detector.leaf_p_
+    limit, chunk = _coverage._TABLE_LIMIT, _coverage._TABLE_CHUNK
+    counts = [1, 2, chunk - 1, chunk, chunk + 1, 3 * chunk + 5, limit - 1, limit, 5 * limit]
+    for n in counts:
+        q = 1.0 - (1.0 - p) ** n
+        expected, sd = detector._expected_and_sd(n)
+        assert expected == pytest.approx(q.sum(), rel=1e-9)
+        assert sd == pytest.approx(math.sqrt(max((q * (1 - q)).sum(), 1e-12)), rel=1e-9)
+        assert detector.table_.shape[1] <= limit
+    assert detector.table_.shape[1] == limit
+    fresh = CoverageDetector(max_leaves=64).fit(*reference)
+    fresh._expected_and_sd(3)
+    assert fresh.table_.shape[1] == chunk  # grown a chunk at a time, not to the end at once
 
 
 def test_volume_window_slides_and_tiers_have_norms(reference, held_out) -> None:

@@ -21,6 +21,7 @@ from modelshield.detect import (
 )
 from modelshield.detect._base import (
     ProjectedRow,
+    QueryBatch,
     RecentRows,
     StatefulDetector,
     as_batch,
@@ -283,3 +284,31 @@ def test_suite_refuses_malformed_requests_before_any_state_changes(reference, he
     with pytest.raises(DetectorError, match="rows"):
         suite.observe("a", x[:1], p[:2], 0.0)
     assert all(d.clients() == () for d in suite.detectors)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ood_statistics_of_a_row_alone_equal_its_batch_values(seed: int) -> None:
+    """Real-valued inputs of mixed magnitudes: the neighbour search of one row gives, bit for
+    bit, what the same row gets inside a batch (with the reference laid out as ``z.T`` it did
+    not: a one-row product and a batch product summed in different orders)."""
+    rng = np.random.default_rng(seed)
+    reference = rng.normal(0.5, 0.2, (600, 24)).astype(np.float32)
+    detector = OutOfDistributionDetector(n_components=12).fit(reference)
+    x = (rng.normal(0.5, 0.3, (40, 24)) * 2.0 ** rng.integers(-3, 4, (40, 1))).astype(np.float32)
+    batch = detector._statistics(x)
+    for i in range(x.shape[0]):
+        one = QueryBatch(x[i : i + 1], np.zeros(1, np.int64), None)
+        assert np.array_equal(np.array(detector._statistics_one(one), np.float32), batch[i])
+
+
+def test_default_suite_rings_hold_the_same_rows(reference, held_out) -> None:
+    """The default near-duplicate rings (out-of-distribution, boundary, volume) keep as many
+    rows of the same stream, so a one-row request searches them once for all three."""
+    suite = _default().fit(*reference)
+    x, p = held_out
+    for i in range(300):
+        suite.observe("a", x[i : i + 1], p[i : i + 1], float(i))
+    rings = [suite.detector(n).states_["a"].recent for n in ("ood", "boundary", "volume")]
+    assert rings[0].rows.shape[0] == 256
+    assert rings[0].token is rings[1].token is rings[2].token
+    assert rings[0].rows.tobytes() == rings[1].rows.tobytes() == rings[2].rows.tobytes()

@@ -79,7 +79,7 @@ class DetectorSuite:
             [
                 PradaDetector(random_state=random_state),
                 OutOfDistributionDetector(random_state=random_state),
-                BoundaryDetector(),
+                BoundaryDetector(random_state=random_state),
                 CoverageDetector(random_state=random_state),
                 VolumeDetector(random_state=random_state),
             ]
