@@ -38,11 +38,29 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: ``.npy`` headers by (dtype, shape) of C-contiguous arrays, as ``np.save`` writes them.
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+_NPY_HEADERS_MAX = 256
+
+
 def npy_bytes(array: Any) -> bytes:
-    """``array`` as the bytes of a ``.npy`` file (no pickle)."""
+    """``array`` as the bytes of a ``.npy`` file (no pickle).
+
+    The gateway stores every watermark-decided row this way, one small array at a time: the
+    header ``np.save`` writes for a C-contiguous numeric array depends only on its dtype and
+    shape, so it is kept and reused (``np.save`` formats it in Python on every call)."""
+    arr = np.asarray(array)
+    key = (arr.dtype.str, arr.shape)
+    plain = arr.ndim > 0 and arr.dtype.kind in "biufc" and arr.flags.c_contiguous
+    header = _NPY_HEADERS.get(key) if plain else None
+    if header is not None:
+        return header + arr.tobytes()
     buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
+    np.save(buf, arr, allow_pickle=False)
+    data = buf.getvalue()
+    if plain and len(_NPY_HEADERS) < _NPY_HEADERS_MAX:
+        _NPY_HEADERS[key] = data[: len(data) - arr.nbytes]
+    return data
 
 
 def refuse_existing(path: Path) -> None:

@@ -185,7 +185,7 @@ class PradaDetector(StatefulDetector[_PradaState]):
                 d2 = float(to_set[i])
                 if added and pairs is not None:
                     d2 = min(d2, float(pairs[i, added].min()))
-                if not np.isfinite(d2):  # first query of this class: G_c = {x}
+                if not math.isfinite(d2):  # first query of this class: G_c = {x}
                     g.add(xc[i], float(xc_sq[i]))
                     added.append(i)
                     continue
