@@ -212,16 +212,13 @@ def measure(
             proc.wait()
 
 
-def http_stack() -> str:
-    """What uvicorn serves both endpoints with: its ``auto`` choice takes httptools and uvloop
-    when they are installed (modelshield depends on both), else its pure-Python h11 parser and
-    asyncio's own loop, which halve the bare endpoint's requests per second."""
-    import importlib.util
-
+def stack_name() -> str:
+    """What uvicorn serves both endpoints with (``http_stack`` in the JSON)."""
     import uvicorn
 
-    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    from modelshield.gateway._server import http_stack
+
+    parser, loop = http_stack()
     return f"uvicorn {uvicorn.__version__}, {parser}, {loop}"
 
 
@@ -280,7 +277,7 @@ def main() -> None:
     if ("guarded", 2) in results:
         figures["ratio_2w"] = round(med("guarded", 2, 0) / med("bare", 2, 0), 3)
     figures["audit_synchronous"] = args.synchronous
-    figures["http_stack"] = http_stack()
+    figures["http_stack"] = stack_name()
     figures["ours"] = figures["guarded_rps"]
     figures["peer"] = figures["bare_rps"]
     print(json.dumps(figures))
