@@ -103,6 +103,10 @@ def test_coverage_expectation_table_equals_the_formula(reference) -> None:
         assert sd == pytest.approx(math.sqrt(max((q * (1 - q)).sum(), 1e-12)), rel=1e-9)
         assert detector.table_.shape[1] <= limit
     assert detector.table_.shape[1] == limit
+    assert detector.expected_coverage(chunk + 1) == detector._expected_and_sd(chunk + 1)[0]
+    for bad in (-1, 2.5, True):
+        with pytest.raises(DetectorError, match="non-negative int"):
+            detector.expected_coverage(bad)  # type: ignore[arg-type]
     fresh = CoverageDetector(max_leaves=64).fit(*reference)
     fresh._expected_and_sd(3)
     assert fresh.table_.shape[1] == chunk  # grown a chunk at a time, not to the end at once

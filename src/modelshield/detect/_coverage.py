@@ -134,7 +134,9 @@ class CoverageDetector(StatefulDetector[_CoverageState]):
     def expected_coverage(self, n: int) -> float:
         """Leaves an honest client with ``n`` i.i.d. reference-like queries covers on average."""
         self._require_fitted()
-        return float(np.sum(-np.expm1(n * np.log1p(-self.leaf_p_))))
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+            raise DetectorError(f"the number of queries must be a non-negative int, got {n!r}")
+        return self._expected_and_sd(int(n))[0]
 
     def _expected_and_sd(self, n: int) -> tuple[float, float]:
         """``expected`` and ``sd`` for ``n`` queries: looked up below :data:`_TABLE_LIMIT`
