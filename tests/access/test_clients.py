@@ -7,6 +7,8 @@ import logging
 import os
 import secrets
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,7 @@ from modelshield.access import (
     UnknownNameError,
     generate_key,
     hash_secret,
+    open_admin_registry,
     open_registry,
 )
 from modelshield.access._keys import format_key, parse_key
@@ -344,4 +347,35 @@ def test_postgres_connection_loss_fails_closed_then_recovers(
         store._session._dsn = real_dsn
         assert registry.authenticate(key, T0 + 3).name == "alice"
     finally:
+        registry.close()
+
+
+def test_sqlite_changes_from_another_process_reach_two_open_stores(tmp_path: Path) -> None:
+    """The gateway opens the client and admin registries on one file; a revocation made by
+    another process (the command line) must still reach it. Opening the second store once
+    dropped the first one's SQLite locks, and the other process then deleted the WAL."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    registry = open_registry(url)
+    admins = open_admin_registry(url)
+    try:
+        registry.add("alice", models=["digits"], now=T0)
+        script = "import sys\nfrom modelshield.access import open_registry\n" + (
+            "with open_registry(sys.argv[1]) as r:\n    exec(sys.argv[2])\n"
+        )
+        expected = {"alice": Status.ACTIVE}
+        # each change in a process of its own, as `modelshield clients` makes it: the second
+        # one was never seen (the first process's exit had deleted the WAL under this one)
+        for change, name, status in (
+            ("r.add('bob', models=['digits'])", "bob", Status.ACTIVE),
+            ("r.revoke('alice')", "alice", Status.REVOKED),
+            ("r.add('carol', models=['digits'])", "carol", Status.ACTIVE),
+        ):
+            before = registry.store.version()
+            subprocess.run([sys.executable, "-c", script, url, change], check=True, timeout=60)
+            expected[name] = status
+            assert registry.store.version() > before, change
+            clients = {c.name: c.status for c in registry.store.list_clients(True)}
+            assert clients == expected, change
+    finally:
+        admins.close()
         registry.close()

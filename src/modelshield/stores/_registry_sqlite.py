@@ -104,6 +104,22 @@ def _client_params(record: StoredClient) -> tuple[Any, ...]:
     )
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists.
+
+    Never open and close a descriptor of a database file that may already be open in this
+    process: closing any descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's included. Another process then takes itself for the file's last user and deletes
+    the WAL and shared-memory files under the connections of this one, which go on reading a
+    stale snapshot (a gateway that never saw a client revoked from the command line).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 class SQLiteRegistryStore:
     """Clients and admins in a SQLite file; implements ``ClientStore`` and ``AdminStore``."""
 
@@ -113,8 +129,7 @@ class SQLiteRegistryStore:
         try:
             if not self._path.parent.exists():
                 self._path.parent.mkdir(parents=True, mode=0o700)
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            _create_private(self._path)
             self._conn = sqlite3.connect(
                 self._path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
