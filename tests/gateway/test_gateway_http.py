@@ -304,3 +304,31 @@ def test_a_non_ascii_content_length_is_ignored_not_a_crash(live: LiveGateway) ->
     request = Request({"type": "http", "headers": []}, receive)
     # "²".isdigit() is true but int("²") raises: the size limit is still checked on the chunks
     assert asyncio.run(live.gateway.read_body(request, "\u00b2")) == b"{}"
+
+
+def test_a_client_gone_before_its_body_is_audited_without_a_traceback(
+    live: LiveGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that hangs up halfway through its body is no server error: one audit record
+    (reason ``client_disconnect``, status 499), no 500 and no traceback in the log."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    url = urlsplit(live.url)
+    head = (
+        "POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {live.keys['alice']}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    with caplog.at_level("ERROR"), socket.create_connection((url.hostname, url.port)) as s:
+        s.sendall(head.encode() + b'{"inp')
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    gone: list[dict[str, object]] = []
+    while not gone and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gone = [r for r in audit_records(live) if r["reason"] == "client_disconnect"]
+    assert [(r["status"], r["client"]) for r in gone] == [(499, "alice")]
+    assert not [r for r in audit_records(live) if r["status"] == 500]
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

@@ -303,6 +303,11 @@ class Gateway:
             mapped = _map_error(exc)
             entry["reason"] = entry["reason"] or mapped.code
             response = error_response(mapped)
+        except ClientDisconnect:  # gone before its body arrived: audited, nobody to answer
+            entry["reason"] = "client_disconnect"
+            response = error_response(
+                HttpError(499, "client_disconnect", "the client closed the connection")
+            )
         except Exception:  # a bug must still be audited and must not leak a traceback
             _log.exception("unexpected error while answering a prediction")
             entry["reason"] = "internal"
