@@ -19,6 +19,7 @@ from modelshield.evidence import (
     verify_certificate,
 )
 from modelshield.evidence._protect import protect_model
+from modelshield.gateway import open_gateway
 from modelshield.models import dump_torch, load_model
 
 
@@ -75,6 +76,15 @@ def test_protect_each_model_kind(
     config = load_config(report.config)
     assert config.watermark.enabled
     assert config.detection.enabled
+    assert config.detection.reference is not None
+    # servable as written, once the server's key is in place
+    server.save(report.config.parent / "keys" / "server.key")
+    gateway = open_gateway(config)
+    try:
+        assert set(gateway.models) == {"digits"}
+        assert set(gateway.observers) == {"digits"}
+    finally:
+        gateway.close()
     if kind == "skops":
         opening = next(o for o in openings if o.name == "trigger-set")
         trigger = watermark.make_trigger_set(opening.secret, shape=(64,), classes=tuple(range(10)))
@@ -121,3 +131,32 @@ def test_protect_cli(tmp_path: Path, demo_model: DemoModel, modelshield_cli: Any
         "out",
     )
     assert r.returncode == 2  # not an empty folder
+
+
+def test_protect_without_data_writes_detection_off_and_servable(
+    tmp_path: Path, demo_model: DemoModel
+) -> None:
+    """Without honest rows the detectors cannot be fitted: detection is written switched off
+    (it once was written on, and `serve` refused the deployment)."""
+    source = tmp_path / "digits.onnx"
+    source.write_bytes(demo_model.onnx_bytes)
+    server, owner = vault.generate_identity(), vault.generate_identity()
+    signing = vault.generate_signing_key()
+    report = protect_model(
+        source,
+        owner="Example Labs",
+        recipients=[server.recipient],
+        signing_key=signing,
+        owner_recipient=owner.recipient,
+        directory=tmp_path / "out",
+    )
+    config = load_config(report.config)
+    assert not config.detection.enabled
+    assert config.watermark.enabled
+    server.save(report.config.parent / "keys" / "server.key")
+    gateway = open_gateway(config)
+    try:
+        assert set(gateway.models) == {"digits"}
+        assert not gateway.observers
+    finally:
+        gateway.close()

@@ -29,7 +29,11 @@ def protect(
     ] = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", help=".npz with x and y to embed the watermark (and measure)."),
+        typer.Option(
+            "--data",
+            help=".npz with x and y: embeds the watermark, measures its cost and fits the"
+            " extraction detectors (without it detection is written off).",
+        ),
     ] = None,
     level: Annotated[int, typer.Option("--level", help="Obfuscation level.", min=1, max=3)] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,

@@ -10,7 +10,8 @@
    keys;
 4. **seal and sign** the protected model for the server recipients;
 5. the watermark keys and the commitment openings, **sealed to the owner**; the audit key; and a
-   ready ``shield.toml`` with detection and the response watermark switched on.
+   ready ``shield.toml`` with the response watermark switched on, and detection too when ``data``
+   was given (its rows fit the detectors, the held-out fifth calibrates them).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modelshield._files import write_atomic
+from modelshield._files import npy_bytes, write_atomic
 from modelshield.errors import InvalidInputError, UnsupportedModelError
 
 Progress = Callable[[str], None]
@@ -61,10 +62,11 @@ budget_period = "24h"
 max_batch_rows = 100
 output = ["top_k:3", "round:2"]
 
+# Extraction detection: fitted on the rows given to `protect --data` (held-out rows calibrate)
 [detection]
-enabled = true
+enabled = {detection}
 action = "block"
-
+{reference}
 [watermark]
 enabled = true
 share = 0.01
@@ -224,8 +226,23 @@ def protect_model(
     write_atomic(keys / "response-watermark.key", response_key.hex().encode() + b"\n")
     audit.write_audit_key(keys / "audit.key", audit.generate_audit_key())
     write_atomic(keys / "owner.signing.pub", signing_key.verifying_key.to_pem(), mode=0o644)
+    # detection needs honest rows: without ``data`` it is written switched off (the pseudo-data
+    # the watermark can make do with is no picture of honest traffic)
+    detection = '# reference = "models/NAME.reference.npy"   # honest rows (.npy), then enable\n'
+    if x_train is not None and x_eval is not None:
+        write_atomic(directory / "models" / f"{name}.reference.npy", npy_bytes(x_train))
+        detection = f'reference = "models/{name}.reference.npy"\n'
+        if len(x_eval):
+            write_atomic(directory / "models" / f"{name}.calibration.npy", npy_bytes(x_eval))
+            detection += f'calibration = "models/{name}.calibration.npy"\n'
     config = directory / "shield.toml"
-    text = _CONFIG.format(name=name, sealed=f"models/{name}.sealed", certificate="certificate.json")
+    text = _CONFIG.format(
+        name=name,
+        sealed=f"models/{name}.sealed",
+        certificate="certificate.json",
+        detection="true" if x_train is not None else "false",
+        reference=detection,
+    )
     write_atomic(config, text.encode(), mode=0o644)
     steps.append("certified, sealed, signed; secrets sealed to the owner; shield.toml written")
     return ProtectReport(
