@@ -233,3 +233,21 @@ def test_tamper_on_s3(deployment: Deployment, s3_env: object) -> None:
         }
     finally:
         store.close()
+
+
+def test_prune_refuses_a_store_with_a_missing_object(
+    backed_up: tuple[Path, CreateReport], deployment: Deployment
+) -> None:
+    """A snapshot whose object is gone fails verification: prune deletes nothing, not even the
+    snapshots its policy would forget."""
+    root, report = backed_up
+    store = FolderBackupStore(root)
+    _, trusted = load_keys(deployment)
+    second = create_snapshot(deployment.config, store)  # a snapshot keep_last=1 would forget
+    path, _ = _object(root, report, "config")
+    path.unlink()
+    before = sorted(p for p in root.rglob("*") if p.is_file())
+    with pytest.raises(IntegrityError, match="missing"):
+        prune(store, trusted, RetentionPolicy(keep_last=1))
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == before
+    assert second.snapshot.id != report.snapshot.id

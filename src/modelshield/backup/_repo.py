@@ -370,17 +370,21 @@ def prune(
 ) -> PruneReport:
     """Forget snapshots the policy does not keep, then delete objects no snapshot references.
 
-    Refuses an empty policy (it would delete everything) and refuses to run while any snapshot
-    fails verification (its objects might be needed). Do not run it while a ``create`` writes to
+    Refuses an empty policy (it would delete everything) and raises
+    :class:`~modelshield.errors.IntegrityError` before deleting anything while any snapshot fails
+    :func:`verify_store` without ``read_data`` (a bad signature, a missing or resized object). Do not run it while a ``create`` writes to
     the same store: objects uploaded by that run are not referenced yet.
     """
     if policy.empty:
         raise InvalidInputError("prune needs at least one --keep-* count above 0")
+    # the same check as `backup verify` without --read-data: every manifest signed by a trusted
+    # key, every object it lists present with its size; a damaged store is left as it is
+    verify_store(store, trusted).raise_for_failure()
     snapshots = []
     for snapshot_id in snapshot_ids(store):
         data = store.get(snapshot_name(snapshot_id))
         if data is None:
-            continue
+            raise IntegrityError(f"snapshot {snapshot_id[:16]}: missing")
         snapshots.append(decode_snapshot(snapshot_id, data, trusted))
     keep, forget = select_snapshots(snapshots, policy)
     referenced = {object_name(e.digest) for s in keep for e in s.manifest.entries}
