@@ -111,14 +111,21 @@ def test_revoke_by_key_id_and_unknown_names(deployment: Path) -> None:
     [
         ("clients", "add", "alice"),  # --models is required
         ("clients", "add", "alice", "--models", "digits", "--expires", "soon"),
+        ("clients", "add", "alice", "--models", "digits", "--expires", "99999999999999d"),
+        ("clients", "rotate", "alice", "--expires", "99999999999999d"),
         ("clients", "add", "alice", "--models", "digits", "--no-such-option"),
         ("clients", "revoke"),
         ("admin", "enroll"),
     ],
 )
 def test_usage_errors_exit_2(deployment: Path, args: tuple[str, ...]) -> None:
+    before = run("clients", "list", "--all", "--json", cwd=deployment)
     result = run(*args, cwd=deployment)
     assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    after = run("clients", "list", "--all", "--json", cwd=deployment)
+    assert after.returncode == 0
+    assert after.stdout == before.stdout  # nothing written, no key revoked
 
 
 def test_missing_config_is_an_error(tmp_path: Path) -> None:

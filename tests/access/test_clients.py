@@ -379,3 +379,20 @@ def test_sqlite_changes_from_another_process_reach_two_open_stores(tmp_path: Pat
     finally:
         admins.close()
         registry.close()
+
+
+@pytest.mark.parametrize("expires_at", [T0 + 200 * 366 * 86400.0, float("nan"), float("inf")])
+def test_an_expiry_too_far_or_not_finite_is_refused_before_writing(
+    registry: ClientRegistry, expires_at: float
+) -> None:
+    """A far-off expiry once stored an active key, then failed while printing it (the key was
+    lost) and broke every later listing; a rotation had revoked the working key first."""
+    registry.add("alice", models=["digits"], now=T0)
+    with pytest.raises(InvalidInputError):
+        registry.add("bob", models=["digits"], expires_at=expires_at, now=T0)
+    with pytest.raises(InvalidInputError):
+        registry.rotate("alice", expires_at=expires_at, keep_expiry=False, now=T0)
+    assert [(c.name, c.status) for c in registry.list(include_revoked=True)] == [
+        ("alice", Status.ACTIVE)
+    ]
+    registry.add("carol", models=["digits"], expires_at=T0 + 99 * 366 * 86400.0, now=T0)

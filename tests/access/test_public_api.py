@@ -30,6 +30,7 @@ EXPECTED = {
     "StoredAdmin",
     "StoredClient",
     "UnknownNameError",
+    "check_expiry",
     "generate_key",
     "hash_secret",
     "matching_step",

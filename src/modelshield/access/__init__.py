@@ -14,7 +14,7 @@ audit log, never for the caller. Keys and TOTP secrets are returned as
 """
 
 from modelshield.access._admins import LOCKOUT_SECONDS, MAX_FAILURES, AdminRegistry, Enrollment
-from modelshield.access._clients import ClientRegistry
+from modelshield.access._clients import ClientRegistry, check_expiry
 from modelshield.access._keys import (
     ADMIN_PREFIX,
     CLIENT_PREFIX,
@@ -66,6 +66,7 @@ __all__ = [
     "StoredAdmin",
     "StoredClient",
     "UnknownNameError",
+    "check_expiry",
     "generate_key",
     "hash_secret",
     "matching_step",

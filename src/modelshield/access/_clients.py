@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import hmac
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -40,6 +41,21 @@ _NEGATIVE_CACHE_MAX = 10_000
 def _reject(reason: RejectReason, key_id: str | None) -> CredentialsRejected:
     _log.debug("client key refused: %s (key id %s)", reason.value, key_id)
     return CredentialsRejected(reason, key_id)
+
+
+#: The furthest ahead an expiry may be set (a key that should never expire has none).
+MAX_LIFETIME_SECONDS = 100 * 366 * 86400.0
+
+
+def check_expiry(expires_at: float, now: float) -> None:
+    """Refuse an expiry that is not a finite time in the future, at most 100 years ahead
+    (checked before anything is written: a far-off time cannot be printed as a date)."""
+    if not math.isfinite(expires_at) or expires_at <= now:
+        raise InvalidInputError("the expiry must be in the future")
+    if expires_at - now > MAX_LIFETIME_SECONDS:
+        raise InvalidInputError(
+            "the expiry must be at most 100 years ahead (leave it out for a key without one)"
+        )
 
 
 class ClientRegistry:
@@ -168,8 +184,8 @@ class ClientRegistry:
         check_name(name, "client name")
         check_name(tier, "tier")
         scopes = check_models(models)
-        if expires_at is not None and expires_at <= created:
-            raise InvalidInputError("the expiry must be in the future")
+        if expires_at is not None:
+            check_expiry(expires_at, created)
         key_id, key = generate_key(CLIENT_PREFIX)
         client = Client(
             name=name,
@@ -224,8 +240,8 @@ class ClientRegistry:
         if old.status is Status.REVOKED:
             raise UnknownNameError(f"no client {name!r} with a key that is not revoked")
         expiry = old.expires_at if keep_expiry else expires_at
-        if expiry is not None and not keep_expiry and expiry <= created:
-            raise InvalidInputError("the expiry must be in the future")
+        if expiry is not None and not keep_expiry:
+            check_expiry(expiry, created)
         key_id, key = generate_key(CLIENT_PREFIX)
         client = Client(
             name=old.name,

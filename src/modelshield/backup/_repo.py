@@ -372,8 +372,9 @@ def prune(
 
     Refuses an empty policy (it would delete everything) and raises
     :class:`~modelshield.errors.IntegrityError` before deleting anything while any snapshot fails
-    :func:`verify_store` without ``read_data`` (a bad signature, a missing or resized object). Do not run it while a ``create`` writes to
-    the same store: objects uploaded by that run are not referenced yet.
+    :func:`verify_store` without ``read_data`` (a bad signature, a missing or resized object).
+    Do not run it while a ``create`` writes to the same store: objects uploaded by that run are
+    not referenced yet.
     """
     if policy.empty:
         raise InvalidInputError("prune needs at least one --keep-* count above 0")

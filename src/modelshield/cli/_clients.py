@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from modelshield.cli._app import console, err_console
+from modelshield.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from modelshield.access import Client, ClientRegistry
@@ -45,18 +46,24 @@ def _open(config: Config) -> ClientRegistry:
 def _expiry(expires: str | None, now: float) -> float | None:
     if expires is None:
         return None
+    from modelshield.access import check_expiry
     from modelshield.config import parse_duration
 
     try:
-        return now + parse_duration(expires)
-    except ValueError as exc:
+        expires_at = now + parse_duration(expires)
+        check_expiry(expires_at, now)
+    except (ValueError, InvalidInputError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--expires") from None
+    return expires_at
 
 
 def _when(timestamp: float | None, *, short: bool = False) -> str:
     if timestamp is None:
         return "never"
-    when = datetime.fromtimestamp(timestamp, UTC)
+    try:
+        when = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):  # stored before expiries were bounded
+        return "after the year 9999"
     return when.strftime("%Y-%m-%d" if short else "%Y-%m-%d %H:%M UTC")
 
 
