@@ -125,6 +125,30 @@ def test_restore_refuses_to_overwrite_without_force(deployment: Deployment, tmp_
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("kind", ["file", "empty file", "symlink"])
+def test_restore_never_replaces_what_is_not_a_folder(
+    deployment: Deployment, tmp_path: Path, kind: str
+) -> None:
+    """--force replaces a folder; a file (or a link) of that name is refused and kept."""
+    store = MemoryBackupStore()
+    report = create_snapshot(deployment.config, store)
+    identity, trusted = load_keys(deployment)
+    target = tmp_path / "notes.txt"
+    if kind == "symlink":
+        (tmp_path / "real").mkdir()
+        target.symlink_to(tmp_path / "real")
+    else:
+        target.write_text("" if kind == "empty file" else "my notes")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(InvalidInputError, match="not a folder"):
+        restore_snapshot(
+            store, report.snapshot.id, target, identity=identity, trusted=trusted, force=True
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if kind == "file":
+        assert target.read_text() == "my notes"
+
+
 def test_restore_into_empty_folder_needs_no_force(deployment: Deployment, tmp_path: Path) -> None:
     store = MemoryBackupStore()
     report = create_snapshot(deployment.config, store)

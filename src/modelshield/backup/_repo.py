@@ -286,6 +286,8 @@ def restore_snapshot(
     target = Path(into).expanduser().absolute()
     snap = load_snapshot(store, snapshot_id, trusted)
     exists = os.path.lexists(target)
+    if exists and (target.is_symlink() or not target.is_dir()):  # --force replaces folders only
+        raise InvalidInputError(f"{target} exists and is not a folder; restore into a folder")
     if exists and not _is_empty_dir(target) and not force:
         raise InvalidInputError(f"{target} exists and is not empty; pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
