@@ -88,11 +88,30 @@ def test_suspend_blocks_the_next_request_and_resume_restores(
 
 
 def test_flag_values_are_checked(live: LiveGateway, admin: tuple[str, pyotp.TOTP]) -> None:
+    url = f"{live.url}/v1/admin/flags"
+    enrolled = iter(range(100))
+
+    def fresh() -> dict[str, str]:
+        """An admin of its own per call: each TOTP step is accepted once per admin."""
+        with access.open_admin_registry(live.config.registry.url) as admins:
+            other = admins.enroll(f"flagger{next(enrolled)}")
+        return _headers(other.admin_key.reveal(), pyotp.TOTP(other.totp_secret.reveal()).now())
+
     key, totp = admin
-    r = httpx.put(
-        f"{live.url}/v1/admin/flags/alice", json={"flag": "nuke"}, headers=_headers(key, totp.now())
-    )
+    r = httpx.put(f"{url}/alice", json={"flag": "nuke"}, headers=_headers(key, totp.now()))
     assert r.status_code == 422
+    r = httpx.put(f"{url}/alice", json={"flag": "throttle"}, headers=fresh())
+    assert r.status_code == 200, r.text
+    # a body without the field, or not an object, is refused: it once cleared the flag
+    for body in ({}, [1], {"flags": None}):
+        r = httpx.put(f"{url}/alice", json=body, headers=fresh())
+        assert r.status_code == 422, (body, r.text)
+    r = httpx.put(f"{url}/nobody", json={"flag": "block"}, headers=fresh())
+    assert r.status_code == 404
+    r = httpx.get(url, headers=fresh())
+    assert r.status_code == 200, r.text
+    assert "throttle" in r.text
+    assert "nobody" not in r.text
 
 
 def test_admin_actions_are_audited(live: LiveGateway, admin: tuple[str, pyotp.TOTP]) -> None:

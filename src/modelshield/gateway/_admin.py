@@ -169,9 +169,14 @@ def admin_routes(
             payload = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
             raise HttpError(400, "bad_request", "body is not valid JSON") from None
-        flag = payload.get("flag") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict) or "flag" not in payload:
+            # a body without the field must not read as "clear the flag"
+            raise HttpError(422, "invalid_input", 'the body must be {"flag": FLAG or null}')
+        flag = payload["flag"]
         if flag is not None and flag not in FLAGS:
             raise HttpError(422, "invalid_input", f"flag must be one of {', '.join(FLAGS)} or null")
+        if name not in {c.name for c in clients.list()}:
+            raise HttpError(404, "not_found", "no client of that name with a live key")
         gateway.limits.set_flag(name, flag)
         if flag is None:
             _forget(name)
