@@ -332,3 +332,25 @@ def test_a_client_gone_before_its_body_is_audited_without_a_traceback(
     assert [(r["status"], r["client"]) for r in gone] == [(499, "alice")]
     assert not [r for r in audit_records(live) if r["status"] == 500]
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_a_refused_key_is_audited_with_its_key_id(live: LiveGateway) -> None:
+    """Which revoked (or mistyped) key is being tried is in the audit record, not the answer."""
+    from modelshield import access
+    from modelshield.access import CLIENT_PREFIX
+    from modelshield.access._keys import parse_key
+
+    key = live.keys["carol"]
+    key_id = parse_key(key, CLIENT_PREFIX).key_id
+    with access.open_registry(live.config.registry.url) as registry:
+        registry.revoke("carol")
+    live.gateway.registry.invalidate()
+    r = httpx.post(
+        f"{live.url}/v1/models/digits/predict",
+        json={"inputs": [[0.0] * 64]},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 401
+    assert key_id not in r.text
+    refused = [x for x in audit_records(live) if x["reason"] == "auth:revoked"]
+    assert [(x["key_id"], x["status"]) for x in refused] == [(key_id, 401)]

@@ -77,6 +77,7 @@ def admin_routes(
                     admin = gateway.admins.verify(token, code, now)
                 except AuthenticationError as exc:
                     entry["reason"] = "admin-auth:" + str(getattr(exc, "reason", "") or "invalid")
+                    entry["key_id"] = getattr(exc, "key_id", None)
                     raise HttpError(
                         401, "unauthenticated", "invalid admin key or TOTP code"
                     ) from None

@@ -332,6 +332,9 @@ class Gateway:
             client = self.registry.authenticate(token, now)
         except AuthenticationError as exc:
             entry["reason"] = "auth:" + str(getattr(exc, "reason", "") or "invalid")
+            # the public key id of a key that parsed (revoked, expired, wrong secret...): which
+            # key is being tried is for the audit record, never for the caller
+            entry["key_id"] = getattr(exc, "key_id", None)
             raise HttpError(401, "unauthenticated", "invalid API key") from None
         entry["client"], entry["key_id"] = client.name, client.key_id
         model_name = entry["model"]
@@ -658,6 +661,7 @@ class Gateway:
         except ShieldError as exc:
             mapped = _map_error(exc)
             entry["reason"] = mapped.code
+            entry["key_id"] = getattr(exc, "key_id", None)
             response = error_response(mapped)
         return await self._finish(response, entry, None, started)
 
