@@ -209,6 +209,31 @@ def test_cli_verify_and_export(tmp_path: Path) -> None:
     assert "hash mismatch" in message
     assert "Traceback" not in tampered.stderr
 
+    # an extra that is no JSON object any more: named like any edit (it once crashed verify with
+    # exit 1), and an export to a file stops at nothing and leaves no half-written file
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "UPDATE audit_records SET decision = 'allow', extra = 'not json' WHERE seq = 7"
+        )
+        conn.execute("UPDATE audit_records SET extra = '[1, 2]' WHERE seq = 5")
+    conn.close()
+    tampered = run_cli("audit", "verify", cwd=tmp_path)
+    assert tampered.returncode == 3, tampered.stderr
+    message = " ".join(tampered.stderr.split())
+    assert "seq 5" in message
+    assert "hash mismatch" in message
+    dumped = run_cli("audit", "export", "-o", "b.jsonl", cwd=tmp_path)
+    assert dumped.returncode == 0, dumped.stderr
+    lines = (tmp_path / "b.jsonl").read_text().splitlines()
+    shown = {x["seq"]: x["extra"] for x in map(orjson.loads, lines)}
+    assert shown[7] == {"undecodable_extra": "not json"}
+    assert shown[5] == {"undecodable_extra": "[1, 2]"}
+    nowhere = run_cli("audit", "export", "-o", "missing/c.jsonl", cwd=tmp_path)
+    assert nowhere.returncode == 1
+    assert "missing/c.jsonl" in " ".join(nowhere.stderr.split())
+    assert "internal error" not in nowhere.stderr
+
 
 def test_cli_verify_without_key_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "shield.toml").write_text('[audit]\nurl = "sqlite:///a.db"\n', encoding="utf-8")

@@ -117,6 +117,16 @@ def test_scope_is_enforced(live: LiveGateway) -> None:
         (b'{"inputs": [[1e999]]}', "application/json", 400, "valid JSON"),
         (b"not an npy", "application/x-npy", 400, "npy"),
         (b"a,b", "text/csv", 415, "application/json"),
+        # booleans are no numbers, alone or among numbers (numpy would read them as 1 and 0)
+        (b'{"inputs": [[' + b", ".join([b"true"] * 64) + b"]]}", "application/json", 422, "true"),
+        (
+            b'{"inputs": [[false, ' + b", ".join([b"0.5"] * 63) + b"]]}",
+            "application/json",
+            422,
+            "true or false",
+        ),
+        # ragged rows: our words, not numpy's
+        (b'{"inputs": [[0.5, 0.5], [0.5]]}', "application/json", 422, "different lengths"),
     ],
 )
 def test_bad_requests_get_a_clear_4xx(
@@ -131,7 +141,12 @@ def test_bad_requests_get_a_clear_4xx(
 
 
 def test_out_of_range_and_non_finite_npy_are_422(live: LiveGateway) -> None:
-    for bad in (np.full((1, 64), 2.0), np.full((1, 64), np.nan), np.full((1, 64), -np.inf)):
+    for bad in (
+        np.full((1, 64), 2.0),
+        np.full((1, 64), np.nan),
+        np.full((1, 64), -np.inf),
+        np.ones((1, 64), dtype=bool),
+    ):
         buf = io.BytesIO()
         np.save(buf, bad)
         with live.client() as c:
@@ -233,6 +248,33 @@ def test_unknown_route_and_method_are_json(live: LiveGateway) -> None:
     assert r.json()["error"]["code"] == "not_found"
     r = httpx.get(f"{live.url}/v1/models/digits/predict")
     assert r.status_code == 405
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    r = httpx.post(f"{live.url}/v1/models/" + "x" * 5000 + "/../predict")
+    assert r.status_code == 404
+    # refusals outside the endpoints are audited too, with the method and the path (cut)
+    refused = [
+        (x["status"], x["reason"], x["extra"]["method"], x["extra"]["path"][:12])
+        for x in audit_records(live)
+        if str(x["reason"]).startswith("route:")
+    ]
+    assert refused[:2] == [
+        (404, "route:not_found", "GET", "/nope"),
+        (405, "route:method_not_allowed", "GET", "/v1/models/d"),
+    ]
+    assert len(refused) == 3
+    assert all(len(x["extra"].get("path", "")) <= 200 for x in audit_records(live))
+
+
+def test_the_openapi_document_is_audited(live: LiveGateway) -> None:
+    with live.client() as c:
+        assert c.get("/openapi.json").status_code == 200
+    assert httpx.get(f"{live.url}/openapi.json").status_code == 401
+    seen = [
+        (x["status"], x["client"], x["output_summary"])
+        for x in audit_records(live)
+        if x["output_summary"] == "openapi" or x["status"] == 401
+    ]
+    assert seen == [(200, "alice", "openapi"), (401, None, "")]
 
 
 def test_npy_header_that_lies_about_its_size_is_400(live: LiveGateway) -> None:

@@ -67,6 +67,12 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise SystemExit(130) from None
+    except OSError as exc:  # a file or folder the command could not use: say which and why
+        logging.getLogger("modelshield.cli").debug("file error", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = exc.strerror or type(exc).__name__
+        err_console.print(f"[bold red]error:[/bold red] {escape(where + reason)}", highlight=False)
+        raise SystemExit(EXIT_ERROR) from None
     except Exception as exc:  # last resort: never show a traceback to a user
         logging.getLogger("modelshield.cli").debug("internal error", exc_info=True)
         err_console.print(

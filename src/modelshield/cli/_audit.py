@@ -105,6 +105,7 @@ def export_command(
     ] = None,
 ) -> None:
     """Export audit records as JSON Lines, oldest first."""
+    from modelshield._files import atomic_output
     from modelshield.audit import export
     from modelshield.stores import open_audit_store
 
@@ -115,8 +116,11 @@ def export_command(
     count = 0
     with ExitStack() as stack:
         stack.callback(store.close)
+        # a file appears only whole: an export that stops half-way leaves nothing behind
         sink: BinaryIO = (
-            stack.enter_context(output.open("wb")) if output is not None else sys.stdout.buffer
+            stack.enter_context(atomic_output(output, overwrite=True, mode=0o600))
+            if output is not None
+            else sys.stdout.buffer
         )
         for record in export(store, since=start, client=client):
             sink.write(orjson.dumps(record) + b"\n")

@@ -203,6 +203,13 @@ def _load_npy(body: bytes) -> Any:
         raise HttpError(400, "bad_request", f"not a valid .npy array: {exc}") from None
 
 
+def _holds_bool(value: Any) -> bool:
+    """Whether a JSON boolean is anywhere in ``value`` (nested lists)."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(_holds_bool(v) for v in value)
+
+
 def parse_inputs(body: bytes, content_type: str) -> Any:
     """Decode a request body into an array-like (JSON ``{"inputs": [...]}`` or ``.npy``)."""
     media = content_type.split(";", 1)[0].strip().lower()
@@ -218,6 +225,9 @@ def parse_inputs(body: bytes, content_type: str) -> Any:
         inputs = payload["inputs"]
         if not isinstance(inputs, list):
             raise HttpError(422, "invalid_input", '"inputs" must be a list of rows')
+        # numpy would read true/false as 1/0; the search is only paid by a body that has them
+        if (b"true" in body or b"false" in body) and _holds_bool(inputs):
+            raise HttpError(422, "invalid_input", "inputs must be numbers, not true or false")
         return inputs
     raise HttpError(415, "unsupported_media_type", f"use {JSON} or {NPY}")
 
@@ -675,14 +685,37 @@ class Gateway:
     async def openapi(self, request: Request) -> Response:
         """The OpenAPI document for the caller's models (a client key is needed: the document
         describes each model's exact input rows, which an anonymous caller has no need for)."""
+        started = time.perf_counter()
+        entry: dict[str, Any] = {
+            "time": self.clock(), "client": None, "key_id": None, "model": None, "body": b"",
+            "rows": 0, "output_summary": "", "decision": "refuse", "reason": "",
+        }  # fmt: skip
         try:
-            client = self.registry.authenticate(_bearer(request), self.clock())
+            client = self.registry.authenticate(_bearer(request), entry["time"])
+            entry["client"], entry["key_id"] = client.name, client.key_id
+            visible = {n: p for n, p in self.models.items() if client.may_use(n)}
+            entry["decision"], entry["output_summary"] = "allow", "openapi"
+            response = Response(orjson.dumps(openapi_document(self, visible)), media_type=JSON)
         except HttpError as err:
-            return error_response(err)
+            entry["reason"] = err.code
+            response = error_response(err)
         except ShieldError as exc:
-            return error_response(_map_error(exc))
-        visible = {n: p for n, p in self.models.items() if client.may_use(n)}
-        return Response(orjson.dumps(openapi_document(self, visible)), media_type=JSON)
+            mapped = _map_error(exc)
+            entry["reason"] = mapped.code
+            entry["key_id"] = getattr(exc, "key_id", None)
+            response = error_response(mapped)
+        return await self._finish(response, entry, None, started)
+
+    async def refuse_route(self, request: Request, err: HttpError) -> Response:
+        """The answer to a path or method that no endpoint serves, audited like any refusal
+        (the method and the first 200 characters of the path go into ``extra``)."""
+        entry: dict[str, Any] = {
+            "time": self.clock(), "client": None, "key_id": None, "model": None, "body": b"",
+            "rows": 0, "output_summary": "refused", "decision": "refuse",
+            "reason": "route:" + err.code,
+            "extra": {"method": request.method[:16], "path": request.url.path[:200]},
+        }  # fmt: skip
+        return await self._finish(error_response(err), entry, None, time.perf_counter())
 
     def close(self) -> None:
         if self._idle_flush is not None:
@@ -703,14 +736,6 @@ def _deferred(observer: Observer | None) -> DeferredObserver | None:
     if observer is not None and callable(getattr(observer, "defer", None)):
         return cast(DeferredObserver, observer)
     return None
-
-
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return error_response(HttpError(404, "not_found", "no such endpoint"))
-
-
-async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return error_response(HttpError(405, "method_not_allowed", "method not allowed"))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -739,9 +764,17 @@ def build_app(gateway: Gateway) -> Any:
             finally:
                 gateway.close()
 
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return await gateway.refuse_route(request, HttpError(404, "not_found", "no such endpoint"))
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return await gateway.refuse_route(
+            request, HttpError(405, "method_not_allowed", "method not allowed")
+        )
+
     app = Starlette(
         routes=routes,
-        exception_handlers={404: _not_found, 405: _method_not_allowed, 500: _server_error},
+        exception_handlers={404: not_found, 405: method_not_allowed, 500: _server_error},
         lifespan=lifespan,
     )
     app.state.gateway = gateway

@@ -103,9 +103,12 @@ def validate_inputs(
     """
     try:
         arr = np.asarray(inputs)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInputError(f"inputs are not a numeric array: {exc}") from None
-    if arr.dtype.kind not in "fiub":  # real floats, signed and unsigned integers, booleans
+    except (ValueError, TypeError):  # ragged rows, say: numpy's own words are no help to a caller
+        raise InvalidInputError(
+            "inputs are not a numeric array (rows of different lengths or non-numbers?)"
+        ) from None
+    if arr.dtype.kind not in "fiu" and not (arr.dtype.kind == "b" and spec.dtype == "bool"):
+        # real floats, signed and unsigned integers; booleans only for a model that takes them
         raise InvalidInputError(f"inputs must be real numbers, got dtype {arr.dtype}")
     if arr.shape == spec.shape:
         arr = arr.reshape((1, *spec.shape))

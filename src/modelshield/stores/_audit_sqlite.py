@@ -108,6 +108,19 @@ def record_row(r: AuditRecord) -> tuple[Any, ...]:
             r.hash)  # fmt: skip
 
 
+def _extra_from_text(text: Any) -> dict[str, Any]:
+    """The ``extra`` column as written (sorted-key JSON object). Text that is not one was
+    edited in the store: it is kept, under a key that no writer uses, so that the record's hash
+    no longer matches and ``verify`` names it, and an export still shows what is there."""
+    try:
+        value = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError):
+        value = None
+    if isinstance(value, dict):
+        return value
+    return {"undecodable_extra": str(text)[:200]}
+
+
 def record_from_row(row: Sequence[Any]) -> AuditRecord:
     (segment, seq, kind, time_s, client, key_id, model, input_hmac, n_rows, summary, decision,
      reason, status, extra, mdigest, prev_hash, hash_) = row  # fmt: skip
@@ -115,7 +128,7 @@ def record_from_row(row: Sequence[Any]) -> AuditRecord:
         segment=segment, seq=int(seq), kind=kind, time=float(time_s), client=client,
         key_id=key_id, model=model, input_hmac=input_hmac, rows=int(n_rows),
         output_summary=summary, decision=decision, reason=reason, status=int(status),
-        extra=orjson.loads(extra), marks_digest=mdigest, prev_hash=prev_hash, hash=hash_,
+        extra=_extra_from_text(extra), marks_digest=mdigest, prev_hash=prev_hash, hash=hash_,
     )  # fmt: skip
 
 
