@@ -253,3 +253,33 @@ def test_cli_verify_without_log(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no audit log" in " ".join(result.stderr.split())
     assert not (tmp_path / "none.db").exists()
+
+
+def test_cli_verify_of_a_truncated_log_file_is_an_integrity_failure(tmp_path: Path) -> None:
+    """A log file cut short is damage (exit 3), not an unreachable store (exit 1)."""
+    import time
+
+    from modelshield.audit import AuditEvent, AuditLog
+
+    db = tmp_path / "a.db"
+    store = SQLiteAuditStore(db)
+    with AuditLog(store, KEY, "w") as log:
+        for _ in range(50):
+            event = AuditEvent(
+                time=time.time(), client="c", key_id=None, model="m", input_hmac="", rows=1,
+                output_summary="x" * 300, decision="allow", reason="", status=200,
+            )  # fmt: skip
+            log.append(event).result()
+    store.close()
+    data = db.read_bytes()
+    assert len(data) > 8192
+    db.write_bytes(data[:5000])
+    for extra in ("a.db-wal", "a.db-shm"):
+        (tmp_path / extra).unlink(missing_ok=True)
+    (tmp_path / "shield.toml").write_text(
+        f'[audit]\nurl = "sqlite:///a.db"\nkey = "{KEY.hex()}"\n', encoding="utf-8"
+    )
+    result = run_cli("audit", "verify", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "damaged" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr

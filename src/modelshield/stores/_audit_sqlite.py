@@ -40,7 +40,7 @@ from typing import Any, Literal
 import orjson
 
 from modelshield.audit import AuditRecord, AuditStore, MarkRecord, SegmentHead, WatermarkMark
-from modelshield.errors import ConfigError, ServiceUnavailableError
+from modelshield.errors import ConfigError, IntegrityError, ServiceUnavailableError
 
 __all__ = ["SQLiteAuditStore", "open_audit_store", "sqlite_backup"]
 
@@ -206,8 +206,10 @@ def heads_query(
     return f"{sql} LIMIT {placeholder}", [limit]
 
 
-def _unavailable(exc: BaseException) -> ServiceUnavailableError:
+def _unavailable(exc: BaseException) -> ServiceUnavailableError | IntegrityError:
     first = str(exc).splitlines()[0] if str(exc) else ""
+    if type(exc) is sqlite3.DatabaseError:  # "file is not a database", "malformed": damage
+        return IntegrityError(f"the audit log file is damaged: {first}")
     return ServiceUnavailableError(f"audit store unavailable: {type(exc).__name__}: {first}")
 
 
