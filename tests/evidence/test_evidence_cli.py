@@ -100,3 +100,17 @@ def test_evidence_command_on_a_stolen_file(
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "ownership of the suspect is not established" in (tmp_path / "other.html").read_text()
+
+    # a certificate edited after signing: the report is written and says so, and the command
+    # fails with the integrity exit code (it once exited 0)
+    edited = (tmp_path / "cert.json").read_text().replace("Example Labs", "Evil Labs")
+    (tmp_path / "edited.json").write_text(edited)
+    r = modelshield_cli(
+        "evidence", "stolen.skops", "--certificate", "edited.json", "--trust", "owner.signing.pub",
+        "-o", "edited.html", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "does not verify" in " ".join(r.stderr.split())
+    assert (tmp_path / "edited.html").is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*.part"))

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from modelshield._files import write_atomic
 from modelshield.cli._app import console
 from modelshield.cli._watermark import is_url, open_suspect
-from modelshield.errors import ConfigError
+from modelshield.errors import ConfigError, IntegrityError
 
 
 def evidence(
@@ -84,13 +85,13 @@ def evidence(
             audit_check=None if settings is None else audit_check(settings),
             commands=commands,
         )
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(ev.render_evidence_html(report), encoding="utf-8")
-    tmp.replace(output)
+    write_atomic(output, ev.render_evidence_html(report).encode("utf-8"), mode=0o644)
     console.print(ev.plain_summary(report))
     console.print(f"report: {output}")
     if as_json:
         console.print_json(json.dumps(report.to_dict(), default=str))
+    if not report.certificate_ok:  # the report says so too; a script must not read success
+        raise IntegrityError(f"the certificate does not verify ({report.certificate_detail})")
 
 
 def suspect_scores(suspect: str, holder: Any) -> tuple[Any, Any]:
