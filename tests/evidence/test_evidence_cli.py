@@ -114,3 +114,37 @@ def test_evidence_command_on_a_stolen_file(
     assert (tmp_path / "edited.html").is_file()
     assert not list(tmp_path.glob("*.tmp"))
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_certify_checks_what_it_can_of_the_sealed_artifact(
+    tmp_path: Path, demo_model: DemoModel, modelshield_cli: Any
+) -> None:
+    """--sealed must name a sealed artifact whose plaintext has the model's size (all that can
+    be seen without a key); an unrelated file was once certified as 'the sealed model'."""
+    (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
+    (tmp_path / "other.bin").write_bytes(b"x" * 100)
+    (tmp_path / "notes.txt").write_text("not sealed\n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00licence")
+    for args in (("keygen", "--signing", "-o", "owner"), ("keygen", "-o", "server")):
+        assert modelshield_cli(*args, cwd=tmp_path).returncode == 0
+    for src in ("digits.onnx", "other.bin"):
+        r = modelshield_cli("seal", src, "-o", f"{src}.sealed", "-r", "server.pub", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    base = ("certify", "digits.onnx", "--owner", "Example", "--signing-key", "owner.signing.key")
+    r = modelshield_cli(*base, "--sealed", "other.bin.sealed", "-o", "c1.json", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "not the sealed artifact of this model" in " ".join(r.stderr.split())
+    r = modelshield_cli(*base, "--sealed", "notes.txt", "-o", "c2.json", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    r = modelshield_cli(*base, "--licence", "binary.txt", "-o", "c3.json", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    r = modelshield_cli("certify", "digits.onnx", "--owner", " ", "--signing-key",
+                        "owner.signing.key", "-o", "c4.json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert "internal error" not in r.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("c")]
+    r = modelshield_cli(*base, "--sealed", "digits.onnx.sealed", "-o", "ok.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "ok.json").read_text())["body"]["sealed"]["file"] == (
+        "digits.onnx.sealed"
+    )

@@ -92,7 +92,7 @@ def certify(
         signing_key=vault.load_signing_key(signing_key),
         sealed=sealed,
         secrets_to_commit=secrets_to_commit,
-        licence=None if licence is None else licence.read_text(encoding="utf-8"),
+        licence=None if licence is None else _licence_text(licence),
         timestamper=timestamper,
     )
     write_atomic(output, evidence.dump_certificate(certificate), mode=0o644)
@@ -112,3 +112,10 @@ def certify(
 
 def register(app: typer.Typer) -> None:
     app.command("certify")(certify)
+
+
+def _licence_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{path} is not UTF-8 text", param_hint="--licence") from None

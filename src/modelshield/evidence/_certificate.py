@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelshield.errors import IntegrityError
+from modelshield.errors import IntegrityError, InvalidInputError
 
 _log = logging.getLogger(__name__)
 
@@ -136,6 +136,21 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"file": path.name, "sha256": digest.hexdigest(), "size": size}
 
 
+def _sealed_entry(path: Path, model_size: int) -> dict[str, Any]:
+    """The sealed artifact's entry, once its header shows it could hold this model: a sealed
+    artifact (:class:`IntegrityError` if not) whose plaintext has the model's size. Without a
+    key that is all that can be checked; the owner's word links the two."""
+    from modelshield import vault
+
+    info = vault.inspect(path)
+    if info.plaintext_size != model_size:
+        raise InvalidInputError(
+            f"{path.name} holds {info.plaintext_size} bytes, the model {model_size}: "
+            "not the sealed artifact of this model"
+        )
+    return _file_entry(path)
+
+
 def _bytes_entry(name: str, data: bytes) -> dict[str, Any]:
     return {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
@@ -162,7 +177,7 @@ def create_certificate(
     entry (see :func:`modelshield.evidence.request_timestamp`).
     """
     if not owner.strip():
-        raise ValueError("owner must not be empty")
+        raise InvalidInputError("owner must not be empty")
     from modelshield.models import detect_format
 
     if isinstance(model, bytes):
@@ -184,7 +199,7 @@ def create_certificate(
         "owner": owner,
         "issued_at": clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": model_entry,
-        "sealed": None if sealed is None else _file_entry(sealed),
+        "sealed": None if sealed is None else _sealed_entry(sealed, model_entry["size"]),
         "commitments": commitments,
         "licence": None
         if licence is None
