@@ -55,3 +55,17 @@ def test_unexpected_error_has_no_traceback(
     assert code == 1
     assert "Traceback" not in err
     assert "secret detail" not in err
+
+
+def test_a_file_error_names_the_file_and_the_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An output in a missing folder, a directory where a file was meant...: one line that
+    says which file and why (it was 'internal error: FileNotFoundError')."""
+
+    def boom() -> None:
+        open("/nonexistent-folder-ms/out.json", "wb")  # noqa: SIM115
+
+    code, err = _run_with(boom, monkeypatch, capsys)
+    assert code == 1
+    assert err.strip() == "error: /nonexistent-folder-ms/out.json: No such file or directory"

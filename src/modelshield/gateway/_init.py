@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -111,6 +112,26 @@ def _model_name(path: Path) -> str:
     return name
 
 
+def _honest_rows(path: Path, predictor: Any, option: str, *, at_least: int) -> Any:
+    """Rows from a ``.npy`` file that the model would accept (shape, finite, in range), checked
+    before anything is written: the gateway would otherwise refuse the deployment at start."""
+    from modelshield.models import validate_inputs
+
+    try:
+        rows = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+    except ValueError:
+        raise InvalidInputError(f"{option}: {path} is not a .npy array of numbers") from None
+    if not isinstance(rows, np.ndarray):
+        raise InvalidInputError(f"{option}: {path} is not a .npy array of numbers")
+    try:
+        validate_inputs(rows, predictor.input_spec)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{option}: {path}: {exc}") from None
+    if rows.ndim < 2 or len(rows) < at_least:
+        raise InvalidInputError(f"{option}: {path} must hold at least {at_least} rows")
+    return rows
+
+
 def init_deployment(
     directory: Path,
     model: Path | None = None,
@@ -137,14 +158,20 @@ def init_deployment(
     ref_rows: Any = None
     cal_rows: Any = None
     image_shape = ""
+    if model is None and (reference is not None or calibration is not None):
+        raise InvalidInputError(
+            "--reference and --calibration go with --model (the demo model brings its own rows)"
+        )
+    if calibration is not None and reference is None:
+        raise InvalidInputError("--calibration needs --reference (the rows detection is fitted on)")
     if model is not None:
         data = Path(model).read_bytes()
-        load_model(data)  # refuse what could not be served, before writing anything
+        predictor = load_model(data)  # refuse what could not be served, before writing anything
         name = _model_name(Path(model))
         if reference is not None:
-            ref_rows = np.load(reference, allow_pickle=False)
+            ref_rows = _honest_rows(Path(reference), predictor, "--reference", at_least=50)
         if calibration is not None:
-            cal_rows = np.load(calibration, allow_pickle=False)
+            cal_rows = _honest_rows(Path(calibration), predictor, "--calibration", at_least=1)
     else:
         from modelshield.demo import DEMO_MODEL_NAME, load_demo_data, train_demo_model
 
