@@ -160,3 +160,42 @@ def test_protect_without_data_writes_detection_off_and_servable(
         assert not gateway.observers
     finally:
         gateway.close()
+
+
+@pytest.mark.parametrize("case", ["bad model", "bad data", "seal fails"])
+def test_a_failed_protect_leaves_no_output_folder(
+    tmp_path: Path,
+    demo_model: DemoModel,
+    modelshield_cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    """Whatever step fails, the output folder it created is gone (it was left behind, empty or
+    half-written), and so is the scratch owner key."""
+    (tmp_path / "digits.onnx").write_bytes(demo_model.onnx_bytes)
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    (tmp_path / "bad.npz").write_text("not an npz\n")
+    for args in (("keygen", "-o", "server"), ("keygen", "--signing", "-o", "owner")):
+        assert modelshield_cli(*args, cwd=tmp_path).returncode == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ["protect", "notes.txt" if case == "bad model" else "digits.onnx", "--owner", "A",
+            "-r", "server.pub", "--signing-key", "owner.signing.key", "-o", "out"]  # fmt: skip
+    if case == "bad data":
+        args += ["--data", "bad.npz"]
+    if case == "seal fails":  # a failure after the folder has been written to
+        from modelshield.cli import _app
+
+        def broken(*_: object, **__: object) -> None:
+            raise OSError(28, "No space left on device", "out/models/digits.sealed")
+
+        monkeypatch.setattr(vault, "seal_bytes", broken)
+        monkeypatch.setattr("sys.argv", ["modelshield", *args])
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as info:
+            _app.main()
+        assert info.value.code == 1
+    else:
+        r = modelshield_cli(*args, cwd=tmp_path)
+        assert r.returncode != 0
+        assert "internal error" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +46,7 @@ def protect(
     recipients = [vault.load_recipient(path) for path in recipient]
     signer = vault.load_signing_key(signing_key)
     created_owner_key: Path | None = None
+    created_output = not output.exists()
     if owner_recipient is None:
         output.mkdir(parents=True, exist_ok=True)
         if any(output.iterdir()):
@@ -73,6 +75,9 @@ def protect(
     except BaseException:
         if created_owner_key is not None:
             created_owner_key.unlink(missing_ok=True)
+        if created_output:  # protect_model removed what it wrote; the folder was ours too
+            with contextlib.suppress(OSError):
+                output.rmdir()
         raise
     for step in report.steps:
         console.print(f"[green]✓[/green] {step}")

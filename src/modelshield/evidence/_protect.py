@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,24 @@ def _pseudo_data(predictor: Any, n: int, rng: np.random.Generator) -> tuple[Any,
     hi = 1.0 if spec.max_value is None else spec.max_value
     x = rng.uniform(lo, hi, size=(n, *spec.shape)).astype(spec.dtype)
     return x, predictor.predict(x)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(directory: Path) -> Iterator[None]:
+    """Remove what the block wrote into ``directory`` (empty or absent before) if it fails."""
+    existed = directory.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(directory, ignore_errors=True)
+        elif directory.is_dir():
+            for child in directory.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
 
 
 def protect_model(
@@ -199,52 +219,56 @@ def protect_model(
         steps.append(f"obfuscation skipped: {exc}")
     final = load_model(protected)
     accuracy_after = None if x_eval is None else float(np.mean(final.predict(x_eval) == y_eval))
-    directory.mkdir(parents=True, exist_ok=True)
-    keys = directory / "keys"
-    keys.mkdir(mode=0o700, exist_ok=True)
-    (directory / "models").mkdir(exist_ok=True)
-    (directory / "state").mkdir(exist_ok=True)
-    say("certifying, sealing and signing")
-    suffix = ".onnx" if obfuscated else model.suffix
-    sealed = directory / "models" / f"{name}.sealed"
-    vault.seal_bytes(protected, sealed, list(recipients), signer=signing_key)
-    commitments = {"response-watermark": response_key}
-    if watermarked:
-        commitments["trigger-set"] = trigger_key
-    certificate, openings = create_certificate(
-        model=protected,
-        model_name=f"{name}{suffix}",
-        owner=owner,
-        signing_key=signing_key,
-        sealed=sealed,
-        secrets_to_commit=commitments,
-    )
-    cert_path = directory / "certificate.json"
-    write_atomic(cert_path, dump_certificate(certificate), mode=0o644)
-    secrets_path = keys / "owner-secrets.sealed"
-    vault.seal_bytes(dump_openings(openings), secrets_path, owner_recipient)
-    write_atomic(keys / "response-watermark.key", response_key.hex().encode() + b"\n")
-    audit.write_audit_key(keys / "audit.key", audit.generate_audit_key())
-    write_atomic(keys / "owner.signing.pub", signing_key.verifying_key.to_pem(), mode=0o644)
-    # detection needs honest rows: without ``data`` it is written switched off (the pseudo-data
-    # the watermark can make do with is no picture of honest traffic)
-    detection = '# reference = "models/NAME.reference.npy"   # honest rows (.npy), then enable\n'
-    if x_train is not None and x_eval is not None:
-        write_atomic(directory / "models" / f"{name}.reference.npy", npy_bytes(x_train))
-        detection = f'reference = "models/{name}.reference.npy"\n'
-        if len(x_eval):
-            write_atomic(directory / "models" / f"{name}.calibration.npy", npy_bytes(x_eval))
-            detection += f'calibration = "models/{name}.calibration.npy"\n'
-    config = directory / "shield.toml"
-    text = _CONFIG.format(
-        name=name,
-        sealed=f"models/{name}.sealed",
-        certificate="certificate.json",
-        detection="true" if x_train is not None else "false",
-        reference=detection,
-    )
-    write_atomic(config, text.encode(), mode=0o644)
-    steps.append("certified, sealed, signed; secrets sealed to the owner; shield.toml written")
+    # what this writes into the (empty or new) folder goes again if any step fails
+    with _removed_on_failure(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        keys = directory / "keys"
+        keys.mkdir(mode=0o700, exist_ok=True)
+        (directory / "models").mkdir(exist_ok=True)
+        (directory / "state").mkdir(exist_ok=True)
+        say("certifying, sealing and signing")
+        suffix = ".onnx" if obfuscated else model.suffix
+        sealed = directory / "models" / f"{name}.sealed"
+        vault.seal_bytes(protected, sealed, list(recipients), signer=signing_key)
+        commitments = {"response-watermark": response_key}
+        if watermarked:
+            commitments["trigger-set"] = trigger_key
+        certificate, openings = create_certificate(
+            model=protected,
+            model_name=f"{name}{suffix}",
+            owner=owner,
+            signing_key=signing_key,
+            sealed=sealed,
+            secrets_to_commit=commitments,
+        )
+        cert_path = directory / "certificate.json"
+        write_atomic(cert_path, dump_certificate(certificate), mode=0o644)
+        secrets_path = keys / "owner-secrets.sealed"
+        vault.seal_bytes(dump_openings(openings), secrets_path, owner_recipient)
+        write_atomic(keys / "response-watermark.key", response_key.hex().encode() + b"\n")
+        audit.write_audit_key(keys / "audit.key", audit.generate_audit_key())
+        write_atomic(keys / "owner.signing.pub", signing_key.verifying_key.to_pem(), mode=0o644)
+        # detection needs honest rows: without ``data`` it is written switched off (the
+        # pseudo-data the watermark can make do with is no picture of honest traffic)
+        detection = (
+            '# reference = "models/NAME.reference.npy"   # honest rows (.npy), then enable\n'
+        )
+        if x_train is not None and x_eval is not None:
+            write_atomic(directory / "models" / f"{name}.reference.npy", npy_bytes(x_train))
+            detection = f'reference = "models/{name}.reference.npy"\n'
+            if len(x_eval):
+                write_atomic(directory / "models" / f"{name}.calibration.npy", npy_bytes(x_eval))
+                detection += f'calibration = "models/{name}.calibration.npy"\n'
+        config = directory / "shield.toml"
+        text = _CONFIG.format(
+            name=name,
+            sealed=f"models/{name}.sealed",
+            certificate="certificate.json",
+            detection="true" if x_train is not None else "false",
+            reference=detection,
+        )
+        write_atomic(config, text.encode(), mode=0o644)
+        steps.append("certified, sealed, signed; secrets sealed to the owner; shield.toml written")
     return ProtectReport(
         directory=directory,
         model_name=name,
