@@ -75,7 +75,7 @@ def test_suspend_blocks_the_next_request_and_resume_restores(
         assert r.status_code == 200, r.text
         r = c.post("/v1/models/digits/predict", json=body)
         assert r.status_code == 403
-        assert "suspended" in r.json()["error"]["message"]
+        assert "blocked" in r.json()["error"]["message"]
         # a second admin (a TOTP code is accepted once per time step) clears the flag
         with access.open_admin_registry(live.config.registry.url) as admins:
             other = admins.enroll("second")

@@ -70,7 +70,7 @@ class BlockAfter:
 def test_observer_flag_acts_on_the_next_request(demo_model: DemoModel, demo_data: DemoData) -> None:
     shield = Shield(load_model(demo_model.onnx_bytes), observer=BlockAfter(5, "block"))
     shield.predict(demo_data.x_test[:5])
-    with pytest.raises(AuthorizationError, match="suspended"):
+    with pytest.raises(AuthorizationError, match="blocked"):
         shield.predict(demo_data.x_test[:1])
 
 

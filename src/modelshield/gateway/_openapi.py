@@ -84,7 +84,9 @@ def _predict_operation(name: str, predictor: Predictor, max_rows: int) -> dict[s
                 },
                 "400": _error("the body is not valid JSON or .npy"),
                 **_COMMON_ERRORS,
-                "403": _error("the key is suspended or its tier is not configured"),
+                "403": _error(
+                    "the key is blocked (extraction detection) or its tier is not configured"
+                ),
                 "404": _error("no such model for this key"),
                 "413": _error("body or batch too large"),
                 "415": _error("unsupported content type"),

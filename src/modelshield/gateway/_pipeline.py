@@ -123,7 +123,7 @@ def admit(limits: LimitStore, client: str, tier: Tier, rows: int, now: float) ->
     if decision.allowed:
         return decision
     if decision.reason == "blocked":
-        raise AuthorizationError("this API key is suspended")
+        raise AuthorizationError("this API key is blocked; its operator can lift the block")
     if decision.reason == "budget":
         raise RateLimitedError("query budget exhausted", retry_after=decision.retry_after)
     raise RateLimitedError("rate limit exceeded", retry_after=decision.retry_after)
