@@ -396,3 +396,16 @@ def test_a_refused_key_is_audited_with_its_key_id(live: LiveGateway) -> None:
     assert key_id not in r.text
     refused = [x for x in audit_records(live) if x["reason"] == "auth:revoked"]
     assert [(x["key_id"], x["status"]) for x in refused] == [(key_id, 401)]
+
+
+def test_a_long_model_name_is_cut_in_the_answer_and_the_audit(live: LiveGateway) -> None:
+    with live.client() as c:
+        r = predict_to(c, "m" * 5000)
+    assert r.status_code == 404
+    assert len(r.text) < 300
+    records = [x for x in audit_records(live) if x["reason"] == "scope"]
+    assert [len(str(x["model"])) for x in records] == [200]
+
+
+def predict_to(client: httpx.Client, model: str) -> httpx.Response:
+    return client.post(f"/v1/models/{model}/predict", json={"inputs": [[0.0] * 64]})

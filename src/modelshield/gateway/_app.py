@@ -298,7 +298,7 @@ class Gateway:
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
         now = self.clock()
-        model_name = str(request.path_params["name"])
+        model_name = str(request.path_params["name"])[:200]  # the path is the caller's: bound it
         entry: dict[str, Any] = {
             "time": now, "client": None, "key_id": None, "model": model_name, "body": b"",
             "rows": 0, "output_summary": "refused", "decision": "refuse", "reason": "",
@@ -351,7 +351,8 @@ class Gateway:
         predictor = self.models.get(model_name)
         if predictor is None or not client.may_use(model_name):
             entry["reason"] = "scope"
-            raise HttpError(404, "not_found", f"no model named {model_name!r} for this key")
+            shown = model_name if len(model_name) <= 64 else model_name[:61] + "..."
+            raise HttpError(404, "not_found", f"no model named {shown!r} for this key")
         tier = self.tiers.get(client.tier)
         if tier is None:
             entry["reason"] = "tier"
