@@ -260,6 +260,9 @@ class GatewayConfig(_Section):
     """``[gateway]``: request limits that apply to every client."""
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # seconds a request body may take to arrive once its headers have (a client that trickles
+    # its body, or stops sending, gets 408 instead of holding its connection for ever)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     dashboard: bool = False  # the web dashboard at /dashboard (loopback callers only)
     tls_terminated: bool = False  # served over TLS by a proxy in front: session cookies get Secure
 

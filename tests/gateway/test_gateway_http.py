@@ -409,3 +409,31 @@ def test_a_long_model_name_is_cut_in_the_answer_and_the_audit(live: LiveGateway)
 
 def predict_to(client: httpx.Client, model: str) -> httpx.Response:
     return client.post(f"/v1/models/{model}/predict", json={"inputs": [[0.0] * 64]})
+
+
+def test_a_body_that_stops_arriving_gets_408_and_is_audited(live: LiveGateway) -> None:
+    """A client with a key that sends its headers and part of its body, then nothing, would
+    hold its connection for ever: past the body timeout it gets 408 (and an audit record)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    live.gateway.body_timeout = 1.0
+    url = urlsplit(live.url)
+    head = (
+        "POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {live.keys['alice']}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    started = time.monotonic()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(head.encode() + b'{"inp')
+        answer = s.recv(4096).decode()
+    took = time.monotonic() - started
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert '"code":"timeout"' in answer
+    assert 0.9 <= took < 5
+    with live.client() as c:  # the gateway goes on serving
+        assert predict(c, [[0.0] * 64]).status_code == 200
+    late = [x for x in audit_records(live) if x["status"] == 408]
+    assert [(x["client"], x["reason"]) for x in late] == [("alice", "timeout")]

@@ -189,6 +189,7 @@ def open_gateway(
         markers=markers if markers is not None else {},
         observers=observers if observers is not None else {},
         max_body_bytes=config.gateway.max_body_bytes,
+        body_timeout=config.gateway.body_timeout_seconds,
         clock=clock,
         rng=np.random.default_rng(random_state),
     )
