@@ -83,6 +83,8 @@ def atomic_output(
     dst = Path(path)
     if not overwrite:
         refuse_existing(dst)
+    if dst.is_dir():  # else the rename fails naming the temporary file
+        raise InvalidInputError(f"{dst} is a folder; give a file name")
     folder = dst.parent
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=folder)

@@ -140,6 +140,22 @@ def test_passphrase_from_the_environment(work: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "q").exists()
 
 
+def test_passphrase_without_a_terminal_or_the_variable_is_a_usage_error(
+    work: Path, tmp_path: Path
+) -> None:
+    """With no terminal to ask and no variable set, say how to give it (it printed a getpass
+    warning, then 'Aborted.'); nothing is written."""
+    env = {k: v for k, v in os.environ.items() if k != "MODELSHIELD_PASSPHRASE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "modelshield", "seal", "model.bin", "-o", str(tmp_path / "n"),
+         "--passphrase"],
+        capture_output=True, text=True, timeout=120, cwd=work, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "MODELSHIELD_PASSPHRASE" in " ".join(result.stderr.split())
+    assert not (tmp_path / "n").exists()
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "append", "empty", "not-sealed"])
 def test_bad_input_exits_3_with_one_line(work: Path, tmp_path: Path, damage: str) -> None:
     data = (work / "m.sealed").read_bytes()
@@ -190,3 +206,17 @@ def test_usage_errors_exit_2(work: Path, args: tuple[str, ...]) -> None:
     assert result.returncode == 2, result.stderr
     assert not (work / "x.sealed").exists()
     assert not (work / "x.out").exists()
+
+
+def test_keygen_needs_a_name_and_seal_to_a_folder_names_it(work: Path, tmp_path: Path) -> None:
+    for name in ("", "keys/"):
+        result = run("keygen", "-o", name, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / "out").mkdir()
+    result = run("seal", str(work / "model.bin"), "-o", str(tmp_path / "out"), "-r",
+                 str(work / "srv.pub"), cwd=work)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "is a folder" in " ".join(result.stderr.split())
+    assert ".part" not in result.stderr
+    assert list((tmp_path / "out").iterdir()) == []

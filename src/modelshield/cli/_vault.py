@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -45,6 +46,10 @@ def _passphrase(*, confirm: bool) -> Passphrase:
     from modelshield.vault import Passphrase
 
     value = os.environ.get(PASSPHRASE_ENV)
+    if value is None and not sys.stdin.isatty():  # nobody to ask: say how to give it
+        raise typer.BadParameter(
+            f"no passphrase: set ${PASSPHRASE_ENV} or run in a terminal", param_hint="--passphrase"
+        )
     if value is None:
         value = typer.prompt("passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
     return Passphrase(value)
@@ -100,6 +105,8 @@ def keygen(
     """Create a key pair: X25519 to seal for, or Ed25519 (--signing) to sign with."""
     from modelshield.vault import keygen as make
 
+    if not Path(output).name.strip() or output.endswith(("/", os.sep)):
+        raise typer.BadParameter("give a NAME for the key files (-o NAME)", param_hint="-o")
     files = make(output, signing=signing)
     console.out(
         f"wrote {files.private} (private, mode 0600) and {files.public}; key id {files.key_id}",
