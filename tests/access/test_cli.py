@@ -61,6 +61,7 @@ def test_clients_lifecycle(deployment: Path) -> None:
         cwd=deployment,
     )  # fmt: skip
     assert other.returncode == 0, other.stderr
+    assert "no tier 'gold'" in " ".join(other.stderr.split())  # shield.toml has none
     bob_key = next(w for w in other.stdout.split() if w.startswith("msk_"))
     assert other.stdout.count(bob_key) == 1
     listed = run("clients", "list", "--config", str(deployment / "shield.toml"), cwd=Path("/"))

@@ -110,6 +110,11 @@ def add(
         err_console.print(
             f"warning: {', '.join(unknown)} not among the models in {config}", markup=False
         )
+    if tier not in cfg.tiers:  # the gateway answers such a key 403 until the tier exists
+        err_console.print(
+            f"warning: no tier {tier!r} in {config}: the key is refused until it is configured",
+            markup=False,
+        )
     with _open(cfg) as registry:
         client, key = registry.add(name, models=names, tier=tier, expires_at=expires_at, now=now)
     _print_key(client, key, as_json)
