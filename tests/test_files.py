@@ -1,14 +1,17 @@
-"""``npy_bytes``: the bytes ``np.save`` writes, with its header reused by dtype and shape."""
+"""``npy_bytes``: the bytes ``np.save`` writes, with its header reused by dtype and shape; and
+the ``.npy`` / ``.npz`` loaders that never unpickle."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from modelshield import _files
 from modelshield._files import npy_bytes
+from modelshield.errors import InvalidInputError
 
 
 def _saved(array: np.ndarray) -> bytes:
@@ -55,3 +58,29 @@ def test_npy_header_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_npy_bytes_refuse_objects() -> None:
     with pytest.raises(ValueError, match="pickle"):
         npy_bytes(np.array([{"a": 1}], dtype=object))
+
+
+def test_numpy_loaders_name_a_file_of_the_wrong_kind(tmp_path: Path) -> None:
+    """A text file is 'not a .npy file', not numpy's talk of pickled data; object arrays and
+    broken archives are refused without unpickling anything."""
+    from modelshield._files import load_npy, load_npz
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    np.save(tmp_path / "a.npy", np.arange(6.0).reshape(2, 3))
+    np.savez(tmp_path / "b.npz", x=np.ones((2, 2)), y=np.array([0, 1]))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "b.npz").read_bytes()[:40])
+    assert load_npy(tmp_path / "a.npy").shape == (2, 3)
+    assert sorted(load_npz(tmp_path / "b.npz")) == ["x", "y"]
+    for loader, path, message in (
+        (load_npy, text, "is not a .npy file"),
+        (load_npz, text, "is not a .npz file"),
+        (load_npz, tmp_path / "a.npy", "is not a .npz file"),
+        (load_npy, tmp_path / "obj.npy", "cannot read it as .npy"),
+        (load_npz, tmp_path / "cut.npz", "cannot read it as .npz"),
+    ):
+        with pytest.raises(InvalidInputError, match=message):
+            loader(path)
+    with pytest.raises(FileNotFoundError):
+        load_npy(tmp_path / "missing.npy")

@@ -2,7 +2,8 @@
 
 The one implementation every module that writes a file uses (vault, keys, certificates,
 deployments, obfuscated models): nothing half-written ever carries the final name. Also the
-one ``.npy`` encoder (audit marks, deployment reference rows).
+one ``.npy`` encoder (audit marks, deployment reference rows) and the ``.npy`` / ``.npz`` readers
+of user-given data files (never unpickled, with an error that names the file).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import errno
 import io
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -131,3 +133,32 @@ def write_atomic(
     with atomic_output(path, overwrite=overwrite, mode=mode) as out:
         out.write(data)
     return Path(path)
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPZ_MAGIC = b"PK\x03\x04"
+
+
+def load_npy(path: str | os.PathLike[str]) -> np.ndarray[Any, Any]:
+    """The array of a ``.npy`` file, never unpickled; :class:`InvalidInputError` naming the file
+    when it is no ``.npy`` (numpy's own message for a text file speaks of pickled data)."""
+    data = Path(path).read_bytes()
+    if not data.startswith(_NPY_MAGIC):
+        raise InvalidInputError(f"{path} is not a .npy file")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise InvalidInputError(f"{path}: cannot read it as .npy ({exc})") from None
+    return np.asarray(array)
+
+
+def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray[Any, Any]]:
+    """The arrays of a ``.npz`` file by name, never unpickled (see :func:`load_npy`)."""
+    data = Path(path).read_bytes()
+    if not data.startswith(_NPZ_MAGIC):
+        raise InvalidInputError(f"{path} is not a .npz file")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {name: np.asarray(archive[name]) for name in archive.files}
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"{path}: cannot read it as .npz ({exc})") from None

@@ -17,7 +17,7 @@ from modelshield.demo import DemoModel
         (np.full((100, 5), 0.5), (), "shape"),
         (np.full((100, 64), np.nan), (), "NaN"),
         (np.full((2, 64), 0.5), (), "at least 50 rows"),
-        (None, (), "not a .npy array"),
+        (None, (), "is not a .npy file"),
         (np.full((100, 64), 0.5), ("--no-model",), "go with --model"),
         (np.full((100, 64), 0.5), ("--calibration-only",), "needs --reference"),
     ],

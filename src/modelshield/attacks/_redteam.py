@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelshield._files import load_npz
 from modelshield.attacks._matrix import (
     Defence,
     MatrixResult,
@@ -76,6 +77,7 @@ def _victim_and_data(config: RedteamConfig) -> tuple[Predictor, dict[str, Any]]:
         if config.model == "digits"
         else load_model(Path(config.model).read_bytes())
     )
+    arrays: dict[str, Any]
     if config.data == "digits":
         arrays = {
             "pool": demo.x_train,
@@ -83,8 +85,7 @@ def _victim_and_data(config: RedteamConfig) -> tuple[Predictor, dict[str, Any]]:
             "y_test": demo.y_test,
         }
     else:
-        with np.load(config.data, allow_pickle=False) as npz:
-            arrays = {k: np.asarray(npz[k]) for k in npz.files}
+        arrays = load_npz(config.data)
     return victim, arrays
 
 
@@ -147,11 +148,11 @@ def detection_factory_for(config: RedteamConfig) -> Callable[[Predictor], Any]:
         demo = load_demo_data(config.seed)
         reference, held_out = demo.x_train, demo.x_test
     else:
-        with np.load(config.data, allow_pickle=False) as npz:
-            if "reference" not in npz.files or "x_test" not in npz.files:
-                raise ConfigError(
-                    f"{config.data}: the detection defence needs 'reference' and 'x_test' arrays"
-                )
-            reference, held_out = np.asarray(npz["reference"]), np.asarray(npz["x_test"])
+        npz = load_npz(config.data)
+        if "reference" not in npz or "x_test" not in npz:
+            raise ConfigError(
+                f"{config.data}: the detection defence needs 'reference' and 'x_test' arrays"
+            )
+        reference, held_out = npz["reference"], npz["x_test"]
     calibration = held_out[: len(held_out) // 2]  # honest clients use the other half
     return detection_factory(reference, calibration, random_state=config.seed)

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from modelshield._files import load_npz
 from modelshield.cli._app import console
 from modelshield.errors import ConfigError
 
@@ -24,7 +25,6 @@ attack_app = typer.Typer(
 
 def _load_data(path: Path | None) -> tuple[Any, Any, Any]:
     """(pool, x_test, y_test) from ``digits`` (the demo split) or an .npz file."""
-    import numpy as np
 
     if path is None:
         return None, None, None
@@ -33,11 +33,7 @@ def _load_data(path: Path | None) -> tuple[Any, Any, Any]:
 
         data = load_demo_data()
         return data.x_train, data.x_test, data.y_test
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the data file ({exc})") from None
+    arrays = load_npz(path)
     if "x_test" not in arrays and "pool" not in arrays:
         raise ConfigError(f"{path}: expected arrays named 'pool' and/or 'x_test' (and 'y_test')")
     return arrays.get("pool"), arrays.get("x_test"), arrays.get("y_test")

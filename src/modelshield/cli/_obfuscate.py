@@ -9,18 +9,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from modelshield._files import write_atomic
+from modelshield._files import load_npy, write_atomic
 from modelshield.cli._app import console
 from modelshield.errors import InvalidInputError
 
 
 def _load_inputs(path: Path) -> object:
-    import numpy as np
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"cannot read verification inputs from {path}: {exc}") from None
+    return load_npy(path)
 
 
 def obfuscate(

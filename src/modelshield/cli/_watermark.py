@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from modelshield._files import write_atomic
+from modelshield._files import load_npz, write_atomic
 from modelshield.cli._app import console
 from modelshield.errors import (
     ConfigError,
@@ -103,13 +103,10 @@ def _training_data(path: Path | None, n_features: int) -> tuple[Any, Any]:
 
         data = load_demo_data()
         return data.x_train, data.y_train
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return np.asarray(npz["x"]), np.asarray(npz["y"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise InvalidInputError(
-            f"{path}: expected an .npz file with arrays x and y ({exc})"
-        ) from None
+    arrays = load_npz(path)
+    if "x" not in arrays or "y" not in arrays:
+        raise InvalidInputError(f"{path}: expected an .npz file with arrays x and y")
+    return arrays["x"], arrays["y"]
 
 
 def _trigger_set_for(key: bytes, predictor: Any) -> Any:

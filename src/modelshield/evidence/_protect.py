@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modelshield._files import npy_bytes, write_atomic
+from modelshield._files import load_npz, npy_bytes, write_atomic
 from modelshield.errors import InvalidInputError, UnsupportedModelError
 
 Progress = Callable[[str], None]
@@ -286,8 +285,7 @@ def protect_model(
 
 def load_npz_data(path: Path) -> tuple[Any, Any]:
     """``x`` and ``y`` arrays from an ``.npz`` file (no pickle)."""
-    try:
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
-            return np.asarray(npz["x"]), np.asarray(npz["y"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidInputError(f"{path}: expected an .npz with arrays x and y ({exc})") from None
+    arrays = load_npz(path)
+    if "x" not in arrays or "y" not in arrays:
+        raise InvalidInputError(f"{path}: expected an .npz with arrays x and y")
+    return arrays["x"], arrays["y"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import secrets
@@ -10,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from modelshield._files import npy_bytes, write_atomic
+from modelshield._files import load_npy, npy_bytes, write_atomic
 from modelshield.errors import InvalidInputError
 
 _TEMPLATE = """\
@@ -118,11 +115,9 @@ def _honest_rows(path: Path, predictor: Any, option: str, *, at_least: int) -> A
     from modelshield.models import validate_inputs
 
     try:
-        rows = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
-    except ValueError:
-        raise InvalidInputError(f"{option}: {path} is not a .npy array of numbers") from None
-    if not isinstance(rows, np.ndarray):
-        raise InvalidInputError(f"{option}: {path} is not a .npy array of numbers")
+        rows = load_npy(path)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{option}: {exc}") from None
     try:
         validate_inputs(rows, predictor.input_spec)
     except InvalidInputError as exc:
