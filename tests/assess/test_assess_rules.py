@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from modelshield.assess import assess, render_html
 from modelshield.config import Config, load_config
+from modelshield.errors import InvalidInputError
 
 
 def write(tmp_path: Path, text: str) -> Config:
@@ -95,6 +98,13 @@ def test_redteam_results_move_the_scores(tmp_path: Path) -> None:
     base = assess(config)
     assert assess(config, held).exploitability == base.exploitability - 1
     assert assess(config, broke).detectability == base.detectability + 1
+    # not results at all: a clear error (a list once ended in AttributeError); a run whose
+    # fidelity is no number is left out rather than guessed
+    for bad in ([1, 2], {"runs": 5}, "runs"):
+        with pytest.raises(InvalidInputError, match="'runs' list"):
+            assess(config, bad)  # type: ignore[arg-type]
+    odd = {"runs": [*broke["runs"], {**held["runs"][0], "fidelity": "high"}]}
+    assert assess(config, odd).detectability == base.detectability + 1
 
 
 def test_html_report_escapes_and_is_self_contained(tmp_path: Path) -> None:

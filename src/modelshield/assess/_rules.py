@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modelshield.config import Config, TierConfig
+from modelshield.errors import InvalidInputError
 
 Factor = Literal["exploitability", "detectability", "impact"]
 FACTORS: tuple[Factor, ...] = ("exploitability", "detectability", "impact")
@@ -195,7 +196,15 @@ def _config_findings(config: Config) -> list[Finding]:
 
 def _redteam_findings(results: Mapping[str, Any]) -> list[Finding]:
     out: list[Finding] = []
-    runs = [r for r in results.get("runs", []) if isinstance(r, Mapping)]
+    if not isinstance(results, Mapping) or not isinstance(results.get("runs", []), list):
+        raise InvalidInputError("not red-team results: expected an object with a 'runs' list")
+    runs = [
+        r
+        for r in results.get("runs", [])
+        if isinstance(r, Mapping)
+        and isinstance(r.get("fidelity", 0.0), int | float)
+        and not isinstance(r.get("fidelity", 0.0), bool)
+    ]
     defended = [r for r in runs if r.get("defence") not in (None, "none")]
     if not defended:
         return out
