@@ -71,6 +71,16 @@ def refuse_existing(path: Path) -> None:
         raise InvalidInputError(f"{path} exists; refusing to overwrite it")
 
 
+def check_output(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any long work, an output path whose folder does not exist or that is a
+    folder (the write at the end would fail after all the work was done)."""
+    dst = Path(path)
+    if dst.is_dir():
+        raise InvalidInputError(f"{dst} is a folder; give a file name")
+    if not dst.parent.is_dir():
+        raise InvalidInputError(f"{dst.parent} is not an existing folder")
+
+
 @contextlib.contextmanager
 def atomic_output(
     path: str | os.PathLike[str], *, overwrite: bool, mode: int = 0o600

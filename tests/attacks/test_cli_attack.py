@@ -53,6 +53,17 @@ def test_attack_run_errors_are_one_line(tmp_path: Path, demo_model: Any) -> None
     url = run("run", "--target", "https://gateway.example/v1", "--attack", "knockoff")
     assert url.returncode == 1
     assert "needs --api-key" in url.stderr
+    # an output that cannot be written is refused before the attack runs, not after it
+    nowhere = run("run", "--target", str(model), "--json", str(tmp_path / "no" / "r.json"))
+    assert nowhere.returncode == 1
+    assert "not an existing folder" in " ".join(nowhere.stderr.split())
+    folder = run("run", "--target", str(model), "--json", str(tmp_path))
+    assert folder.returncode == 1
+    assert "is a folder" in " ".join(folder.stderr.split())
+    (tmp_path / "notes.txt").write_text("not data\n")
+    text = run("run", "--target", str(model), "--data", str(tmp_path / "notes.txt"))
+    assert text.returncode == 1
+    assert "is not a .npz file" in " ".join(text.stderr.split())
 
 
 def test_attack_list_names_every_attack() -> None:

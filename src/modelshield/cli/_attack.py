@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from modelshield._files import load_npz
+from modelshield._files import check_output, load_npz, write_atomic
 from modelshield.cli._app import console
 from modelshield.errors import ConfigError
 
@@ -111,6 +111,8 @@ def run(
         make_attack,
     )
 
+    if json_out is not None:
+        check_output(json_out)  # before the attack, not after it
     remote = target.startswith(("http://", "https://"))
     if remote and api_key is None:
         raise ConfigError("a URL target needs --api-key (or MODELSHIELD_API_KEY)")
@@ -176,7 +178,7 @@ def run(
     console.print(table)
     console.print(f"[dim]{result.message}[/dim]")
     if json_out is not None:
-        json_out.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        write_atomic(json_out, orjson.dumps(summary, option=orjson.OPT_INDENT_2), mode=0o644)
         console.print(f"wrote {json_out}")
 
 

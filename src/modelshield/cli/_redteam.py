@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from modelshield._files import write_atomic
 from modelshield.cli._app import console
 
 
@@ -47,8 +48,9 @@ def matrix(
             progress=lambda label: progress.update(task, advance=1, description=label),
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
-    (out / "report.html").write_text(render_matrix_html(result), encoding="utf-8")
+    results = json.dumps(result.to_dict(), indent=2).encode("utf-8")
+    write_atomic(out / "results.json", results, mode=0o644)
+    write_atomic(out / "report.html", render_matrix_html(result).encode("utf-8"), mode=0o644)
     table = Table(title="fidelity of the stolen copy (lower is better)")
     table.add_column("attack")
     table.add_column("defence")
