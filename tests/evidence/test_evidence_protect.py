@@ -34,6 +34,34 @@ def _torch_model(demo_model: DemoModel) -> bytes:
     return dump_torch(net, input_spec=DEMO_INPUT_SPEC, classes=tuple(range(10)))
 
 
+def _protected(source: Path, data: tuple[Any, Any] | None) -> tuple[Any, Any, Any, Any]:
+    """``protect_model`` into ``out`` beside ``source``, with fresh keys: the report, the server
+    and owner identities and the signing key."""
+    server, owner = vault.generate_identity(), vault.generate_identity()
+    signing = vault.generate_signing_key()
+    report = protect_model(
+        source,
+        owner="Example Labs",
+        recipients=[server.recipient],
+        signing_key=signing,
+        owner_recipient=owner.recipient,
+        directory=source.parent / "out",
+        data=data,
+    )
+    return report, server, owner, signing
+
+
+def _served(report: Any, server: Any) -> tuple[set[str], set[str]]:
+    """The models and the detected models of a gateway opened on the deployment as written,
+    once the server's key is in place."""
+    server.save(report.config.parent / "keys" / "server.key")
+    gateway = open_gateway(load_config(report.config))
+    try:
+        return set(gateway.models), set(gateway.observers)
+    finally:
+        gateway.close()
+
+
 @pytest.mark.parametrize("kind", ["onnx", "skops", "torch"])
 def test_protect_each_model_kind(
     tmp_path: Path, demo_model: DemoModel, demo_data: DemoData, kind: str
@@ -45,17 +73,7 @@ def test_protect_each_model_kind(
     }[kind]
     source = tmp_path / f"digits.{kind}"
     source.write_bytes(data)
-    server, owner = vault.generate_identity(), vault.generate_identity()
-    signing = vault.generate_signing_key()
-    report = protect_model(
-        source,
-        owner="Example Labs",
-        recipients=[server.recipient],
-        signing_key=signing,
-        owner_recipient=owner.recipient,
-        directory=tmp_path / "out",
-        data=(demo_data.x_train, demo_data.y_train),
-    )
+    report, server, owner, signing = _protected(source, (demo_data.x_train, demo_data.y_train))
     protected = vault.open_model(report.sealed_model, server, require_signer=signing.verifying_key)
     original = load_model(data)
     agreement = np.mean(protected.predict(demo_data.x_test) == original.predict(demo_data.x_test))
@@ -77,14 +95,7 @@ def test_protect_each_model_kind(
     assert config.watermark.enabled
     assert config.detection.enabled
     assert config.detection.reference is not None
-    # servable as written, once the server's key is in place
-    server.save(report.config.parent / "keys" / "server.key")
-    gateway = open_gateway(config)
-    try:
-        assert set(gateway.models) == {"digits"}
-        assert set(gateway.observers) == {"digits"}
-    finally:
-        gateway.close()
+    assert _served(report, server) == ({"digits"}, {"digits"})  # servable as written
     if kind == "skops":
         opening = next(o for o in openings if o.name == "trigger-set")
         trigger = watermark.make_trigger_set(opening.secret, shape=(64,), classes=tuple(range(10)))
@@ -140,26 +151,11 @@ def test_protect_without_data_writes_detection_off_and_servable(
     (it once was written on, and `serve` refused the deployment)."""
     source = tmp_path / "digits.onnx"
     source.write_bytes(demo_model.onnx_bytes)
-    server, owner = vault.generate_identity(), vault.generate_identity()
-    signing = vault.generate_signing_key()
-    report = protect_model(
-        source,
-        owner="Example Labs",
-        recipients=[server.recipient],
-        signing_key=signing,
-        owner_recipient=owner.recipient,
-        directory=tmp_path / "out",
-    )
+    report, server, _, _ = _protected(source, None)
     config = load_config(report.config)
     assert not config.detection.enabled
     assert config.watermark.enabled
-    server.save(report.config.parent / "keys" / "server.key")
-    gateway = open_gateway(config)
-    try:
-        assert set(gateway.models) == {"digits"}
-        assert not gateway.observers
-    finally:
-        gateway.close()
+    assert _served(report, server) == ({"digits"}, set())
 
 
 @pytest.mark.parametrize("case", ["bad model", "bad data", "seal fails"])
