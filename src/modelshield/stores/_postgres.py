@@ -103,8 +103,11 @@ class PostgresSession:
                 ):
                     self._conn.close()
                     self._conn = None
+                # libpq's first line says what failed (refused, timed out, authentication) and
+                # carries no password; the rest can hold server internals
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
                 raise ServiceUnavailableError(
-                    f"{self._what} store error: {type(exc).__name__}"
+                    f"{self._what} store error: {type(exc).__name__}: {first}"
                 ) from None
 
     def close(self) -> None:
