@@ -84,3 +84,11 @@ def test_numpy_loaders_name_a_file_of_the_wrong_kind(tmp_path: Path) -> None:
             loader(path)
     with pytest.raises(FileNotFoundError):
         load_npy(tmp_path / "missing.npy")
+    # a small file whose header asks for terabytes is refused before anything is allocated
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (2**40, 2)}
+    )
+    (tmp_path / "liar.npy").write_bytes(header.getvalue() + b"\0" * 16)
+    with pytest.raises(InvalidInputError, match="does not match"):
+        load_npy(tmp_path / "liar.npy")

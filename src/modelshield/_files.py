@@ -149,17 +149,42 @@ _NPY_MAGIC = b"\x93NUMPY"
 _NPZ_MAGIC = b"PK\x03\x04"
 
 
+def npy_from_bytes(data: bytes) -> np.ndarray[Any, Any]:
+    """The array in ``.npy`` bytes, never unpickled, its header checked against the size of the
+    data before anything is allocated (200 bytes must not be able to ask for terabytes).
+
+    Raises :class:`InvalidInputError` saying what is wrong.
+    """
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        if len(data) - stream.tell() != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise ValueError("the header's shape does not match the data")
+        stream.seek(0)
+        return np.asarray(np.load(stream, allow_pickle=False))
+    except (ValueError, OSError, EOFError, OverflowError) as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
 def load_npy(path: str | os.PathLike[str]) -> np.ndarray[Any, Any]:
-    """The array of a ``.npy`` file, never unpickled; :class:`InvalidInputError` naming the file
-    when it is no ``.npy`` (numpy's own message for a text file speaks of pickled data)."""
+    """The array of a ``.npy`` file (see :func:`npy_from_bytes`); :class:`InvalidInputError`
+    naming the file when it is no ``.npy`` (numpy's own message for a text file speaks of
+    pickled data)."""
     data = Path(path).read_bytes()
     if not data.startswith(_NPY_MAGIC):
         raise InvalidInputError(f"{path} is not a .npy file")
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
+        return npy_from_bytes(data)
+    except InvalidInputError as exc:
         raise InvalidInputError(f"{path}: cannot read it as .npy ({exc})") from None
-    return np.asarray(array)
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray[Any, Any]]:

@@ -38,6 +38,13 @@ def test_attack_run_writes_json(tmp_path: Path, demo_model: Any, demo_data: Any)
     assert summary["evaluated_on"] == "x_test"
     assert 0.8 <= summary["fidelity"] <= 1.0
     assert "fidelity" in result.stdout
+    out.write_text("an older result")
+    again = run(
+        "run", "--target", str(model), "--attack", "copycat", "--budget", "200",
+        "--data", str(data), "--json", str(out), "--seed", "3",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr  # the result replaces the older one
+    assert json.loads(out.read_text())["rows"] == 200
 
 
 def test_attack_run_errors_are_one_line(tmp_path: Path, demo_model: Any) -> None:

@@ -90,6 +90,13 @@ def test_evidence_command_on_a_stolen_file(
     assert r.returncode == 0, r.stderr
     html = (tmp_path / "report.html").read_text()
     assert "the suspect is a copy of the certified model" in html
+    (tmp_path / "report.html").write_text("an older report")
+    r = modelshield_cli(
+        "evidence", "stolen.skops", "--certificate", "cert.json", "--trust", "owner.signing.pub",
+        "-o", "report.html", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr  # a report is replaced by the newer one
+    assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
     # an independent model is not claimed
     (tmp_path / "independent.onnx").write_bytes(demo_model.onnx_bytes)
     r = modelshield_cli(

@@ -158,7 +158,7 @@ def test_protect_without_data_writes_detection_off_and_servable(
     assert _served(report, server) == ({"digits"}, set())
 
 
-@pytest.mark.parametrize("case", ["bad model", "bad data", "seal fails"])
+@pytest.mark.parametrize("case", ["bad model", "bad data", "seal fails", "user file"])
 def test_a_failed_protect_leaves_no_output_folder(
     tmp_path: Path,
     demo_model: DemoModel,
@@ -178,10 +178,12 @@ def test_a_failed_protect_leaves_no_output_folder(
             "-r", "server.pub", "--signing-key", "owner.signing.key", "-o", "out"]  # fmt: skip
     if case == "bad data":
         args += ["--data", "bad.npz"]
-    if case == "seal fails":  # a failure after the folder has been written to
+    if case in ("seal fails", "user file"):  # a failure after the folder has been written to
         from modelshield.cli import _app
 
         def broken(*_: object, **__: object) -> None:
+            if case == "user file":  # saved there by its owner while protect was running
+                (tmp_path / "out" / "notes.txt").write_text("mine")
             raise OSError(28, "No space left on device", "out/models/digits.sealed")
 
         monkeypatch.setattr(vault, "seal_bytes", broken)
@@ -194,4 +196,8 @@ def test_a_failed_protect_leaves_no_output_folder(
         r = modelshield_cli(*args, cwd=tmp_path)
         assert r.returncode != 0
         assert "internal error" not in r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if case == "user file":  # only what protect wrote is gone
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+        assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+        before.append("out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)

@@ -9,6 +9,7 @@ import pyotp
 import pytest
 
 from modelshield import access, audit
+from modelshield.errors import IntegrityError
 from modelshield.stores import open_audit_store
 
 from .conftest import LiveGateway
@@ -140,3 +141,30 @@ def test_unknown_client_is_404(live: LiveGateway, admin: tuple[str, pyotp.TOTP])
     key, totp = admin
     r = httpx.post(f"{live.url}/v1/admin/clients/nobody/suspend", headers=_headers(key, totp.now()))
     assert r.status_code == 404
+
+
+def test_audit_verify_endpoint(
+    live: LiveGateway, admin: tuple[str, pyotp.TOTP], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain check over the admin API; a damaged log file is a failed check (ok false,
+    the reason in first_bad), not a 400."""
+    key, totp = admin
+    url = f"{live.url}/v1/admin/audit/verify"
+    with live.client() as c:
+        assert c.post("/v1/models/digits/predict", json={"inputs": [[0.0] * 64]}).status_code == 200
+    r = httpx.get(url, headers=_headers(key, totp.now()))
+    assert r.status_code == 200, r.text
+    assert r.json()["ok"] is True
+    assert r.json()["records_checked"] >= 2
+
+    def damaged(*_: object) -> None:
+        raise IntegrityError("the audit log file is damaged: database disk image is malformed")
+
+    monkeypatch.setattr(audit, "verify", damaged)
+    with access.open_admin_registry(live.config.registry.url) as admins:
+        other = admins.enroll("checker")
+    code = pyotp.TOTP(other.totp_secret.reveal()).now()
+    r = httpx.get(url, headers=_headers(other.admin_key.reveal(), code))
+    assert r.status_code == 200, r.text
+    assert r.json()["ok"] is False
+    assert "damaged" in r.json()["first_bad"]

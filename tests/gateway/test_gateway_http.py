@@ -127,6 +127,13 @@ def test_scope_is_enforced(live: LiveGateway) -> None:
         ),
         # ragged rows: our words, not numpy's
         (b'{"inputs": [[0.5, 0.5], [0.5]]}', "application/json", 422, "different lengths"),
+        # deep nesting with "true" somewhere in the body: the boolean check does not recurse
+        (
+            b'{"inputs": ' + b"[" * 1000 + b"0" + b"]" * 1000 + b', "note": "true"}',
+            "application/json",
+            422,
+            "not a numeric array",
+        ),
     ],
 )
 def test_bad_requests_get_a_clear_4xx(
@@ -429,10 +436,25 @@ def test_a_body_that_stops_arriving_gets_408_and_is_audited(live: LiveGateway) -
     with socket.create_connection((url.hostname, url.port), timeout=10) as s:
         s.sendall(head.encode() + b'{"inp')
         answer = s.recv(4096).decode()
-    took = time.monotonic() - started
+        took = time.monotonic() - started
+        # a client that goes on trickling bytes is shown the door: the connection ends
+        closed = False
+        for _ in range(20):
+            try:
+                s.sendall(b"0")
+                s.settimeout(0.25)
+                closed = s.recv(4096) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+            if closed:
+                break
     assert answer.startswith("HTTP/1.1 408"), answer
     assert '"code":"timeout"' in answer
+    assert "connection: close" in answer.lower()
     assert 0.9 <= took < 5
+    assert closed
     with live.client() as c:  # the gateway goes on serving
         assert predict(c, [[0.0] * 64]).status_code == 200
     late = [x for x in audit_records(live) if x["status"] == 408]

@@ -70,7 +70,7 @@ def main() -> None:
     except OSError as exc:  # a file or folder the command could not use: say which and why
         logging.getLogger("modelshield.cli").debug("file error", exc_info=True)
         where = f"{exc.filename}: " if exc.filename else ""
-        reason = exc.strerror or type(exc).__name__
+        reason = exc.strerror or str(exc) or type(exc).__name__
         err_console.print(f"[bold red]error:[/bold red] {escape(where + reason)}", highlight=False)
         raise SystemExit(EXIT_ERROR) from None
     except Exception as exc:  # last resort: never show a traceback to a user

@@ -178,7 +178,8 @@ def run(
     console.print(table)
     console.print(f"[dim]{result.message}[/dim]")
     if json_out is not None:
-        write_atomic(json_out, orjson.dumps(summary, option=orjson.OPT_INDENT_2), mode=0o644)
+        summary_bytes = orjson.dumps(summary, option=orjson.OPT_INDENT_2)
+        write_atomic(json_out, summary_bytes, mode=0o644, overwrite=True)
         console.print(f"wrote {json_out}")
 
 

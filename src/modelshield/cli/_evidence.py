@@ -85,7 +85,9 @@ def evidence(
             audit_check=None if settings is None else audit_check(settings),
             commands=commands,
         )
-    write_atomic(output, ev.render_evidence_html(report).encode("utf-8"), mode=0o644)
+    write_atomic(
+        output, ev.render_evidence_html(report).encode("utf-8"), mode=0o644, overwrite=True
+    )
     console.print(ev.plain_summary(report))
     console.print(f"report: {output}")
     if as_json:

@@ -42,11 +42,23 @@ UsePassphrase = Annotated[
 ]
 
 
+def _can_prompt() -> bool:
+    """Whether a hidden prompt can reach a person: getpass reads the controlling terminal
+    (``/dev/tty``) even when standard input is redirected."""
+    if sys.stdin.isatty():
+        return True
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+    except OSError:
+        return False
+    return True
+
+
 def _passphrase(*, confirm: bool) -> Passphrase:
     from modelshield.vault import Passphrase
 
     value = os.environ.get(PASSPHRASE_ENV)
-    if value is None and not sys.stdin.isatty():  # nobody to ask: say how to give it
+    if value is None and not _can_prompt():  # nobody to ask: say how to give it
         raise typer.BadParameter(
             f"no passphrase: set ${PASSPHRASE_ENV} or run in a terminal", param_hint="--passphrase"
         )

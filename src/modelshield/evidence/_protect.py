@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -103,21 +104,31 @@ def _pseudo_data(predictor: Any, n: int, rng: np.random.Generator) -> tuple[Any,
     return x, predictor.predict(x)
 
 
+#: Everything :func:`protect_model` writes into its folder (and nothing else).
+_WRITES = ("keys", "models", "state", "certificate.json", "shield.toml")
+
+
 @contextlib.contextmanager
 def _removed_on_failure(directory: Path) -> Iterator[None]:
-    """Remove what the block wrote into ``directory`` (empty or absent before) if it fails."""
+    """If the block fails, remove the entries of :data:`_WRITES` it created in ``directory``,
+    and the folder if the block created it and it is then empty: never anything else (a file
+    the user put there meanwhile stays)."""
     existed = directory.exists()
+    before = {name for name in _WRITES if os.path.lexists(directory / name)}
     try:
         yield
     except BaseException:
+        for name in _WRITES:
+            path = directory / name
+            if name in before or not os.path.lexists(path):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         if not existed:
-            shutil.rmtree(directory, ignore_errors=True)
-        elif directory.is_dir():
-            for child in directory.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
 
 

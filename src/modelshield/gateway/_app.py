@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelshield._files import npy_from_bytes
 from modelshield.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -182,32 +182,24 @@ def _map_error(exc: ShieldError) -> HttpError:
 
 
 def _load_npy(body: bytes) -> Any:
-    """A ``.npy`` array whose header must agree with the body's size before anything is
-    allocated (a 200-byte body must not be able to ask for terabytes)."""
-    stream = io.BytesIO(body)
+    """A ``.npy`` body (its header checked against its size before anything is allocated)."""
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-        if dtype.hasobject:
-            raise ValueError("object arrays are not accepted")
-        if len(body) - stream.tell() != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise ValueError("the header's shape does not match the data")
-        stream.seek(0)
-        return np.load(stream, allow_pickle=False)
-    except (ValueError, OSError, EOFError, OverflowError) as exc:
+        return npy_from_bytes(body)
+    except InvalidInputError as exc:
         raise HttpError(400, "bad_request", f"not a valid .npy array: {exc}") from None
 
 
 def _holds_bool(value: Any) -> bool:
-    """Whether a JSON boolean is anywhere in ``value`` (nested lists)."""
-    if isinstance(value, bool):
-        return True
-    return isinstance(value, list) and any(_holds_bool(v) for v in value)
+    """Whether a JSON boolean is anywhere in ``value`` (nested lists, walked without recursion:
+    orjson accepts 1,024 levels, more than Python's stack would)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def parse_inputs(body: bytes, content_type: str) -> Any:
@@ -257,6 +249,7 @@ class Gateway:
     _reading: dict[asyncio.Task[Any], float] = field(default_factory=dict, init=False, repr=False)
     _late: set[asyncio.Task[Any]] = field(default_factory=set, init=False, repr=False)
     _sweeper: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
+    _sweeper_loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     _detached: set[asyncio.Future[None]] = field(default_factory=set, init=False, repr=False)
     # client -> a flag (and its evidence) found but not yet set: the state store was down
     _unapplied: dict[str, tuple[str, dict[str, Any]]] = field(
@@ -293,8 +286,10 @@ class Gateway:
         task = asyncio.current_task()
         if task is not None:
             self._reading[task] = time.monotonic() + self.body_timeout
-            if self._sweeper is None:
-                self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+            loop = asyncio.get_running_loop()
+            if self._sweeper is None or self._sweeper_loop is not loop:  # a new loop: re-arm
+                self._sweeper_loop = loop
+                self._sweeper = loop.call_later(1.0, self._sweep)
         try:
             while True:
                 message = await receive()
@@ -302,9 +297,12 @@ class Gateway:
                     raise ClientDisconnect()
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > self.max_body_bytes:
+                if size > self.max_body_bytes:  # the rest is not read: end the connection
                     raise HttpError(
-                        413, "too_large", f"body larger than {self.max_body_bytes} bytes"
+                        413,
+                        "too_large",
+                        f"body larger than {self.max_body_bytes} bytes",
+                        {"Connection": "close"},
                     )
                 chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -313,9 +311,15 @@ class Gateway:
             if task is None or task not in self._late:
                 raise
             self._late.discard(task)
-            task.uncancel()  # cancelled by the sweeper, not by the server: answer it
+            if task.uncancel() > 0:  # the server cancelled it too (shutting down): let it go
+                raise
+            # cancelled by the sweeper only: answer, and end the connection (uvicorn would keep
+            # it open for a client that goes on trickling bytes)
             raise HttpError(
-                408, "timeout", f"the body did not arrive within {self.body_timeout:g} s"
+                408,
+                "timeout",
+                f"the body did not arrive within {self.body_timeout:g} s",
+                {"Connection": "close"},
             ) from None
         finally:
             if task is not None:
@@ -329,9 +333,8 @@ class Gateway:
             if deadline <= now and task not in self._late:
                 self._late.add(task)
                 task.cancel()
-        self._sweeper = (
-            asyncio.get_running_loop().call_later(1.0, self._sweep) if self._reading else None
-        )
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(1.0, self._sweep) if self._reading else None
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()

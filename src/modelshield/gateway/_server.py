@@ -14,7 +14,13 @@ from starlette.applications import Starlette
 
 from modelshield._files import npy_bytes
 from modelshield.config import Config, ModelConfig, load_config
-from modelshield.errors import ConfigError, KeyMissingError, ServiceUnavailableError, ShieldError
+from modelshield.errors import (
+    ConfigError,
+    IntegrityError,
+    KeyMissingError,
+    ServiceUnavailableError,
+    ShieldError,
+)
 from modelshield.gateway._admin import admin_routes
 from modelshield.gateway._app import AuditEntry, Gateway, build_app
 from modelshield.gateway._limits import open_limit_store
@@ -195,7 +201,13 @@ def open_gateway(
     )
 
     def verify_audit() -> dict[str, Any]:
-        report = audit.verify(store, audit_key)
+        try:
+            report = audit.verify(store, audit_key)
+        except IntegrityError as exc:  # a damaged log file: a failed check, not a bad request
+            return {
+                "ok": False, "records_checked": 0, "segments": 0, "open_segments": [],
+                "verified_until": None, "first_bad": str(exc),
+            }  # fmt: skip
         bad = report.first_bad
         return {
             "ok": report.ok,
