@@ -339,3 +339,79 @@ def test_reports_page_shows_the_latest_reports(deployment: Deployment) -> None:
     assert r.headers["content-security-policy"].startswith("sandbox;")
     assert session.get("/dashboard/reports/file/redteam-matrix.json").status_code == 404
     assert session.get("/dashboard/reports/file/..%2Fshield.toml").status_code == 404
+
+
+def test_revoking_the_admin_ends_its_sessions(deployment: Deployment) -> None:
+    """A session names an admin: once that admin is revoked (by any process), the session is
+    refused on its next request, not when its token expires."""
+    session = sign_in(deployment)
+    assert session.get("/dashboard/overview").status_code == 200
+    with access.open_admin_registry(deployment.config.registry.url) as admins:
+        admins.revoke(access.parse_key(deployment.admin_key, access.ADMIN_PREFIX).key_id)
+    r = session.get("/dashboard/overview")
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/dashboard/login")
+    assert act(session, "mallory", "block", None).status_code in (401, 403)
+
+
+def test_sign_out_deletes_a_secure_cookie_securely(deployment: Deployment) -> None:
+    """A browser ignores the deletion of a __Host- cookie without Secure: sign-out must send
+    the attributes the cookie was set with."""
+    gateway = deployment.gateway
+    registry = access.open_registry(deployment.config.registry.url)
+    gateway.on_close.append(registry.close)
+    app = Starlette(
+        routes=dashboard_routes(
+            gateway,
+            clients=registry,
+            audit_store_url=deployment.config.audit.url,
+            audit_key=audit.audit_key_from_config(deployment.config),
+            secure_cookies=True,
+        )
+    )
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+            await c.post(
+                "/dashboard/login",
+                data={"admin_key": deployment.admin_key, "totp": deployment.code()},
+            )
+            page = await c.get("/dashboard/overview")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert csrf
+            out = await c.post(
+                "/dashboard/logout",
+                data={"csrf": csrf.group(1)},
+                headers={"Origin": "https://testserver"},
+            )
+            return page, out
+
+    page, out = asyncio.run(run())
+    assert page.status_code == 200
+    assert out.status_code == 303
+    deleted = out.headers["set-cookie"]
+    assert deleted.startswith("__Host-modelshield-dashboard=")
+    assert "Max-Age=0" in deleted
+    assert "Secure" in deleted
+    assert "samesite=strict" in deleted.lower()
+
+
+def test_the_peer_is_the_socket_not_x_forwarded_for(deployment: Deployment) -> None:
+    """A forwarded-for header neither hides a loopback peer nor lets a remote one in."""
+    r = httpx.get(f"{deployment.url}/dashboard/login", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert r.status_code == 200
+
+
+def test_model_names_that_are_not_served_make_one_series(deployment: Deployment) -> None:
+    """Anyone can put a made-up model name in a path (the request is refused and audited):
+    such names are counted together, not drawn one series each."""
+    for i in range(30):
+        httpx.post(f"{deployment.url}/v1/models/made-up-{i}/predict", json=BODY)
+    with deployment.client("alice") as c:
+        assert c.post("/v1/models/digits/predict", json=BODY).status_code == 200
+    session = sign_in(deployment)
+    deployment.clock.advance(10)  # past the view's refresh interval
+    text = session.get("/dashboard/overview").text
+    assert "made-up-" not in text
+    assert "(not served)" in text

@@ -160,6 +160,17 @@ class AdminRegistry:
         _log.info("admin %s verified (key id %s)", stored.admin.name, key_id)
         return stored.admin
 
+    def is_active(self, key_id: str, now: float) -> bool:
+        """Whether the admin with this key id may act now: not revoked, suspended or locked out
+        (a signed-in dashboard session asks on every request, so that revoking an admin ends
+        its sessions on every worker at once)."""
+        stored = self._store.get_admin(key_id)
+        return (
+            stored is not None
+            and stored.admin.status is Status.ACTIVE
+            and now >= stored.locked_until
+        )
+
     def _fail(self, key_id: str, now: float) -> None:
         self._store.record_failure(key_id, now, self._max_failures, self._lockout_seconds)
 

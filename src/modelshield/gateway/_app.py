@@ -82,6 +82,8 @@ class Authenticator(Protocol):
 class AdminVerifier(Protocol):
     def verify(self, admin_key: str, code: str, now: float) -> Any: ...
 
+    def is_active(self, key_id: str, now: float) -> bool: ...
+
 
 class AuditSink(Protocol):
     """The audit log seen from the gateway: durable append of one request's record."""

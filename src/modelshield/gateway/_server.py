@@ -390,7 +390,13 @@ def run_uvicorn(
     os.environ[WORKERS_ENV] = str(max(1, workers))  # inherited by the worker processes
     if workers <= 1:
         uvicorn.run(
-            factory, factory=True, host=host, port=port, log_level=log_level, access_log=False
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            proxy_headers=False,
         )
         return
     if _workers.supported():
@@ -416,6 +422,7 @@ def run_uvicorn(
         workers=workers,
         log_level=log_level,
         access_log=False,
+        proxy_headers=False,
         **options,
     )
     sock = config.bind_socket()
@@ -448,7 +455,9 @@ class ServerThread:
                 probe.bind((host, 0))
                 port = int(probe.getsockname()[1])
         self.host, self.port = host, port
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="on", proxy_headers=False
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -149,7 +149,13 @@ def _worker(
             return await super().on_tick(counter)
 
     config = uvicorn.Config(
-        factory, factory=True, host=host, port=port, log_level=log_level, access_log=False
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        proxy_headers=False,  # the peer is the socket's: X-Forwarded-For could fake loopback
     )
     sock = listening_socket(host, port)
     try:

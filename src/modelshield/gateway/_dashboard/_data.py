@@ -119,6 +119,10 @@ def parse_action(reason: str) -> tuple[str, str] | None:
     return rest, kind
 
 
+#: The series of every model name that is not served (unknown paths, typing errors, probes).
+NOT_SERVED = "(not served)"
+
+
 class TrafficView:
     """Requests, rows, refusals, detector scores and actions in the last ``window`` seconds."""
 
@@ -131,6 +135,7 @@ class TrafficView:
         lag: float = 0.5,
         min_interval: float = 5.0,
         max_records: int = 20_000,
+        models: Iterable[str] | None = None,
     ) -> None:
         if bucket <= 0 or window < bucket:
             raise ValueError("need 0 < bucket <= window")
@@ -145,6 +150,8 @@ class TrafficView:
         self._since: float | None = None
         self._last_refresh = -math.inf
         self._seen: dict[tuple[str, int], float] = {}
+        # the served models; any other name (a path anyone can make up) counts as one series
+        self.models = None if models is None else frozenset(models)
         self.model_requests: dict[str, dict[int, int]] = {}
         self.model_rows: dict[str, dict[int, int]] = {}
         self.refusals: dict[str, dict[int, int]] = {}
@@ -214,15 +221,18 @@ class TrafficView:
             return
         # on every record: look up before creating (setdefault would build a dict each time)
         ok = r.status < 400
-        if r.model is not None:
-            counts = self.model_requests.get(r.model)
+        model = r.model
+        if model is not None:
+            if self.models is not None and model not in self.models:
+                model = NOT_SERVED
+            counts = self.model_requests.get(model)
             if counts is None:
-                counts = self.model_requests[r.model] = defaultdict(int)
+                counts = self.model_requests[model] = defaultdict(int)
             counts[b] += 1
             if ok:
-                rows = self.model_rows.get(r.model)
+                rows = self.model_rows.get(model)
                 if rows is None:
-                    rows = self.model_rows[r.model] = defaultdict(int)
+                    rows = self.model_rows[model] = defaultdict(int)
                 rows[b] += r.rows
         if not ok:
             reason = r.reason.split(":", 1)[0] or "error"

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
 from starlette.requests import Request
@@ -169,7 +169,7 @@ class Dashboard:
         self.refresh_seconds = refresh_seconds
         self.allow_remote = allow_remote
         self.signer = SessionSigner(derive_session_key(audit_key), ttl=session_ttl)
-        self.view = TrafficView(store, window=window, bucket=bucket)
+        self.view = TrafficView(store, window=window, bucket=bucket, models=gateway.models)
         self.latency = Latency(gateway.metrics.latency, window)
         self.verification: tuple[float, VerifyReport] | None = None
         self._digests: dict[tuple[str, float, int], str] = {}
@@ -178,7 +178,12 @@ class Dashboard:
     # ---- plumbing -------------------------------------------------------------------------
 
     def session(self, request: Request) -> Session | None:
-        return self.signer.check(request.cookies.get(self.cookie), self.gateway.clock())
+        now = self.gateway.clock()
+        session = self.signer.check(request.cookies.get(self.cookie), now)
+        admins = self.gateway.admins
+        if session is not None and (admins is None or not admins.is_active(session.key_id, now)):
+            return None  # the admin was revoked, suspended or locked out since signing in
+        return session
 
     def guarded(self, handler: Callable[[Request], Awaitable[Response]]) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -260,8 +265,19 @@ class Dashboard:
             "/dashboard/login" + ("?expired=1" if expired else ""), status_code=303
         )
         if expired:
-            response.delete_cookie(self.cookie, path="/")
+            self.drop_cookie(request, response)
         return response
+
+    def drop_cookie(self, request: Request, response: Response) -> None:
+        """Delete the session cookie with the attributes it was set with (a browser ignores a
+        ``__Host-`` cookie, deletion included, that is not ``Secure``)."""
+        response.delete_cookie(
+            self.cookie,
+            path="/",
+            secure=self.secure_cookies or request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
 
     async def form(self, request: Request) -> dict[str, str] | None:
         """A small ``application/x-www-form-urlencoded`` body as a dict (``None`` if not one)."""
@@ -395,7 +411,7 @@ class Dashboard:
         self.signer.end(session, self.gateway.clock())
         await self.audit(session, "sign-out", "dashboard:sign-out", 303)
         response = RedirectResponse("/dashboard/login", status_code=303)
-        response.delete_cookie(self.cookie, path="/")
+        self.drop_cookie(request, response)
         return response
 
     async def root(self, request: Request) -> Response:
@@ -930,8 +946,9 @@ class Dashboard:
         if assess_path is None:
             parts.append('<p class="muted">No report yet.</p>')
         else:
+            link = "/dashboard/reports/file/" + quote(assess_path.name, safe="")
             parts.append(
-                f'<p><a href="/dashboard/reports/file/{e(assess_path.name)}" id="assessment-link">'
+                f'<p><a href="{e(link)}" id="assessment-link">'
                 f"{e(assess_path.name)}</a>, written {e(when(assess_path.stat().st_mtime))} "
                 "(opens sandboxed: no script runs).</p>"
             )
