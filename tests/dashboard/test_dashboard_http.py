@@ -102,7 +102,8 @@ def _asgi_get(app: Starlette, peer: str, path: str) -> httpx.Response:
     return asyncio.run(run())
 
 
-def test_secure_cookie_when_serving_over_tls(deployment: Deployment) -> None:
+def tls_app(deployment: Deployment) -> Starlette:
+    """The dashboard alone, with the cookie settings of a deployment served over TLS."""
     gateway = deployment.gateway
     registry = access.open_registry(deployment.config.registry.url)
     gateway.on_close.append(registry.close)
@@ -113,7 +114,11 @@ def test_secure_cookie_when_serving_over_tls(deployment: Deployment) -> None:
         audit_key=audit.audit_key_from_config(deployment.config),
         secure_cookies=True,
     )
-    app = Starlette(routes=routes)
+    return Starlette(routes=routes)
+
+
+def test_secure_cookie_when_serving_over_tls(deployment: Deployment) -> None:
+    app = tls_app(deployment)
 
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
@@ -357,18 +362,7 @@ def test_revoking_the_admin_ends_its_sessions(deployment: Deployment) -> None:
 def test_sign_out_deletes_a_secure_cookie_securely(deployment: Deployment) -> None:
     """A browser ignores the deletion of a __Host- cookie without Secure: sign-out must send
     the attributes the cookie was set with."""
-    gateway = deployment.gateway
-    registry = access.open_registry(deployment.config.registry.url)
-    gateway.on_close.append(registry.close)
-    app = Starlette(
-        routes=dashboard_routes(
-            gateway,
-            clients=registry,
-            audit_store_url=deployment.config.audit.url,
-            audit_key=audit.audit_key_from_config(deployment.config),
-            secure_cookies=True,
-        )
-    )
+    app = tls_app(deployment)
 
     async def run() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))

@@ -25,7 +25,7 @@ from modelshield.gateway._admin import admin_routes
 from modelshield.gateway._app import AuditEntry, Gateway, build_app
 from modelshield.gateway._limits import open_limit_store
 from modelshield.gateway._pipeline import Clock, Marker, Observer, Tier
-from modelshield.gateway._workers import WORKER_TIMEOUT_SECONDS
+from modelshield.gateway._workers import SERVER_OPTIONS, WORKER_TIMEOUT_SECONDS
 from modelshield.models import Predictor, load_model
 
 _log = logging.getLogger(__name__)
@@ -390,13 +390,7 @@ def run_uvicorn(
     os.environ[WORKERS_ENV] = str(max(1, workers))  # inherited by the worker processes
     if workers <= 1:
         uvicorn.run(
-            factory,
-            factory=True,
-            host=host,
-            port=port,
-            log_level=log_level,
-            access_log=False,
-            proxy_headers=False,
+            factory, factory=True, host=host, port=port, log_level=log_level, **SERVER_OPTIONS
         )
         return
     if _workers.supported():
@@ -421,8 +415,7 @@ def run_uvicorn(
         port=port,
         workers=workers,
         log_level=log_level,
-        access_log=False,
-        proxy_headers=False,
+        **SERVER_OPTIONS,
         **options,
     )
     sock = config.bind_socket()

@@ -52,6 +52,11 @@ from modelshield.errors import ConfigError
 _log = logging.getLogger(__name__)
 
 
+#: The uvicorn options of every gateway server: no access log (the audit log records each
+#: request), and the peer is the socket's (with X-Forwarded-For read, a client behind a proxy
+#: that forwards it could claim to be 127.0.0.1 and reach the loopback-only dashboard).
+SERVER_OPTIONS: dict[str, Any] = {"access_log": False, "proxy_headers": False}
+
 #: uvicorn's exit code for a worker that could not start (``uvicorn.config.STARTUP_FAILURE``).
 STARTUP_FAILURE = 3
 #: A worker that dies this soon after it started, three times in a row, cannot start.
@@ -149,13 +154,7 @@ def _worker(
             return await super().on_tick(counter)
 
     config = uvicorn.Config(
-        factory,
-        factory=True,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        proxy_headers=False,  # the peer is the socket's: X-Forwarded-For could fake loopback
+        factory, factory=True, host=host, port=port, log_level=log_level, **SERVER_OPTIONS
     )
     sock = listening_socket(host, port)
     try:
