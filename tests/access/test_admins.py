@@ -212,3 +212,20 @@ def test_secrets_never_in_logs(admins: AdminRegistry, caplog: pytest.LogCaptureF
     stored = admins.store.get_admin(enrolled.admin.key_id)
     assert stored is not None
     assert enrolled.totp_secret.reveal() not in repr(stored)
+
+
+def test_is_active_follows_lockout_and_revocation(
+    admins: AdminRegistry, enrolled: Enrollment
+) -> None:
+    """What a dashboard session asks on every request: active, not while locked out, never
+    again once revoked, and never for an unknown key id."""
+    key_id = parse_key(enrolled.admin_key.reveal(), ADMIN_PREFIX).key_id
+    assert admins.is_active(key_id, T0)
+    good = code_at(enrolled, T0)
+    for i in range(5):
+        refused(admins, enrolled.admin_key, "000000" if good != "000000" else "111111", T0 + i)
+    assert not admins.is_active(key_id, T0 + 5)
+    assert admins.is_active(key_id, T0 + 4 + 900)  # the lockout has ended
+    admins.revoke("root")
+    assert not admins.is_active(key_id, T0 + 4 + 900)
+    assert not admins.is_active("AAAAAAAAAAAA", T0)

@@ -324,6 +324,7 @@ def test_chunked_body_is_read_whole_and_limited(live: LiveGateway) -> None:
             headers={"Content-Type": "application/json"},
         )
     assert r.status_code == 413
+    assert r.headers["connection"] == "close"  # the rest of the body is not read
 
 
 def test_first_of_repeated_headers_counts(live: LiveGateway) -> None:
