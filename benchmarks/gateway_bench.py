@@ -11,7 +11,11 @@ metrics files, which cost a few microseconds per metric update) is on only with 
     python benchmarks/gateway_bench.py [--quick]
 
 A third server adds every extraction detector (alerting, so that no request is refused) and the
-response watermark: ``ratio_with_detection``.
+response watermark: ``ratio_with_detection``. A fourth, at one worker, is a reference point and
+not a gateway: the bare endpoint plus only a durable, hash-chained audit record per request,
+group-committed to SQLite with the same ``synchronous`` setting (``benchmarks/_audit_only_app.py``):
+``ratio_audit_only`` is how much of the gap to the bare endpoint that one requirement explains,
+and ``guarded_vs_audit_only`` what everything else the gateway does costs on top of it.
 
 Each server is also measured with one connection, where a request does not queue behind others:
 ``p50_overhead_ms_1conn`` is the median cost of the guarded path (with one fsync-ed commit per
@@ -24,7 +28,8 @@ the bare endpoint's throughput and so flatter every ratio.
 
 Last line: JSON with guarded_rps, bare_rps, ratio (1 worker), ratio_2w, guarded_p50_ms,
 bare_p50_ms, p50_overhead_ms, guarded_p99_ms (1 worker, 32 connections), guarded_p50_ms_1conn,
-bare_p50_ms_1conn, p50_overhead_ms_1conn, ratio_with_detection.
+bare_p50_ms_1conn, p50_overhead_ms_1conn, ratio_with_detection, audit_only_rps,
+ratio_audit_only, guarded_vs_audit_only.
 """
 
 from __future__ import annotations
@@ -70,9 +75,10 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], headers: dict[str, str],
 
 def start(kind: str, workers: int, workdir: Path, port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if kind == "bare":
+    if kind in ("bare", "audit_only"):
         env["BARE_MODEL"] = str(workdir / "digits.onnx")
-        target = "benchmarks._bare_app:create_app"
+        env["AUDIT_ONLY_DB"] = str(workdir / f"audit-only-{port}.db")
+        target = f"benchmarks._{kind}_app:create_app"
     else:
         name = "shield.toml" if kind == "guarded" else "shield-detect.toml"
         env["MODELSHIELD_CONFIG"] = str(workdir / name)
@@ -238,6 +244,7 @@ def main() -> None:
     seconds = 4 if args.quick else 10
     rounds = 1 if args.quick else 3
     bodies = request_bodies()
+    os.environ["AUDIT_ONLY_SYNCHRONOUS"] = args.synchronous  # the servers inherit it
     results: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ms-gwbench-") as tmp:
         workdir = Path(tmp)
@@ -245,12 +252,16 @@ def main() -> None:
         worker_counts = (1,) if args.quick else (1, 2)
         for _ in range(rounds):
             for workers in worker_counts:
-                kinds = ("bare", "guarded", "detect") if workers == 1 else ("bare", "guarded")
+                kinds = (
+                    ("bare", "guarded", "detect", "audit_only")
+                    if workers == 1
+                    else ("bare", "guarded")
+                )
                 for kind in kinds:
                     r = measure(kind, workers, workdir, headers, bodies, seconds)
                     results.setdefault((kind, workers), []).append(r)
                     print(
-                        f"{kind:8s} workers={workers} rps={r[0]:8.0f} "
+                        f"{kind:10s} workers={workers} rps={r[0]:8.0f} "
                         f"p50={r[1]:.2f}ms p99={r[2]:.2f}ms p50(1 connection)={r[3]:.2f}ms"
                     )
 
@@ -274,6 +285,9 @@ def main() -> None:
     }
     figures["ratio_with_detection"] = round(med("detect", 1, 0) / med("bare", 1, 0), 3)
     figures["detect_rps"] = round(med("detect", 1, 0), 1)
+    figures["audit_only_rps"] = round(med("audit_only", 1, 0), 1)
+    figures["ratio_audit_only"] = round(med("audit_only", 1, 0) / med("bare", 1, 0), 3)
+    figures["guarded_vs_audit_only"] = round(med("guarded", 1, 0) / med("audit_only", 1, 0), 3)
     if ("guarded", 2) in results:
         figures["ratio_2w"] = round(med("guarded", 2, 0) / med("bare", 2, 0), 3)
     figures["audit_synchronous"] = args.synchronous

@@ -75,3 +75,12 @@ def test_no_room_means_no_run(bench: ModuleType, tmp_path: Path) -> None:
     )
     assert not bench.TmpfsRun.has_room(tmp_path / "absent", SIZE)
     assert not bench.TmpfsRun.has_room(tmp_path, 1 << 60)
+
+
+def test_the_open_model_floor_costs_more_than_the_plain_load_and_cleans_up(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    model = bench.onnx_model((8,))
+    ratio = bench.open_model_floor_ratio(tmp_path, model, 5)
+    assert ratio > 1.0  # the load plus the required operations against the load alone
+    assert os.listdir(tmp_path) == []
