@@ -25,8 +25,8 @@ import sqlite3
 import time
 
 import numpy as np
-import onnxruntime as ort
 import orjson
+from benchmarks._bare_app import open_session
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -74,13 +74,7 @@ class LoopGroupCommit:
 
 
 def create_app() -> Starlette:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        os.environ["BARE_MODEL"], sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    input_name = session.get_inputs()[0].name
+    session, input_name = open_session()
     audit = LoopGroupCommit(
         os.environ["AUDIT_ONLY_DB"], os.environ.get("AUDIT_ONLY_SYNCHRONOUS", "FULL")
     )

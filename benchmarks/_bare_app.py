@@ -18,14 +18,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 
-def create_app() -> Starlette:
+def open_session() -> tuple[ort.InferenceSession, str]:
+    """The ONNX Runtime session of ``BARE_MODEL`` (one thread, as the gateway's) and its input."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(
         os.environ["BARE_MODEL"], sess_options=options, providers=["CPUExecutionProvider"]
     )
-    input_name = session.get_inputs()[0].name
+    return session, session.get_inputs()[0].name
+
+
+def create_app() -> Starlette:
+    session, input_name = open_session()
 
     async def predict(request: Request) -> Response:
         body = orjson.loads(await request.body())

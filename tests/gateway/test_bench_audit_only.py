@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sqlite3
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -16,10 +17,13 @@ import pytest
 from modelshield.demo import DemoData, DemoModel
 from modelshield.gateway import ServerThread
 
-APP = Path(__file__).resolve().parents[2] / "benchmarks" / "_audit_only_app.py"
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "benchmarks" / "_audit_only_app.py"
 
 
 def load_app_module() -> ModuleType:
+    if str(ROOT) not in sys.path:  # it imports the bare app as the benchmark's servers do
+        sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("audit_only_app", APP)
     assert spec is not None
     assert spec.loader is not None
