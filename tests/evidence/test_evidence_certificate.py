@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,8 +136,13 @@ def test_another_model_file_is_refused(
     shutil.copy(model, other)
     with other.open("ab") as fh:
         fh.write(b"\x00")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="certificate verifies, but other.onnx is not the"):
         verify_certificate(certificate[0], trusted, model=other)
+    # a forged certificate with that file is still only "does not verify"
+    forged = json.loads(json.dumps(certificate[0]))
+    forged["body"]["owner"] = "Mallory"
+    with pytest.raises(IntegrityError, match="^certificate does not verify$"):
+        verify_certificate(forged, trusted, model=other)
 
 
 def test_commitments_open_only_with_the_right_secret(
@@ -184,3 +190,37 @@ def test_rfc3161_timestamp_from_a_local_authority(material: tuple[Path, Any, Any
             verify_certificate(forged, trusted, tsa_certificate_pem=tsa.certificate_pem)
     finally:
         tsa.close()
+
+
+@pytest.mark.parametrize("case", ["identical", "upper-case digest", "another file", "forged"])
+def test_the_report_names_a_byte_identical_copy_only_under_a_genuine_certificate(
+    case: str,
+    tmp_path: Path,
+    certificate: tuple[dict[str, Any], list[Opening]],
+    material: tuple[Path, Any, Any],
+) -> None:
+    from modelshield.evidence import file_sha256, gather_evidence, plain_summary
+
+    model, _, trusted = material
+    cert = copy.deepcopy(certificate[0])
+    suspect = model
+    if case == "another file":
+        suspect = tmp_path / "other.onnx"
+        suspect.write_bytes(model.read_bytes() + b"\0")
+    if case == "forged":
+        cert["body"]["owner"] = "Mallory"
+    digest = file_sha256(suspect)
+    report = gather_evidence(
+        suspect=str(suspect),
+        suspect_predict=lambda x: [0] * len(x),  # no watermark test runs without openings
+        certificate=cert,
+        trusted_key=trusted,
+        classes=tuple(range(10)),
+        input_shape=(64,),
+        suspect_sha256=digest.upper() if case == "upper-case digest" else digest,
+    )
+    expected = case in ("identical", "upper-case digest")
+    assert report.identical_to_certified is expected
+    assert report.ours is expected
+    assert report.to_dict()["ours"] is expected
+    assert ("byte for byte the model the owner certified" in plain_summary(report)) is expected

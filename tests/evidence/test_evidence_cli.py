@@ -43,6 +43,17 @@ def test_certify_and_verify(tmp_path: Path, demo_model: DemoModel, modelshield_c
     )
     assert r.returncode == 3
     assert r.stderr.strip() == "error: certificate does not verify"
+    # a genuine certificate with another model file: exit 3, and the message says which failed
+    (tmp_path / "other.onnx").write_bytes(demo_model.onnx_bytes + b"\0")
+    r = modelshield_cli(
+        "certify", "--verify", "cert.json", "--trust", "owner.signing.pub", "other.onnx",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 3
+    assert r.stderr.strip() == (
+        "error: the certificate verifies, but other.onnx is not the certified model "
+        "(its SHA-256 differs)"
+    )
     # refuses to overwrite
     r = modelshield_cli(
         "certify", "digits.onnx", "--owner", "X", "--signing-key", "owner.signing.key",
@@ -97,8 +108,22 @@ def test_evidence_command_on_a_stolen_file(
     )  # fmt: skip
     assert r.returncode == 0, r.stderr  # a report is replaced by the newer one
     assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
-    # an independent model is not claimed
-    (tmp_path / "independent.onnx").write_bytes(demo_model.onnx_bytes)
+    # a byte-identical copy of the certified file is claimed on its digest alone (no openings)
+    (tmp_path / "copy.onnx").write_bytes(demo_model.onnx_bytes)
+    r = modelshield_cli(
+        "evidence", "copy.onnx", "--certificate", "cert.json", "--trust", "owner.signing.pub",
+        "-o", "copy.html", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "copy.html").read_text()
+    assert "the suspect is a copy of the certified model" in html
+    assert "identical: the certified model itself" in html
+    assert "certify --verify cert.json --trust owner.signing.pub copy.onnx" in html
+    assert "byte for byte the model the owner certified" in " ".join(r.stdout.split())
+    # an independent model (the demo's recipe, another seed) is not claimed
+    from modelshield.demo import train_demo_model
+
+    (tmp_path / "independent.onnx").write_bytes(train_demo_model(1, data).onnx_bytes)
     r = modelshield_cli(
         "evidence", "independent.onnx", "--certificate", "cert.json",
         "--trust", "owner.signing.pub",

@@ -59,9 +59,13 @@ def evidence(
         opened = ev.load_openings(vault.unseal_bytes(openings, vault.load_identity(identity)))
     predict, spec_holder, description = open_suspect(suspect, api_key, model)
     spec = spec_holder.input_spec
+    digest = None if is_url(suspect) else ev.file_sha256(Path(suspect))
+    certified = (cert.get("body") or {}).get("model") or {}
+    # the form that also compares the file, when the suspect is the certified file
+    checked = f" {suspect}" if digest is not None and digest == certified.get("sha256") else ""
     commands = [
         "modelshield " + " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]),
-        f"modelshield certify --verify {certificate} --trust {trust}",
+        f"modelshield certify --verify {certificate} --trust {trust}{checked}",
     ]
     if settings is not None:
         commands.append(f"modelshield watermark trace {suspect} --config {config}")
@@ -84,6 +88,7 @@ def evidence(
             else _with_scores(response_trace(settings), suspect, spec_holder),
             audit_check=None if settings is None else audit_check(settings),
             commands=commands,
+            suspect_sha256=digest,
         )
     write_atomic(
         output, ev.render_evidence_html(report).encode("utf-8"), mode=0o644, overwrite=True

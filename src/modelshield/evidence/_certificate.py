@@ -136,6 +136,11 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"file": path.name, "sha256": digest.hexdigest(), "size": size}
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of a file, as a certificate records a model's."""
+    return str(_file_entry(path)["sha256"])
+
+
 def _sealed_entry(path: Path, model_size: int) -> dict[str, Any]:
     """The sealed artifact's entry, once its header shows it could hold this model: a sealed
     artifact (:class:`IntegrityError` if not) whose plaintext has the model's size. Without a
@@ -265,9 +270,7 @@ def verify_certificate(
                     tsa_certificate_pem,
                 )
                 stamp_time = token.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if model is not None and _file_entry(model)["sha256"] != body["model"]["sha256"]:
-            raise ValueError("model file digest differs")
-        return CertificateCheck(
+        check = CertificateCheck(
             owner=str(body["owner"]),
             issued_at=str(body["issued_at"]),
             signer_key_id=str(signer["key_id"]),
@@ -279,6 +282,13 @@ def verify_certificate(
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         _log.debug("certificate check failed: %r", exc)
         raise IntegrityError("certificate does not verify") from None
+    # only once the signature holds: then saying that the file differs gives nothing away
+    if model is not None and _file_entry(model)["sha256"] != check.model_sha256:
+        raise IntegrityError(
+            f"the certificate verifies, but {Path(model).name} is not the certified model "
+            "(its SHA-256 differs)"
+        )
+    return check
 
 
 def load_certificate(path: Path) -> dict[str, Any]:

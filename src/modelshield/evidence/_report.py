@@ -58,11 +58,18 @@ class EvidenceReport:
     audit_excerpt: tuple[Mapping[str, Any], ...] = ()
     commands: tuple[str, ...] = ()
     certificate: Mapping[str, Any] = field(default_factory=dict)
+    #: the suspect file's SHA-256 (hex), when the suspect is a file
+    suspect_sha256: str | None = None
+    #: the certificate verifies and the suspect file is byte for byte the certified model
+    identical_to_certified: bool = False
 
     @property
     def ours(self) -> bool:
-        """True when the certificate verifies and at least one watermark test verifies."""
-        return self.certificate_ok and any(t.verified for t in self.tests)
+        """True when the certificate verifies and the suspect is the certified file itself or
+        at least one watermark test verifies."""
+        return self.certificate_ok and (
+            self.identical_to_certified or any(t.verified for t in self.tests)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,8 +112,12 @@ def gather_evidence(
     tsa_certificate_pem: bytes | None = None,
     commands: Sequence[str] = (),
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    suspect_sha256: str | None = None,
 ) -> EvidenceReport:
     """Run every verification that applies and collect the report.
+
+    ``suspect_sha256`` (hex) is the suspect file's digest: when it is the certified model's, the
+    report says the suspect is that very file (the watermark tests still run).
 
     ``response_trace`` runs the per-client response-watermark trace against a predict function and
     returns :class:`~modelshield.watermark.Verification` objects (most significant first);
@@ -116,11 +127,13 @@ def gather_evidence(
     from modelshield import watermark
 
     owner: str | None = None
+    identical = False
     try:
         check = verify_certificate(
             certificate, trusted_key, tsa_certificate_pem=tsa_certificate_pem
         )
         owner = check.owner
+        identical = suspect_sha256 is not None and suspect_sha256.lower() == check.model_sha256
         stamp = (
             f"; RFC 3161 time-stamp {check.timestamp}"
             if check.timestamp
@@ -187,6 +200,8 @@ def gather_evidence(
         audit_excerpt=tuple(excerpt[:20]),
         commands=tuple(commands),
         certificate=certificate,
+        suspect_sha256=suspect_sha256,
+        identical_to_certified=identical,
     )
 
 
@@ -214,6 +229,12 @@ def plain_summary(report: EvidenceReport) -> str:
     else:
         parts.append("The ownership certificate could NOT be verified; the findings below lack "
                      "that anchor.")  # fmt: skip
+    if report.identical_to_certified:
+        parts.append(
+            "The suspect file is byte for byte the model the owner certified: its SHA-256 "
+            "digest is the one in the signed certificate (another file has the same digest with "
+            "a probability of about 1 in 10^77)."
+        )
     verified = [t for t in report.tests if t.verified]
     if verified:
         best = min(verified, key=lambda t: t.p_value)
@@ -223,12 +244,12 @@ def plain_summary(report: EvidenceReport) -> str:
             f"that a model made independently matches the secret answers at least this well is "
             f"{_odds(best.p_value)} (p = {_p(best.p_value)})."
         )
-    elif report.tests:
+    elif report.tests and not report.identical_to_certified:
         parts.append(
             "No watermark was found in the suspect at the required level of confidence; this "
             "report does not show that the suspect was copied from the owner's model."
         )
-    else:
+    elif not report.identical_to_certified:
         parts.append("No watermark test could be run on the suspect.")
     if report.leaking_client:
         parts.append(
@@ -269,6 +290,8 @@ def render_evidence_html(report: EvidenceReport) -> str:
         ["owner", body.get("owner", "-")],
         ["issued at", body.get("issued_at", "-")],
         ["model SHA-256", (body.get("model") or {}).get("sha256", "-")],
+        ["suspect file SHA-256", (report.suspect_sha256 or "- (not a file)")
+         + (" (identical: the certified model itself)" if report.identical_to_certified else "")],
         ["signer key id", (body.get("signer") or {}).get("key_id", "-")],
         ["commitments opened", ", ".join(report.commitments_opened) or "-"],
         ["signature check", ("valid: " if report.certificate_ok else "FAILED: ")
