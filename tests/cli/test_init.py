@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,5 +72,9 @@ def test_init_with_good_rows_enables_detection(
     assert r.returncode == 0, r.stderr
     config = load_config(tmp_path / "d" / "shield.toml")
     assert config.detection.enabled
+    # a request body of the first calibration rows to try the gateway with, and the line to send it
+    sample = json.loads((tmp_path / "d" / "sample-request.json").read_text())
+    assert np.array_equal(np.asarray(sample["inputs"], np.float32), data.x_test[:3])
+    assert "-d @d/sample-request.json" in " ".join(r.stdout.split())
     assert config.detection.reference is not None
     assert config.detection.calibration is not None

@@ -87,6 +87,15 @@ def test_serve_one_worker_answers_and_stops_cleanly(
         r = _predict(url, key)
         assert r.status_code == 200, r.text
         assert len(r.json()["labels"]) == 1
+        # the sample request `init` writes and prints, sent as its curl line sends it
+        r = httpx.post(
+            f"{url}/v1/models/digits/predict",
+            content=(cwd / "sample-request.json").read_bytes(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["labels"]) == 3
         assert _predict(url, "msk_not_a_key").status_code == 401
     finally:
         assert _stop(proc) == 0

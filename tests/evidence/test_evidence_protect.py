@@ -156,6 +156,16 @@ def test_protect_without_data_writes_detection_off_and_servable(
     assert not config.detection.enabled
     assert config.watermark.enabled
     assert _served(report, server) == ({"digits"}, set())
+    # the same default profile as `modelshield init` (protect once wrote a weaker one of its
+    # own: no reverse sigmoid, 1 % of answers watermarked, no marks on uncertain answers)
+    from modelshield.gateway import init_deployment
+
+    scaffolded = load_config(init_deployment(tmp_path / "init", source).config)
+    assert config.tiers == scaffolded.tiers
+    assert config.watermark.model_dump(exclude={"key"}) == scaffolded.watermark.model_dump(
+        exclude={"key"}
+    )
+    assert config.tiers["standard"].output[0].startswith("reverse_sigmoid")
 
 
 @pytest.mark.parametrize("case", ["bad model", "bad data", "seal fails", "user file"])

@@ -179,6 +179,7 @@ def test_batch_over_tier_limit_is_413(live: LiveGateway) -> None:
     with live.client() as c:
         r = predict(c, [[0.0] * 64] * 257)
     assert r.status_code == 413
+    assert r.json()["error"]["code"] == "too_large"  # as for a body too large
     assert "too many rows" in r.json()["error"]["message"]
 
 

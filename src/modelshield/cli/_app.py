@@ -54,6 +54,11 @@ def root(
         )
 
 
+def debug_enabled() -> bool:
+    """Whether this command runs with ``--debug``."""
+    return bool(_state.get("debug"))
+
+
 def main() -> None:
     """Entry point of the ``modelshield`` command: one clear line and an exit code per error."""
     from modelshield.cli import _commands

@@ -49,6 +49,13 @@ def init(
     console.print(f"  modelshield clients add alice --models {report.model_name} --config {cfg}")
     console.print(f"  modelshield admin enroll root --config {cfg}")
     console.print(f"  modelshield serve --config {cfg}")
+    if report.sample_request is not None:
+        console.print(
+            f"  curl -s -X POST http://127.0.0.1:8000/v1/models/{report.model_name}/predict "
+            "-H \"Authorization: Bearer $ALICE_KEY\" -H 'Content-Type: application/json' "
+            f"-d @{report.sample_request}",
+            soft_wrap=True,
+        )
     console.print(
         "  keep keys/owner.signing.key offline once the model is signed; back up keys/ safely"
     )

@@ -80,7 +80,8 @@ def protect(
                 output.rmdir()
         raise
     for step in report.steps:
-        console.print(f"[green]✓[/green] {step}")
+        mark = "[yellow]-[/yellow]" if " skipped" in step else "[green]✓[/green]"
+        console.print(f"{mark} {step}")
     if report.accuracy_before is not None and report.accuracy_after is not None:
         console.print(
             f"accuracy on held-out data: {report.accuracy_before:.4f} before, "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from modelshield._files import write_atomic
-from modelshield.cli._app import console
+from modelshield.cli._app import console, debug_enabled
 
 
 def matrix(
@@ -33,10 +35,15 @@ def matrix(
 
     settings = load_redteam_config(config)
     total = len(settings.attacks) * len(settings.defences) * len(settings.budgets)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console,
-    ) as progress:  # fmt: skip
+    # the attacks are meant to set off the detectors: their alerts are in the report, and would
+    # only interleave with the progress bar here (--debug shows them)
+    alerts = logging.getLogger("modelshield.alerts")
+    with contextlib.ExitStack() as stack:
+        if not debug_enabled():
+            stack.callback(alerts.setLevel, alerts.level)
+            alerts.setLevel(logging.ERROR)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        progress = stack.enter_context(Progress(*columns, TimeElapsedColumn(), console=console))
         task = progress.add_task("red team", total=total)
         wanted = set(settings.defences)
         result = run_redteam(

@@ -32,50 +32,9 @@ from modelshield.errors import InvalidInputError, UnsupportedModelError
 
 Progress = Callable[[str], None]
 
-_CONFIG = """\
-# shield.toml written by `modelshield protect`. Relative paths are relative to this file.
+_NOTE = """\
 # Put the server's identity (the private key of the recipient the model was sealed for) at
 # keys/server.key with mode 0600 before serving.
-
-[server]
-host = "127.0.0.1"
-port = 8000
-
-[models.{name}]
-path = "{sealed}"
-identity = "keys/server.key"
-require_signer = "keys/owner.signing.pub"
-
-[registry]
-url = "sqlite:///state/registry.db"
-
-[audit]
-url = "sqlite:///state/audit.db"
-key = {{ file = "keys/audit.key" }}
-
-[state]
-url = "memory://"
-
-[tiers.standard]
-requests_per_second = 10.0
-burst = 20
-budget_rows = 2000
-budget_period = "24h"
-max_batch_rows = 100
-output = ["top_k:3", "round:2"]
-
-# Extraction detection: fitted on the rows given to `protect --data` (held-out rows calibrate)
-[detection]
-enabled = {detection}
-action = "block"
-{reference}
-[watermark]
-enabled = true
-share = 0.01
-key = {{ file = "keys/response-watermark.key" }}
-
-[evidence]
-certificate = "{certificate}"
 """
 
 
@@ -152,6 +111,7 @@ def protect_model(
         dump_certificate,
         dump_openings,
     )
+    from modelshield.gateway import default_config
     from modelshield.models import SklearnPredictor, detect_format, load_model
 
     say = progress or (lambda message: None)
@@ -270,13 +230,11 @@ def protect_model(
                 write_atomic(directory / "models" / f"{name}.calibration.npy", npy_bytes(x_eval))
                 detection += f'calibration = "models/{name}.calibration.npy"\n'
         config = directory / "shield.toml"
-        text = _CONFIG.format(
-            name=name,
-            sealed=f"models/{name}.sealed",
-            certificate="certificate.json",
-            detection="true" if x_train is not None else "false",
-            reference=detection,
-        )
+        text = default_config(
+            name, detection=x_train is not None, reference_lines=detection,
+            written_by="protect", note=_NOTE,
+        )  # fmt: skip
+        text += '\n[evidence]\ncertificate = "certificate.json"\n'
         write_atomic(config, text.encode(), mode=0o644)
         steps.append("certified, sealed, signed; secrets sealed to the owner; shield.toml written")
     return ProtectReport(

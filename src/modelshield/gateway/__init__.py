@@ -15,7 +15,7 @@ from modelshield.gateway._harden import (
     TopK,
     parse_policy,
 )
-from modelshield.gateway._init import InitReport, init_deployment
+from modelshield.gateway._init import InitReport, default_config, init_deployment
 from modelshield.gateway._limits import (
     LimitDecision,
     LimitRule,
@@ -53,6 +53,7 @@ __all__ = [
     "TopK",
     "build_app",
     "create_app",
+    "default_config",
     "init_deployment",
     "load_served_model",
     "open_gateway",

@@ -174,8 +174,9 @@ def _map_error(exc: ShieldError) -> HttpError:
         return HttpError(429, "rate_limited", str(exc), headers)
     if isinstance(exc, InvalidInputError):
         message = str(exc)
-        status = 413 if message.startswith("too many rows") else 422
-        return HttpError(status, "invalid_input", message)
+        if message.startswith("too many rows"):  # the same 413 and code as a body too large
+            return HttpError(413, "too_large", message)
+        return HttpError(422, "invalid_input", message)
     if isinstance(exc, ServiceUnavailableError):
         return HttpError(
             503, "unavailable", "service temporarily unavailable", {"Retry-After": "1"}

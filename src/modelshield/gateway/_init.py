@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -9,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelshield._files import load_npy, npy_bytes, write_atomic
 from modelshield.errors import InvalidInputError
 
 _TEMPLATE = """\
-# shield.toml written by `modelshield init`. Relative paths are relative to this file.
+# shield.toml written by `modelshield {written_by}`. Relative paths are relative to this file.
 # Every field is documented in docs/gateway.md and in shield.example.toml.
-
+{note}
 [server]
 host = "127.0.0.1"        # loopback by default: put a TLS-terminating proxy in front to expose it
 port = 8000
@@ -91,6 +94,31 @@ level = "INFO"
 """
 
 
+def default_config(
+    name: str,
+    *,
+    detection: bool,
+    reference_lines: str,
+    image_shape: str = "",
+    written_by: str = "init",
+    note: str = "",
+) -> str:
+    """The documented shield.toml with the default profile, for the model ``name`` sealed at
+    ``models/NAME.sealed`` (what ``modelshield init`` and ``modelshield protect`` write).
+
+    ``reference_lines`` are the detection section's reference/calibration lines (or a comment),
+    ``image_shape`` an optional model line, ``note`` comment lines for the top of the file.
+    """
+    return _TEMPLATE.format(
+        name=name,
+        image_shape=image_shape,
+        detection="true" if detection else "false",
+        reference=reference_lines,
+        written_by=written_by,
+        note=note,
+    )
+
+
 @dataclass(frozen=True)
 class InitReport:
     """What :func:`init_deployment` wrote."""
@@ -102,6 +130,8 @@ class InitReport:
     server_key: Path
     owner_signing_key: Path
     audit_key: Path
+    #: a JSON request body of a few honest rows to try the gateway with (None without rows)
+    sample_request: Path | None = None
 
 
 def _model_name(path: Path) -> str:
@@ -152,6 +182,7 @@ def init_deployment(
         raise InvalidInputError(f"{directory} already holds a deployment; choose an empty folder")
     ref_rows: Any = None
     cal_rows: Any = None
+    sample_rows: Any = None
     image_shape = ""
     if model is None and (reference is not None or calibration is not None):
         raise InvalidInputError(
@@ -175,6 +206,7 @@ def init_deployment(
         name = DEMO_MODEL_NAME
         # the demo's own split: train rows fit the detectors, half the held-out rows calibrate
         ref_rows, cal_rows = demo.x_train, demo.x_test[: len(demo.x_test) // 2]
+        sample_rows = demo.x_test[len(demo.x_test) // 2 :][:3]  # held out of both
         image_shape = "image_shape = [8, 8]                          # rows are 8x8 images\n"
     for sub in (keys, directory / "models", directory / "state"):
         sub.mkdir(parents=True, exist_ok=True)
@@ -197,12 +229,17 @@ def init_deployment(
         if cal_rows is not None:
             write_atomic(directory / "models" / f"{name}.calibration.npy", npy_bytes(cal_rows))
             detection_lines += f'calibration = "models/{name}.calibration.npy"\n'
-    text = _TEMPLATE.format(
-        name=name,
+    sample: Path | None = None
+    if sample_rows is None:
+        sample_rows = cal_rows if cal_rows is not None else ref_rows
+    if sample_rows is not None:
+        sample = directory / "sample-request.json"
+        body = {"inputs": np.asarray(sample_rows[:3]).tolist()}
+        write_atomic(sample, json.dumps(body).encode() + b"\n", mode=0o644)
+    text = default_config(
+        name, detection=ref_rows is not None, reference_lines=detection_lines,
         image_shape=image_shape,
-        detection="true" if ref_rows is not None else "false",
-        reference=detection_lines,
-    )
+    )  # fmt: skip
     write_atomic(config_path, text.encode(), mode=0o644)
     return InitReport(
         directory=directory,
@@ -212,6 +249,7 @@ def init_deployment(
         server_key=server.private,
         owner_signing_key=owner.private,
         audit_key=audit_key,
+        sample_request=sample,
     )
 
 

@@ -46,6 +46,8 @@ from modelshield.models._base import FloatArray
 from modelshield.stores import DetectorStateStore
 
 _log = logging.getLogger(__name__)
+#: extraction alerts (WARNING), under a stable name that operators can route to their SIEM
+_alerts = logging.getLogger("modelshield.alerts")
 
 _FLAG_OF = {"throttle": "throttle", "degrade": "degrade", "block": "block"}
 
@@ -184,7 +186,7 @@ class DetectionObserver:
         out: dict[str, Any] = {"scores": latest} if latest else {}
         if alert is not None:
             out["alert"] = alert.to_dict()
-            _log.warning("extraction alert for client %s: %s", client, out["alert"]["evidence"])
+            _alerts.warning("extraction alert for client %s: %s", client, out["alert"]["evidence"])
             if self.webhook is not None:
                 threading.Thread(target=self.webhook, args=(out["alert"],), daemon=True).start()
         strongest = self.policy.strongest(actions)
