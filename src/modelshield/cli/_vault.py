@@ -243,7 +243,9 @@ def verify(
     result = vault.verify(input, trusted, found)
     scope = "every segment decrypted" if result.segments_checked else "payload digest matches"
     console.out(
-        f"verified: signed by {result.signer}; {scope} ({result.payload_digest})", highlight=False
+        f"verified: signed by {result.signer}; {scope} "
+        f"(sealed payload {result.payload_digest}, a digest of the ciphertext, not of the model)",
+        highlight=False,
     )
 
 
