@@ -136,12 +136,12 @@ def test_another_model_file_is_refused(
     shutil.copy(model, other)
     with other.open("ab") as fh:
         fh.write(b"\x00")
-    with pytest.raises(IntegrityError, match="certificate verifies, but other.onnx is not the"):
+    with pytest.raises(IntegrityError, match=r"certificate verifies, but other\.onnx is not the"):
         verify_certificate(certificate[0], trusted, model=other)
     # a forged certificate with that file is still only "does not verify"
     forged = json.loads(json.dumps(certificate[0]))
     forged["body"]["owner"] = "Mallory"
-    with pytest.raises(IntegrityError, match="^certificate does not verify$"):
+    with pytest.raises(IntegrityError, match=r"^certificate does not verify$"):
         verify_certificate(forged, trusted, model=other)
 
 
