@@ -82,3 +82,41 @@ def test_clearing_a_flag_resets_the_shared_detector_state(
         log.close()
     cleared = [r for r in records if r["reason"] == f"flag:{client}:clear"]
     assert cleared[0]["extra"]["detector_state_reset"] is True
+
+
+def test_clients_resume_lifts_the_block_an_admin_api_suspension_set(
+    tmp_path: Path, redis_url: str, modelshield_cli: Any
+) -> None:
+    """The admin API's suspend also sets "block" in the shared state store; `clients resume` on
+    the command line once left that flag, so the resumed client stayed refused (403)."""
+    from modelshield import access
+
+    path = write_config(tmp_path, f"[state]\nurl = '{redis_url}'\n")
+    config = load_config(path)
+    name = f"resumed-{uuid.uuid4().hex[:8]}"
+    with access.open_registry(config.registry.url) as registry:
+        registry.add(name, models=["digits"])
+        registry.suspend(name)
+    store = RedisLimitStore(redis_url)
+    try:
+        store.set_flag(name, "block")  # what POST /v1/admin/clients/NAME/suspend does
+        r = modelshield_cli("clients", "resume", name, "--config", str(path), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert store.get_flag(name) is None
+        assert f"cleared {name}'s flag (block)" in " ".join(r.stdout.split())
+        # a client without a flag: resumed, nothing cleared, nothing more audited
+        registry_again = access.open_registry(config.registry.url)
+        with registry_again as registry:
+            registry.suspend(name)
+        r = modelshield_cli("clients", "resume", name, "--config", str(path), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "cleared" not in r.stdout
+    finally:
+        store.set_flag(name, None)
+        store.close()
+    log = open_audit_store(config.audit.url)
+    try:
+        records = list(audit.export(log))
+    finally:
+        log.close()
+    assert [r["reason"] for r in records if r["decision"] == "admin"] == [f"flag:{name}:resume"]

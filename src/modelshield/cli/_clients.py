@@ -164,9 +164,12 @@ def _status_command(verb: str, past: str) -> None:
         name_or_key_id: Annotated[str, typer.Argument(help="Client name or key id.")],
         config: ConfigOption = _DEFAULT_CONFIG,
     ) -> None:
-        with _open(_load(config)) as registry:
+        settings = _load(config)
+        with _open(settings) as registry:
             client = getattr(registry, verb)(name_or_key_id)
         console.print(f"{past} key {client.key_id} of client {client.name}", markup=False)
+        if verb == "resume":
+            _lift_block(settings, client.name)
 
     command.__doc__ = {
         "revoke": "Revoke a key for good (effective on every replica within 1 second).",
@@ -174,6 +177,33 @@ def _status_command(verb: str, past: str) -> None:
         "resume": "Accept a suspended key again.",
     }[verb]
     clients_app.command(verb)(command)
+
+
+def _lift_block(settings: Config, name: str) -> None:
+    """What the admin API's resume also does: a suspension through the admin API or the
+    dashboard set a "block" flag in the state store, which the registry's resume alone would
+    leave in place. Clears a flag found there (audited, as `flags clear` does)."""
+    from modelshield.cli._flags import clear_and_audit
+    from modelshield.gateway import open_limit_store
+
+    if settings.state.url.startswith("memory://"):
+        console.print(
+            "note: with memory:// state a flag lives inside the running gateway; if the client "
+            "is still refused, clear it with the admin API or the dashboard",
+            markup=False,
+        )
+        return
+    store = open_limit_store(settings.state.url)
+    try:
+        flag = store.get_flag(name)
+    except BaseException:
+        store.close()
+        raise
+    if flag is None:
+        store.close()
+        return
+    previous, reset = clear_and_audit(settings, store, name, reason="resume")
+    console.print(f"cleared {name}'s flag ({previous}){reset}; audited", markup=False)
 
 
 _status_command("revoke", "revoked")

@@ -58,10 +58,20 @@ def clear_flag(
     config: ConfigOption = Path("shield.toml"),
 ) -> None:
     """Clear a client's flag (an audit record says who did it and when)."""
+    settings, store = _store(config)
+    previous, reset = clear_and_audit(settings, store, client, reason="clear")
+    console.print(f"cleared {client}'s flag ({previous or 'none'}){reset}; audited")
+
+
+def clear_and_audit(
+    settings: Config, store: LimitStore, client: str, *, reason: str
+) -> tuple[str | None, str]:
+    """Clear ``client``'s flag in the shared ``store`` (closed here), write the audit record
+    (``flag:CLIENT:REASON``), then reset its shared detector state. Returns the previous flag
+    and a note for the user ("; detector state reset" or "")."""
     from modelshield import audit
     from modelshield.stores import open_audit_store
 
-    settings, store = _store(config)
     try:
         previous = store.get_flag(client)
         store.set_flag(client, None)
@@ -81,7 +91,7 @@ def clear_flag(
                     rows=0,
                     output_summary="clear-flag",
                     decision="admin",
-                    reason=f"flag:{client}:clear",
+                    reason=f"flag:{client}:{reason}",
                     status=200,
                     extra={
                         "previous": previous,
@@ -99,8 +109,7 @@ def clear_flag(
             f"cleared {client}'s flag (audited), but its detector state could not be reset: "
             f"{exc}; run the command again"
         ) from None
-    reset = "; detector state reset" if forgotten else ""
-    console.print(f"cleared {client}'s flag ({previous or 'none'}){reset}; audited")
+    return previous, "; detector state reset" if forgotten else ""
 
 
 def _shares_detector_state(config: Config) -> bool:
