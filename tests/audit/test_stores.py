@@ -232,3 +232,72 @@ def _append_a_kind_to_an_old_log(store: AuditStore, kind: str) -> None:
         assert [(m.mark.label, m.mark.kind) for m in kept] == [(3, ""), (5, kind)]
     finally:
         store.close()
+
+
+def test_a_read_only_sqlite_store_changes_nothing_and_reports_a_dropped_table(
+    tmp_path: Path,
+) -> None:
+    """`audit verify` once re-created a dropped table in the log it was checking."""
+    import hashlib
+
+    from modelshield.errors import IntegrityError
+
+    path = tmp_path / "audit.db"
+    with pytest.raises(ServiceUnavailableError, match="no file"):
+        open_audit_store(f"sqlite:///{path}", read_only=True)
+    assert not path.exists()  # nothing created either
+    store = SQLiteAuditStore(path)
+    with AuditLog(store, bytes(32)) as log:
+        log.append(ev(0)).result(timeout=10)
+    store.close()
+    reader = open_audit_store(f"sqlite:///{path}", read_only=True)
+    try:
+        assert verify(reader, bytes(32)).ok
+        with pytest.raises(ServiceUnavailableError):  # no write gets through
+            reader.append_batch([], reader.heads()[0], [])
+    finally:
+        reader.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE audit_records")
+    conn.close()
+    before = hashlib.sha256(path.read_bytes()).digest()
+    reader = open_audit_store(f"sqlite:///{path}", read_only=True)
+    try:
+        with pytest.raises(IntegrityError, match="no such table: audit_records"):
+            verify(reader, bytes(32))
+    finally:
+        reader.close()
+    assert hashlib.sha256(path.read_bytes()).digest() == before
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "audit_records" not in tables
+
+
+@pytest.mark.services
+def test_a_read_only_postgres_store_creates_no_table(pg_schema: tuple[str, str]) -> None:
+    import psycopg
+
+    from modelshield.errors import IntegrityError
+    from modelshield.stores._audit_postgres import PostgresAuditStore
+
+    dsn, schema = pg_schema
+    store = PostgresAuditStore(dsn, schema=schema)  # a writer creates the tables
+    with AuditLog(store, bytes(32)) as log:
+        log.append(ev(0)).result(timeout=10)
+    store.close()
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'DROP TABLE "{schema}".audit_records')
+    reader = PostgresAuditStore(dsn, schema=schema, read_only=True)
+    try:
+        with pytest.raises(IntegrityError, match="audit_records"):
+            verify(reader, bytes(32))
+    finally:
+        reader.close()
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        found = admin.execute(
+            "SELECT count(*) FROM information_schema.tables"
+            " WHERE table_schema = %s AND table_name = 'audit_records'",
+            (schema,),
+        ).fetchone()
+    assert found == (0,)

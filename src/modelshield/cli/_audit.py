@@ -48,7 +48,7 @@ def verify_command(config: ConfigOption = Path("shield.toml")) -> None:
 
     loaded = _load(config)
     key = audit_key_from_config(loaded)
-    store = open_audit_store(loaded.audit.url)
+    store = open_audit_store(loaded.audit.url, read_only=True)
     try:
         report = verify(store, key)
     finally:
@@ -112,7 +112,7 @@ def export_command(
     if format_ != "jsonl":
         raise typer.BadParameter("only jsonl is supported", param_hint="--format")
     start = _parse_since(since)
-    store = open_audit_store(_load(config).audit.url)
+    store = open_audit_store(_load(config).audit.url, read_only=True)
     count = 0
     with ExitStack() as stack:
         stack.callback(store.close)

@@ -61,7 +61,7 @@ def response_trace(
         uncertain_below=config.watermark.uncertain_below,
         image_shape=config.models[name].image_shape,
     )
-    store = open_audit_store(config.audit.url)
+    store = open_audit_store(config.audit.url, read_only=True)
     try:
         by_client = audit.marks_by_client(store)
     finally:
@@ -136,7 +136,7 @@ def audit_check(
     from modelshield.stores import open_audit_store
 
     def check(client: str | None) -> tuple[bool | None, str, list[dict[str, Any]]]:
-        store = open_audit_store(config.audit.url)
+        store = open_audit_store(config.audit.url, read_only=True)
         try:
             report = audit.verify(store, audit.audit_key_from_config(config))
             excerpt: Sequence[dict[str, Any]] = (

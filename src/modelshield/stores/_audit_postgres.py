@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from modelshield.audit import AuditRecord, MarkRecord, SegmentHead
-from modelshield.errors import ServiceUnavailableError
+from modelshield.errors import IntegrityError, ServiceUnavailableError
 from modelshield.stores._audit_sqlite import (
     HEAD_COLUMNS,
     MARK_COLUMNS,
@@ -62,8 +62,10 @@ ALTER TABLE {schema}.audit_marks ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEF
 """
 
 
-def _unavailable(exc: BaseException) -> ServiceUnavailableError:
+def _unavailable(exc: BaseException) -> ServiceUnavailableError | IntegrityError:
     first = str(exc).splitlines()[0] if str(exc) else ""
+    if type(exc).__name__ == "UndefinedTable":  # read only: the log's tables are not there
+        return IntegrityError(f"the audit log is damaged or was never written: {first}")
     return ServiceUnavailableError(f"audit store unavailable: {type(exc).__name__}: {first}")
 
 
@@ -113,7 +115,14 @@ class _PostgresReader:
 class PostgresAuditStore:
     """An :class:`~modelshield.audit.AuditStore` in PostgreSQL (``schema`` isolates deployments)."""
 
-    def __init__(self, dsn: str, *, schema: str = "public", connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        connect_timeout: float = 5.0,
+        read_only: bool = False,
+    ) -> None:
         try:
             import psycopg
         except ImportError:  # pragma: no cover - depends on the installed extras
@@ -126,6 +135,7 @@ class PostgresAuditStore:
         self._dsn = dsn
         self._schema = schema
         self._timeout = connect_timeout
+        self._read_only = read_only  # no schema created; every transaction READ ONLY
         self._lock = threading.Lock()
         self._conn: Any = None
         self._closed = False
@@ -160,8 +170,11 @@ class PostgresAuditStore:
             conn = self._open()
             try:
                 with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._schema,))
-                    conn.execute(_SCHEMA.format(schema=f'"{self._schema}"'))
+                    if self._read_only:
+                        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                    else:
+                        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._schema,))
+                        conn.execute(_SCHEMA.format(schema=f'"{self._schema}"'))
                     # a stuck server fails the batch closed instead of holding requests forever
                     conn.execute("SET statement_timeout = '10s'")
             except self._psycopg.Error as exc:

@@ -210,6 +210,8 @@ def _unavailable(exc: BaseException) -> ServiceUnavailableError | IntegrityError
     first = str(exc).splitlines()[0] if str(exc) else ""
     if type(exc) is sqlite3.DatabaseError:  # "file is not a database", "malformed": damage
         return IntegrityError(f"the audit log file is damaged: {first}")
+    if first.startswith("no such table: audit_"):  # read only: a log table was dropped
+        return IntegrityError(f"the audit log file is damaged: {first}")
     return ServiceUnavailableError(f"audit store unavailable: {type(exc).__name__}: {first}")
 
 
@@ -258,6 +260,7 @@ class SQLiteAuditStore:
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout: float = 5.0,
         lock_file: bool = True,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")
@@ -269,6 +272,11 @@ class SQLiteAuditStore:
         self._lock_file = lock_file  # False: SQLite's busy handler alone (see the docstring)
         self._write_lock: int | None = None  # fd of PATH.lock, opened at the first write
         self._closed = False
+        # read only (verify, export, evidence): the file must exist, and nothing in it changes,
+        # not even the tables a writer would create
+        self._read_only = read_only
+        if read_only and not self.path.is_file():
+            raise ServiceUnavailableError(f"audit store unavailable: no file {self.path}")
         with self._lock:
             self._connection()
 
@@ -276,6 +284,14 @@ class SQLiteAuditStore:
         return f"SQLiteAuditStore({str(self.path)!r})"
 
     def _open(self) -> sqlite3.Connection:
+        if self._read_only:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=self._busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            return conn
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -308,6 +324,8 @@ class SQLiteAuditStore:
             conn: sqlite3.Connection | None = None
             try:
                 conn = self._open()
+                if self._read_only:
+                    return conn
                 conn.executescript(_SCHEMA)
                 _add_mark_kinds(conn)
                 # the log holds client ids and watermarked query rows: keep it private (an
@@ -489,10 +507,13 @@ def sqlite_backup(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[
     return dst
 
 
-def open_audit_store(url: str, **options: Any) -> AuditStore:
+def open_audit_store(url: str, *, read_only: bool = False, **options: Any) -> AuditStore:
     """The audit store a URL names: ``sqlite:///path``, ``postgresql://...`` or ``memory://``.
 
     A SQLite URL may end in ``?synchronous=NORMAL`` (see the module docstring for the trade-off).
+    ``read_only`` (for verifying and exporting) opens an existing log without creating or
+    changing anything in it: a missing SQLite file is :class:`ServiceUnavailableError`, a
+    missing table :class:`IntegrityError`.
     """
     if url.startswith("sqlite:///"):
         path, _, query = url[len("sqlite:///") :].partition("?")
@@ -501,11 +522,11 @@ def open_audit_store(url: str, **options: Any) -> AuditStore:
             if name != "synchronous" or value.upper() not in ("FULL", "NORMAL"):
                 raise ConfigError(f"audit.url: unsupported SQLite option {item!r}")
             options["synchronous"] = value.upper()
-        return SQLiteAuditStore(path, **options)
+        return SQLiteAuditStore(path, read_only=read_only, **options)
     if url.startswith(("postgresql://", "postgres://")):
         from modelshield.stores._audit_postgres import PostgresAuditStore
 
-        return PostgresAuditStore(url, **options)
+        return PostgresAuditStore(url, read_only=read_only, **options)
     if url == "memory://":
         from modelshield.stores._audit_memory import MemoryAuditStore
 
