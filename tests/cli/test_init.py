@@ -78,3 +78,20 @@ def test_init_with_good_rows_enables_detection(
     assert "-d @d/sample-request.json" in " ".join(r.stdout.split())
     assert config.detection.reference is not None
     assert config.detection.calibration is not None
+
+
+def test_init_keeps_keys_and_state_to_the_owner(tmp_path: Path) -> None:
+    """state/ holds the registry (TOTP secrets in clear) and the audit log: 0700, as keys/ (it
+    was once left at the umask's 0755)."""
+    import os
+    import stat
+
+    from modelshield.gateway import init_deployment
+
+    old = os.umask(0o022)
+    try:
+        report = init_deployment(tmp_path / "d")
+    finally:
+        os.umask(old)
+    for sub in ("keys", "state"):
+        assert stat.S_IMODE((report.directory / sub).stat().st_mode) == 0o700, sub

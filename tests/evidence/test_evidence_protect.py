@@ -155,6 +155,7 @@ def test_protect_without_data_writes_detection_off_and_servable(
     config = load_config(report.config)
     assert not config.detection.enabled
     assert config.watermark.enabled
+    assert (report.directory / "state").stat().st_mode & 0o777 == 0o700  # registry, audit log
     assert _served(report, server) == ({"digits"}, set())
     # the same default profile as `modelshield init` (protect once wrote a weaker one of its
     # own: no reverse sigmoid, 1 % of answers watermarked, no marks on uncertain answers)

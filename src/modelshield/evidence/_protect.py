@@ -195,7 +195,8 @@ def protect_model(
         keys = directory / "keys"
         keys.mkdir(mode=0o700, exist_ok=True)
         (directory / "models").mkdir(exist_ok=True)
-        (directory / "state").mkdir(exist_ok=True)
+        (directory / "state").mkdir(mode=0o700, exist_ok=True)
+        os.chmod(directory / "state", 0o700)  # the registry and audit databases (umask aside)
         say("certifying, sealing and signing")
         suffix = ".onnx" if obfuscated else model.suffix
         sealed = directory / "models" / f"{name}.sealed"

@@ -210,7 +210,9 @@ def init_deployment(
         image_shape = "image_shape = [8, 8]                          # rows are 8x8 images\n"
     for sub in (keys, directory / "models", directory / "state"):
         sub.mkdir(parents=True, exist_ok=True)
+    # keys, and the registry (TOTP secrets in clear) and audit databases: the owner's only
     os.chmod(keys, 0o700)
+    os.chmod(directory / "state", 0o700)
     server = vault.keygen(keys / "server")
     owner = vault.keygen(keys / "owner", signing=True)
     audit_key = audit.write_audit_key(keys / "audit.key", audit.generate_audit_key())
