@@ -103,6 +103,23 @@ def test_serve_one_worker_answers_and_stops_cleanly(
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(
+    deployment: tuple[Path, str], modelshield_cli: Any
+) -> None:
+    """It once announced the gateway, loaded everything, then exited 3 (uvicorn's startup
+    failure code, which reads as an integrity failure) with uvicorn's own error line."""
+    cwd, _ = deployment
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = modelshield_cli("serve", "--port", str(port), cwd=cwd)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.strip().startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert "starting" not in r.stdout
+    assert "Traceback" not in r.stderr
+
+
 def test_serve_refuses_several_workers_without_shared_state(
     deployment: tuple[Path, str], modelshield_cli: Any
 ) -> None:

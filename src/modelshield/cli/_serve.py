@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from modelshield.cli._app import console
-from modelshield.errors import ConfigError
+from modelshield.errors import ConfigError, ServiceUnavailableError
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="The deployment's shield.toml.")]
 
@@ -28,6 +28,7 @@ def serve(
     from modelshield.config import load_config
     from modelshield.gateway import open_gateway
     from modelshield.gateway._server import CONFIG_ENV, UnsealedModelWarning, run_uvicorn
+    from modelshield.gateway._workers import STARTUP_FAILURE, check_free
 
     settings = load_config(config)
     # open everything once in this process so that a bad configuration fails here, clearly
@@ -47,17 +48,26 @@ def serve(
     os.environ[CONFIG_ENV] = str(settings.source or config)
     if n_workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelshield-metrics-")
+    check_free(bind_host, bind_port)  # before saying anything about serving there
     console.print(
-        f"modelshield gateway on http://{bind_host}:{bind_port} "
-        f"({n_workers} worker{'s' if n_workers > 1 else ''}, models: {', '.join(settings.models)})"
+        f"modelshield gateway starting on http://{bind_host}:{bind_port} "
+        f"({n_workers} worker{'s' if n_workers > 1 else ''}, models: {', '.join(settings.models)});"
+        " it answers once every worker has loaded its models (the log says when)"
     )
-    run_uvicorn(
-        "modelshield.gateway._server:create_app",
-        host=bind_host,
-        port=bind_port,
-        workers=n_workers,
-        worker_timeout=settings.server.worker_timeout,
-    )
+    try:
+        run_uvicorn(
+            "modelshield.gateway._server:create_app",
+            host=bind_host,
+            port=bind_port,
+            workers=n_workers,
+            worker_timeout=settings.server.worker_timeout,
+        )
+    except SystemExit as exc:
+        if exc.code == STARTUP_FAILURE:  # uvicorn's code; it would read as an integrity error
+            raise ServiceUnavailableError(
+                "the gateway could not start (see the log above)"
+            ) from None
+        raise
 
 
 def register(app: typer.Typer) -> None:
