@@ -305,6 +305,16 @@ def test_audit_page_filters_verifies_and_exports(deployment: Deployment) -> None
     assert len(lines) == 3
     assert {x["client"] for x in lines} == {"alice"}
     assert all(len(x["hash"]) == 64 for x in lines)
+    # filters it does not understand: nothing shown, nothing exported (they once gave everything)
+    for bad in ({"decision": "nope"}, {"from": "notadate"}, {"to": "yesterday"}, {"window": "2y"}):
+        r = session.get("/dashboard/audit/export", params={"client": "alice", **bad})
+        assert r.status_code == 400, bad
+        assert r.text.startswith("filters not understood, nothing exported")
+        page = session.get("/dashboard/audit", params={"client": "alice", **bad}).text
+        assert "Filters not understood, nothing shown" in page
+        assert "<code>" not in page.split('id="audit-trail"')[1]  # no record rows
+    r = session.get("/dashboard/audit/export", params={"decision": "detect", "window": "all"})
+    assert r.status_code == 200  # detect records can be filtered too
 
 
 def test_models_page_shows_the_seal(deployment: Deployment) -> None:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 ACTIONS = {"throttle": "throttle", "block": "block", "clear": None}
-DECISIONS = ("allow", "degrade", "refuse", "admin")
+DECISIONS = ("allow", "degrade", "refuse", "admin", "detect")
 FILTER_FIELDS = ("client", "model", "decision", "window", "from", "to")
 WINDOWS = {"15m": 900.0, "1h": 3600.0, "24h": 86400.0, "7d": 604800.0, "all": math.inf}
 AUDIT_ROWS = 200
@@ -707,16 +707,28 @@ class Dashboard:
         )
 
     def audit_filters(self, request: Request) -> dict[str, Any]:
+        """The audit filters of the query string; ``problems`` names every value that is not
+        understood (then nothing is shown or exported: an export must never hold more records
+        than were asked for)."""
         q = request.query_params
+        problems = []
         window = q.get("window", "1h")
         if window not in WINDOWS:
+            problems.append(f"last: not one of {', '.join(WINDOWS)}")
             window = "1h"
         now = self.gateway.clock()
         since = _parse_time(q.get("from", ""))
+        if since is None and q.get("from", "").strip():
+            problems.append("from: not a date and time (YYYY-MM-DDTHH:MM)")
+        if q.get("to", "").strip() and _parse_time(q.get("to", "")) is None:
+            problems.append("to: not a date and time (YYYY-MM-DDTHH:MM)")
         if since is None and math.isfinite(WINDOWS[window]):
             since = now - WINDOWS[window]
         decision = q.get("decision", "")
+        if decision and decision not in DECISIONS:
+            problems.append(f"decision: not one of {', '.join(DECISIONS)}")
         return {
+            "problems": problems,
             "client": q.get("client", "").strip()[:200] or None,
             "model": q.get("model", "").strip()[:200] or None,
             "decision": decision if decision in DECISIONS else None,
@@ -758,11 +770,19 @@ class Dashboard:
         f = self.audit_filters(request)
         raw = f["raw"]
         csrf = self.signer.csrf_token(session)
-        try:
-            records = self.audit_records(f, AUDIT_ROWS)
-            failure = ""
-        except ShieldError as exc:
-            records, failure = [], f'<p class="error">Audit store unavailable: {e(exc)}</p>'
+        records: list[AuditRecord] = []
+        if f["problems"]:
+            failure = (
+                '<p class="error" id="filter-problems">Filters not understood, nothing shown: '
+                + e("; ".join(f["problems"]))
+                + "</p>"
+            )
+        else:
+            try:
+                records = self.audit_records(f, AUDIT_ROWS)
+                failure = ""
+            except ShieldError as exc:
+                failure = f'<p class="error">Audit store unavailable: {e(exc)}</p>'
         window_options = "".join(
             f'<option value="{k}"{" selected" if k == f["window"] else ""}>{k}</option>'
             for k in WINDOWS
@@ -1009,6 +1029,15 @@ class Dashboard:
         if session is None:
             return self.to_login(request)
         f = self.audit_filters(request)
+        if f["problems"]:
+            await self.audit(session, "audit-export", "dashboard:audit-export:bad-filter", 400)
+            return _secure(
+                Response(
+                    "filters not understood, nothing exported: " + "; ".join(f["problems"]),
+                    status_code=400,
+                    media_type="text/plain",
+                )
+            )
         await self.audit(session, "audit-export", "dashboard:audit-export", 200)
 
         def lines() -> Iterator[bytes]:
