@@ -46,6 +46,21 @@ def test_create_uses_backup_to_and_list_verify_use_config_keys(
         ["backup", "verify", "--to", dest, "--config", str(deployment.config)], monkeypatch, capsys
     )
     assert code == 0, err
+    # without --to, every command takes [backup] to, as create does (they once demanded --to)
+    cfg = ["--config", str(deployment.config)]
+    code, out, err = run_cli(["backup", "list", *cfg], monkeypatch, capsys)
+    assert code == 0, err
+    assert " ok " in out
+    code, _, err = run_cli(["backup", "verify", *cfg], monkeypatch, capsys)
+    assert code == 0, err
+    code, out, err = run_cli(
+        ["backup", "prune", *cfg, "--keep-last", "5", "--dry-run"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)  # no ./shield.toml
+    code, _, err = run_cli(["backup", "list"], monkeypatch, capsys)  # no config, no --to
+    assert code == 1
+    assert "no backup store: pass --to" in err
 
 
 def test_verify_and_restore_need_keys(

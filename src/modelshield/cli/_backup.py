@@ -28,7 +28,10 @@ ENDPOINT_ENV = "MODELSHIELD_S3_ENDPOINT"
 IDENTITY_ENV = "MODELSHIELD_BACKUP_IDENTITY"
 
 ToOption = Annotated[
-    str, typer.Option("--to", help="The backup store: a folder or s3://bucket/prefix.")
+    str | None,
+    typer.Option(
+        "--to", help="The backup store: a folder or s3://bucket/prefix (default: \\[backup] to)."
+    ),
 ]
 ConfigOption = Annotated[
     Path | None,
@@ -63,6 +66,18 @@ def _settings(config: Path | None) -> BackupConfig | None:
             return None
         config = Path("shield.toml")
     return load_backup_config(config)
+
+
+def _destination(to: str | None, settings: BackupConfig | None) -> str:
+    """``--to``, else the configuration's ``[backup] to``."""
+    from modelshield.errors import ConfigError
+
+    found = to or (settings.to if settings is not None else None)
+    if found is None:
+        raise ConfigError(
+            'no backup store: pass --to, or --config with to = "..." in its [backup] table'
+        )
+    return found
 
 
 def _open(
@@ -158,7 +173,7 @@ def create_command(
 
 @backup_app.command("list")
 def list_command(
-    to: ToOption,
+    to: ToOption = None,
     config: ConfigOption = None,
     trust: TrustOption = None,
     endpoint: EndpointOption = None,
@@ -172,6 +187,7 @@ def list_command(
         trusted = _trusted(trust, settings)
     except KeyMissingError:
         trusted = None
+    to = _destination(to, settings)
     store = _open(to, endpoint, settings)
     try:
         listings = list_snapshots(store, trusted)
@@ -201,7 +217,7 @@ def list_command(
 
 @backup_app.command("verify")
 def verify_command(
-    to: ToOption,
+    to: ToOption = None,
     snapshot: Annotated[
         str | None, typer.Option("--snapshot", help="Only this snapshot (id or prefix).")
     ] = None,
@@ -218,6 +234,7 @@ def verify_command(
 
     settings = _settings(config)
     trusted = _trusted(trust, settings)
+    to = _destination(to, settings)
     store = _open(to, endpoint, settings)
     started = time.perf_counter()
     try:
@@ -239,8 +256,8 @@ def verify_command(
 @backup_app.command("restore")
 def restore_command(
     snapshot_id: Annotated[str, typer.Argument(help="The snapshot id (or a unique prefix).")],
-    to: ToOption,
     into: Annotated[Path, typer.Option("--into", help="The folder to restore into.")],
+    to: ToOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing, non-empty folder.")
     ] = False,
@@ -273,6 +290,7 @@ def restore_command(
             f"restore needs the backup private key: pass --identity or ${IDENTITY_ENV}"
         )
     key = vault.load_identity(key_path)
+    to = _destination(to, settings)
     store = _open(to, endpoint, settings)
     try:
         with console.status("restoring..."):
@@ -293,7 +311,7 @@ def restore_command(
 
 @backup_app.command("prune")
 def prune_command(
-    to: ToOption,
+    to: ToOption = None,
     keep_last: Annotated[int, typer.Option("--keep-last", min=0, help="Keep the newest N.")] = 0,
     keep_daily: Annotated[
         int, typer.Option("--keep-daily", min=0, help="Keep the newest of each of N days.")
@@ -317,6 +335,7 @@ def prune_command(
     settings = _settings(config)
     trusted = _trusted(trust, settings)
     policy = RetentionPolicy(keep_last, keep_daily, keep_weekly, keep_monthly)
+    to = _destination(to, settings)
     store = _open(to, endpoint, settings)
     try:
         report = prune(store, trusted, policy, dry_run=dry_run)
