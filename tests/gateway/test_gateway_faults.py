@@ -3,6 +3,7 @@ restart when they return."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -81,14 +82,25 @@ def _eventually_200(url: str, key: str, within: float = 10.0) -> float:
 
 def test_redis_down_is_503_then_recovers(
     faulty: tuple[str, str, CuttableProxy, CuttableProxy, str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from modelshield.gateway import _app
+
+    monkeypatch.setattr(_app, "_last_unavailable_log", [-float("inf")])
     url, key, _pg, redis_proxy, _db = faulty
     assert _post(url, key).status_code == 200
     redis_proxy.cut()
-    r = _post(url, key)
+    with caplog.at_level(logging.WARNING, logger="modelshield.gateway._app"):
+        r = _post(url, key)
+        assert _post(url, key).status_code == 503
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "unavailable"
+    assert "Redis" not in r.text  # the caller learns nothing of the cause ...
     assert "Retry-After" in r.headers
+    said = [m for m in caplog.messages if m.startswith("answering 503: state store unavailable")]
+    assert len(said) == 1, caplog.messages  # ... the operator does, once per 10 s
+    assert "(Redis at 127.0.0.1:" in said[0]
     redis_proxy.restore()
     assert _eventually_200(url, key) < 10
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -162,6 +163,18 @@ def _predict_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str, str | None, s
     )
 
 
+#: at most one log line per this many seconds about a backing service that is down
+UNAVAILABLE_LOG_SECONDS = 10.0
+_last_unavailable_log = [-math.inf]
+
+
+def _warn_unavailable(exc: ServiceUnavailableError) -> None:
+    now = time.monotonic()
+    if now - _last_unavailable_log[0] >= UNAVAILABLE_LOG_SECONDS:
+        _last_unavailable_log[0] = now
+        _log.warning("answering 503: %s (said at most every %.0f s)", exc, UNAVAILABLE_LOG_SECONDS)
+
+
 def _map_error(exc: ShieldError) -> HttpError:
     if isinstance(exc, AuthenticationError):
         return HttpError(401, "unauthenticated", "invalid API key")
@@ -178,6 +191,7 @@ def _map_error(exc: ShieldError) -> HttpError:
             return HttpError(413, "too_large", message)
         return HttpError(422, "invalid_input", message)
     if isinstance(exc, ServiceUnavailableError):
+        _warn_unavailable(exc)  # the caller learns nothing of the cause; the operator must
         return HttpError(
             503, "unavailable", "service temporarily unavailable", {"Retry-After": "1"}
         )

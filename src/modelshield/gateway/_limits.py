@@ -196,6 +196,18 @@ class RedisLimitStore:
         self._prefix = prefix
         self._script = self._redis.register_script(_CONSUME_LUA)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        where = self._redis.connection_pool.connection_kwargs  # never the password
+        self._where = (
+            f"Redis at {where.get('path')}"
+            if where.get("path")
+            else f"Redis at {where.get('host')}:{where.get('port')}/{where.get('db', 0)}"
+        )
+
+    def _unavailable(self, exc: BaseException) -> ServiceUnavailableError:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return ServiceUnavailableError(
+            f"state store unavailable ({self._where}): {type(exc).__name__}: {first}"[:300]
+        )
 
     def _key(self, kind: str, client: str) -> str:
         return f"{self._prefix}:{kind}:{client}"
@@ -220,9 +232,7 @@ class RedisLimitStore:
         try:
             allowed, reason, retry, used, flag = self._script(keys=keys, args=args)
         except self._errors as exc:
-            raise ServiceUnavailableError(
-                f"state store unavailable: {type(exc).__name__}"
-            ) from None
+            raise self._unavailable(exc) from None
         reason = reason.decode() if isinstance(reason, bytes) else str(reason)
         flag_text = flag.decode() if isinstance(flag, bytes) else str(flag)
         retry_after = float(retry)
@@ -245,17 +255,13 @@ class RedisLimitStore:
             else:
                 self._redis.set(self._key("flag", client), flag)
         except self._errors as exc:
-            raise ServiceUnavailableError(
-                f"state store unavailable: {type(exc).__name__}"
-            ) from None
+            raise self._unavailable(exc) from None
 
     def get_flag(self, client: str) -> str | None:
         try:
             value = self._redis.get(self._key("flag", client))
         except self._errors as exc:
-            raise ServiceUnavailableError(
-                f"state store unavailable: {type(exc).__name__}"
-            ) from None
+            raise self._unavailable(exc) from None
         return None if value is None else bytes(value).decode()
 
     def flags(self) -> dict[str, str]:
@@ -267,9 +273,7 @@ class RedisLimitStore:
                 if value is not None:
                     out[bytes(key).decode()[len(prefix) :]] = bytes(value).decode()
         except self._errors as exc:
-            raise ServiceUnavailableError(
-                f"state store unavailable: {type(exc).__name__}"
-            ) from None
+            raise self._unavailable(exc) from None
         return out
 
     def reset(self, client: str) -> None:
@@ -278,9 +282,7 @@ class RedisLimitStore:
                 if not bytes(key).decode().startswith(self._key("flag", "")):
                     self._redis.delete(key)
         except self._errors as exc:
-            raise ServiceUnavailableError(
-                f"state store unavailable: {type(exc).__name__}"
-            ) from None
+            raise self._unavailable(exc) from None
 
     def close(self) -> None:
         self._redis.close()
