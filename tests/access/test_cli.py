@@ -104,7 +104,12 @@ def test_revoke_by_key_id_and_unknown_names(deployment: Path) -> None:
     assert duplicate.returncode == 0
     again = run("clients", "add", "dave", "--models", "digits", cwd=deployment)
     assert again.returncode == 1
-    assert "already" in again.stderr
+    assert "client 'dave' already has a key that is not revoked" in " ".join(again.stderr.split())
+    # a name whose keys are all revoked: the message says so (it once said "no client")
+    assert run("clients", "revoke", "dave", cwd=deployment).returncode == 0
+    gone = run("clients", "resume", "dave", cwd=deployment)
+    assert gone.returncode == 1
+    assert "client 'dave' has no live key: its keys are revoked" in " ".join(gone.stderr.split())
 
 
 @pytest.mark.parametrize(
@@ -115,6 +120,8 @@ def test_revoke_by_key_id_and_unknown_names(deployment: Path) -> None:
         ("clients", "add", "alice", "--models", "digits", "--expires", "99999999999999d"),
         ("clients", "rotate", "alice", "--expires", "99999999999999d"),
         ("clients", "add", "alice", "--models", "digits", "--no-such-option"),
+        ("clients", "add", "bad name", "--models", "digits"),  # once exit 1
+        ("clients", "add", "alice", "--models", ","),
         ("clients", "revoke"),
         ("admin", "enroll"),
     ],

@@ -23,6 +23,7 @@ from modelshield.access._model import (
     Client,
     ClientStore,
     CredentialsRejected,
+    DuplicateNameError,
     RejectReason,
     Status,
     StoredClient,
@@ -197,7 +198,13 @@ class ClientRegistry:
             status=Status.ACTIVE,
         )
         secret = parse_key(key, CLIENT_PREFIX).secret
-        self._store.insert_client(StoredClient(client, hash_secret(key_id, secret)))
+        try:
+            self._store.insert_client(StoredClient(client, hash_secret(key_id, secret)))
+        except DuplicateNameError:
+            raise DuplicateNameError(
+                f"client {name!r} already has a key that is not revoked (rotate it, or revoke "
+                "it first)"
+            ) from None
         self.invalidate()
         _log.info("client %s added (key id %s, tier %s)", name, key_id, tier)
         return client, Secret(key)
@@ -264,6 +271,11 @@ class ClientRegistry:
     def _find(self, name_or_key_id: str) -> StoredClient:
         found = self._store.find_client(name_or_key_id)
         if found is None:
+            if any(c.name == name_or_key_id for c in self._store.list_clients(True)):
+                raise UnknownNameError(
+                    f"client {name_or_key_id!r} has no live key: its keys are revoked "
+                    "(clients add gives it a new one)"
+                )
             raise UnknownNameError(f"no client or key id {name_or_key_id!r}")
         return found
 

@@ -101,9 +101,19 @@ def add(
     config: ConfigOption = _DEFAULT_CONFIG,
 ) -> None:
     """Create a client and print its API key once."""
+    from modelshield.access._model import check_models, check_name
+
     now = time.time()
     expires_at = _expiry(expires, now)
     names = [m.strip() for m in models.split(",") if m.strip()]
+    try:  # a malformed argument is a usage error (exit 2), as a malformed --expires is
+        check_name(name, "client name")
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="NAME") from None
+    try:
+        check_models(names)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--models") from None
     cfg = _load(config)
     unknown = sorted(set(names) - set(cfg.models)) if cfg.models else []
     if unknown:
