@@ -204,7 +204,9 @@ def test_cross_origin_post_is_refused_even_with_the_token(deployment: Deployment
         headers={"Origin": "http://evil.example"},
     )
     assert r.status_code == 403
+    assert "another site" in r.text  # not "invalid CSRF token": the token was good
     assert deployment.gateway.limits.get_flag("mallory") is None
+    assert any(x["reason"] == "dashboard-origin:client-action" for x in deployment.records())
 
 
 def test_actions_set_flags_act_at_once_and_are_audited(deployment: Deployment) -> None:

@@ -320,17 +320,21 @@ class Dashboard:
             )
         form = await self.form(request)
         token = form.get("csrf") if form is not None else None
-        if (
-            form is None
-            or not self.same_origin(request)
-            or not self.signer.check_csrf(session, token if isinstance(token, str) else None)
+        refusal = None
+        if not self.same_origin(request):  # named apart: the fix differs (proxy Host header)
+            refusal = ("dashboard-origin", "the request came from another site (its Origin)")
+        elif form is None or not self.signer.check_csrf(
+            session, token if isinstance(token, str) else None
         ):
-            await self.audit(session, action, f"dashboard-csrf:{action}", 403)
+            refusal = ("dashboard-csrf", "invalid or missing CSRF token")
+        if refusal is not None:
+            await self.audit(session, action, f"{refusal[0]}:{action}", 403)
             return HTMLResponse(
-                "<!doctype html><title>Refused</title><p>Refused: invalid or missing CSRF token."
+                f"<!doctype html><title>Refused</title><p>Refused: {refusal[1]}."
                 ' <a href="/dashboard/overview">Back</a></p>',
                 status_code=403,
             )
+        assert form is not None
         return session, form
 
     # ---- sign-in ----------------------------------------------------------------------------
