@@ -101,19 +101,11 @@ def add(
     config: ConfigOption = _DEFAULT_CONFIG,
 ) -> None:
     """Create a client and print its API key once."""
-    from modelshield.access._model import check_models, check_name
+    from modelshield.access import DuplicateNameError
 
     now = time.time()
     expires_at = _expiry(expires, now)
     names = [m.strip() for m in models.split(",") if m.strip()]
-    try:  # a malformed argument is a usage error (exit 2), as a malformed --expires is
-        check_name(name, "client name")
-    except InvalidInputError as exc:
-        raise typer.BadParameter(str(exc), param_hint="NAME") from None
-    try:
-        check_models(names)
-    except InvalidInputError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--models") from None
     cfg = _load(config)
     unknown = sorted(set(names) - set(cfg.models)) if cfg.models else []
     if unknown:
@@ -126,7 +118,14 @@ def add(
             markup=False,
         )
     with _open(cfg) as registry:
-        client, key = registry.add(name, models=names, tier=tier, expires_at=expires_at, now=now)
+        try:
+            client, key = registry.add(
+                name, models=names, tier=tier, expires_at=expires_at, now=now
+            )
+        except DuplicateNameError:
+            raise
+        except InvalidInputError as exc:  # a malformed name or model list: a usage error
+            raise typer.BadParameter(str(exc)) from None
     _print_key(client, key, as_json)
 
 
