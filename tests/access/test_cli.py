@@ -184,3 +184,25 @@ def test_revocation_by_another_process_is_honoured_within_one_second(deployment:
                 time.sleep(0.01)
         assert reason is RejectReason.REVOKED
         assert time.monotonic() - revoked_at < 1.0
+
+
+def test_list_shows_an_expired_key_as_expired(deployment: Path) -> None:
+    """`clients list` once showed a key past its expiry as `active` (the gateway refuses it)."""
+    import time
+
+    added = run("clients", "add", "eve", "--models", "digits", "--expires", "1s", cwd=deployment)
+    assert added.returncode == 0, added.stderr
+    assert run("clients", "add", "fay", "--models", "digits", cwd=deployment).returncode == 0
+    time.sleep(1.2)
+    rows = {
+        r["name"]: r
+        for r in map(
+            json.loads, run("clients", "list", "--json", cwd=deployment).stdout.split("\n")[:-1]
+        )
+    }
+    assert rows["eve"]["expired"] is True
+    assert rows["fay"]["expired"] is False
+    table = run("clients", "list", cwd=deployment).stdout
+    line = {ln.split()[1]: ln for ln in table.splitlines() if ln.split()[1:2] in (["eve"], ["fay"])}
+    assert "expired" in line["eve"]
+    assert "active" in line["fay"]

@@ -54,6 +54,11 @@ def root(
         )
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 segment``, ``2 segments``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def debug_enabled() -> bool:
     """Whether this command runs with ``--debug``."""
     return bool(_state.get("debug"))

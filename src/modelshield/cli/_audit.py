@@ -12,7 +12,7 @@ import orjson
 import typer
 from rich.markup import escape
 
-from modelshield.cli._app import console
+from modelshield.cli._app import console, counted
 
 if TYPE_CHECKING:
     from modelshield.config import Config
@@ -60,8 +60,8 @@ def verify_command(config: ConfigOption = Path("shield.toml")) -> None:
             else "-"
         )
         console.print(
-            f"[green]audit log intact[/green]: {report.records_checked} records in"
-            f" {report.segments} segments, newest {until}",
+            f"[green]audit log intact[/green]: {counted(report.records_checked, 'record')} in"
+            f" {counted(report.segments, 'segment')}, newest {until}",
             highlight=False,
         )
         if report.open_segments:

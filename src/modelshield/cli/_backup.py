@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from modelshield.cli._app import console, err_console
+from modelshield.cli._app import console, counted, err_console
 
 if TYPE_CHECKING:
     from modelshield import vault
@@ -247,7 +247,8 @@ def verify_command(
     report.raise_for_failure()
     how = f"re-read {_size(report.bytes_read)}" if read_data else "sizes checked"
     console.print(
-        f"[green]backup intact[/green]: {report.snapshots} snapshots, {report.objects} objects,"
+        f"[green]backup intact[/green]: {counted(report.snapshots, 'snapshot')},"
+        f" {counted(report.objects, 'object')},"
         f" {how}, {time.perf_counter() - started:.1f} s",
         highlight=False,
     )

@@ -138,6 +138,11 @@ def list_clients(
     """List clients and their key ids (never a secret)."""
     with _open(_load(config)) as registry:
         clients = registry.list(include_revoked=include_revoked)
+    now = time.time()
+
+    def expired(c: Client) -> bool:
+        return c.expires_at is not None and c.expires_at <= now
+
     if as_json:
         for c in clients:
             record = {
@@ -148,6 +153,7 @@ def list_clients(
                 "status": c.status.value,
                 "created_at": c.created_at,
                 "expires_at": c.expires_at,
+                "expired": expired(c),
             }
             sys.stdout.write(json.dumps(record) + "\n")
         return
@@ -160,7 +166,8 @@ def list_clients(
             c.name,
             c.tier,
             ",".join(sorted(c.models)),
-            c.status.value,
+            # an active key past its expiry is refused: say so, not "active"
+            "expired" if expired(c) and c.status.value == "active" else c.status.value,
             _when(c.created_at, short=True),
             _when(c.expires_at, short=True),
             c.key_id,
