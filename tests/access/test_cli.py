@@ -206,3 +206,63 @@ def test_list_shows_an_expired_key_as_expired(deployment: Path) -> None:
     line = {ln.split()[1]: ln for ln in table.splitlines() if ln.split()[1:2] in (["eve"], ["fay"])}
     assert "expired" in line["eve"]
     assert "active" in line["fay"]
+
+
+def _audited_deployment(tmp_path: Path, audit_url: str) -> Path:
+    from modelshield import audit
+
+    audit.write_audit_key(tmp_path / "audit.key", audit.generate_audit_key())
+    (tmp_path / "shield.toml").write_text(
+        '[registry]\nurl = "sqlite:///state/registry.db"\n'
+        f'[audit]\nurl = "{audit_url}"\nkey = {{ file = "audit.key" }}\n'
+    )
+    return tmp_path
+
+
+def test_command_line_changes_are_audited(tmp_path: Path) -> None:
+    """The admin API and the dashboard audited their changes; the command line did not."""
+    from modelshield import audit
+    from modelshield.config import load_config
+    from modelshield.stores import open_audit_store
+
+    cwd = _audited_deployment(tmp_path, "sqlite:///state/audit.db")
+    steps = [
+        ("clients", "add", "gil", "--models", "digits"),
+        ("clients", "suspend", "gil"),
+        ("clients", "resume", "gil"),
+        ("clients", "rotate", "gil"),
+        ("clients", "revoke", "gil"),
+        ("admin", "enroll", "root", "--json"),
+        ("admin", "revoke", "root"),
+    ]
+    for step in steps:
+        result = run(*step, cwd=cwd)
+        assert result.returncode == 0, (step, result.stderr)
+    config = load_config(cwd / "shield.toml")
+    store = open_audit_store(config.audit.url, read_only=True)
+    try:
+        records = [r for r in audit.export(store) if r["decision"] == "admin"]
+        assert audit.verify(store, audit.audit_key_from_config(config)).ok
+    finally:
+        store.close()
+    assert [r["reason"] for r in records] == [
+        "add:gil", "suspend:gil", "resume:gil", "rotate:gil", "revoke:gil",
+        "admin-enroll:root", "admin-revoke:root",
+    ]  # fmt: skip
+    assert {r["client"] for r in records} == {"admin:cli"}
+    assert all(r["key_id"] for r in records)
+
+
+def test_a_change_whose_record_cannot_be_written_is_made_and_says_so(tmp_path: Path) -> None:
+    cwd = _audited_deployment(tmp_path, "postgresql://postgres@127.0.0.1:1/nowhere")
+    added = run("clients", "add", "hal", "--models", "digits", "--json", cwd=cwd)
+    assert added.returncode == 1
+    assert json.loads(added.stdout)["api_key"]  # the key exists, so it is shown all the same
+    assert "client hal added, but its audit record could not be written" in " ".join(
+        added.stderr.split()
+    )
+    revoked = run("clients", "revoke", "hal", cwd=cwd)
+    assert revoked.returncode == 1
+    assert "revoked" in revoked.stdout  # a revocation does not wait for the audit store
+    with open_registry(registry_url(cwd)) as registry:
+        assert [c.status.value for c in registry.list(include_revoked=True)] == ["revoked"]

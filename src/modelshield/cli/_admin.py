@@ -6,15 +6,17 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from modelshield.cli._app import console
+from modelshield.cli._changes import audited
 
 if TYPE_CHECKING:
     from modelshield.access import AdminRegistry
+    from modelshield.config import Config
 
 admin_app = typer.Typer(
     name="admin",
@@ -28,11 +30,16 @@ ConfigOption = Annotated[
 _DEFAULT_CONFIG = Path("shield.toml")
 
 
-def _open(config: Path) -> AdminRegistry:
-    from modelshield.access import open_admin_registry
+def _settings(config: Path) -> Config:
     from modelshield.config import load_config
 
-    return open_admin_registry(load_config(config).registry.url)
+    return load_config(config)
+
+
+def _open(settings: Config) -> AdminRegistry:
+    from modelshield.access import open_admin_registry
+
+    return open_admin_registry(settings.registry.url)
 
 
 def _qr_text(data: str) -> str:
@@ -59,8 +66,20 @@ def enroll(
     config: ConfigOption = _DEFAULT_CONFIG,
 ) -> None:
     """Create an admin; print the admin key, the TOTP URI and a QR code once."""
-    with _open(config) as admins:
+    settings = _settings(config)
+    with _open(settings) as admins:
         enrollment = admins.enroll(name)
+    admin = enrollment.admin
+    recorded = audited(
+        settings, f"admin {admin.name} enrolled", reason=f"admin-enroll:{admin.name}",
+        summary="cli-admin-enroll", key_id=admin.key_id,
+    )  # fmt: skip
+    _show_enrollment(enrollment, as_json)  # shown whatever happens: the admin exists
+    if not recorded:
+        raise typer.Exit(1)
+
+
+def _show_enrollment(enrollment: Any, as_json: bool) -> None:
     admin = enrollment.admin
     if as_json:
         record = {
@@ -92,7 +111,7 @@ def enroll(
 @admin_app.command("list")
 def list_admins(config: ConfigOption = _DEFAULT_CONFIG) -> None:
     """List administrators (never a secret)."""
-    with _open(config) as admins:
+    with _open(_settings(config)) as admins:
         rows = admins.list()
     table = Table("name", "key id", "status")
     for admin in rows:
@@ -106,9 +125,15 @@ def revoke(
     config: ConfigOption = _DEFAULT_CONFIG,
 ) -> None:
     """Revoke an administrator for good."""
-    with _open(config) as admins:
+    settings = _settings(config)
+    with _open(settings) as admins:
         admin = admins.revoke(name_or_key_id)
     console.print(f"revoked admin {admin.name} (key id {admin.key_id})", markup=False)
+    if not audited(
+        settings, f"admin {admin.name} revoked", reason=f"admin-revoke:{admin.name}",
+        summary="cli-admin-revoke", key_id=admin.key_id,
+    ):  # fmt: skip
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

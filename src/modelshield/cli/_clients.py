@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from modelshield.cli._app import console, err_console
+from modelshield.cli._changes import audited
 from modelshield.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -126,7 +127,14 @@ def add(
             raise
         except InvalidInputError as exc:  # a malformed name or model list: a usage error
             raise typer.BadParameter(str(exc)) from None
-    _print_key(client, key, as_json)
+    recorded = audited(
+        cfg, f"client {client.name} added", reason=f"add:{client.name}", summary="cli-client-add",
+        key_id=client.key_id,
+        extra={"tier": client.tier, "models": sorted(client.models), "expires_at": expires_at},
+    )  # fmt: skip
+    _print_key(client, key, as_json)  # printed whatever happens: the key exists
+    if not recorded:
+        raise typer.Exit(1)
 
 
 @clients_app.command("list")
@@ -184,8 +192,14 @@ def _status_command(verb: str, past: str) -> None:
         with _open(settings) as registry:
             client = getattr(registry, verb)(name_or_key_id)
         console.print(f"{past} key {client.key_id} of client {client.name}", markup=False)
+        recorded = audited(
+            settings, f"client {client.name} {past}", reason=f"{verb}:{client.name}",
+            summary=f"cli-client-{verb}", key_id=client.key_id,
+        )  # fmt: skip
         if verb == "resume":
             _lift_block(settings, client.name)
+        if not recorded:
+            raise typer.Exit(1)
 
     command.__doc__ = {
         "revoke": "Revoke a key for good (effective on every replica within 1 second).",
@@ -242,11 +256,18 @@ def rotate(
     """Issue a new key (printed once) and revoke the old one."""
     now = time.time()
     expires_at = _expiry(expires, now)
-    with _open(_load(config)) as registry:
+    settings = _load(config)
+    with _open(settings) as registry:
         client, key = registry.rotate(
             name, expires_at=expires_at, keep_expiry=expires is None, now=now
         )
-    _print_key(client, key, as_json)
+    recorded = audited(
+        settings, f"client {client.name} rotated", reason=f"rotate:{client.name}",
+        summary="cli-client-rotate", key_id=client.key_id,
+    )  # fmt: skip
+    _print_key(client, key, as_json)  # printed whatever happens: the new key is live
+    if not recorded:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -69,38 +68,19 @@ def clear_and_audit(
     """Clear ``client``'s flag in the shared ``store`` (closed here), write the audit record
     (``flag:CLIENT:REASON``), then reset its shared detector state. Returns the previous flag
     and a note for the user ("; detector state reset" or "")."""
-    from modelshield import audit
-    from modelshield.stores import open_audit_store
+    from modelshield.cli._changes import record_change
 
     try:
         previous = store.get_flag(client)
         store.set_flag(client, None)
     finally:
         store.close()
-    key = audit.audit_key_from_config(settings)
-    log_store = open_audit_store(settings.audit.url)
-    try:
-        with audit.AuditLog(log_store, key, writer_id="cli") as log:
-            log.append(
-                audit.AuditEvent(
-                    time=time.time(),
-                    client="admin:cli",
-                    key_id=None,
-                    model=None,
-                    input_hmac="",
-                    rows=0,
-                    output_summary="clear-flag",
-                    decision="admin",
-                    reason=f"flag:{client}:{reason}",
-                    status=200,
-                    extra={
-                        "previous": previous,
-                        "detector_state_reset": _shares_detector_state(settings),
-                    },
-                )
-            ).result(timeout=30)
-    finally:
-        log_store.close()
+    record_change(
+        settings,
+        reason=f"flag:{client}:{reason}",
+        summary="clear-flag",
+        extra={"previous": previous, "detector_state_reset": _shares_detector_state(settings)},
+    )
     # after the audit record: a store that fails here leaves the clear audited, and says so
     try:
         forgotten = _forget_detector_state(settings, client)
