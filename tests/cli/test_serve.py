@@ -154,3 +154,26 @@ def test_serve_several_workers_share_redis(
         assert _stop(proc) == 0
     r = modelshield_cli("audit", "verify", cwd=cwd)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_server_that_cannot_start_is_exit_1_not_3(
+    deployment: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """uvicorn exits 3 when it cannot start (a bind lost to a race, say); the README keeps 3 for
+    integrity and authentication failures."""
+    from modelshield.cli import _app
+    from modelshield.gateway import _server
+
+    def cannot_start(*args: object, **kwargs: object) -> None:
+        raise SystemExit(3)
+
+    cwd, _ = deployment
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(_server, "run_uvicorn", cannot_start)
+    monkeypatch.setattr("sys.argv", ["modelshield", "serve", "--port", str(_free_port())])
+    with pytest.raises(SystemExit) as info:
+        _app.main()
+    assert info.value.code == 1
+    assert "error: the gateway could not start" in capsys.readouterr().err

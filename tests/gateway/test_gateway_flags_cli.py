@@ -122,3 +122,21 @@ def test_clients_resume_lifts_the_block_an_admin_api_suspension_set(
     admin = [r["reason"] for r in records if r["decision"] == "admin"]
     # each resume is a record of its own; the flag it cleared, one more (the second had none)
     assert admin == [f"resume:{name}", f"flag:{name}:resume", f"resume:{name}"]
+
+
+def test_clients_resume_with_the_state_store_down_resumes_and_says_what_failed(
+    tmp_path: Path, modelshield_cli: Any
+) -> None:
+    from modelshield import access
+
+    path = write_config(tmp_path, "[state]\nurl = 'redis://127.0.0.1:6399/0'\n")  # nobody there
+    config = load_config(path)
+    with access.open_registry(config.registry.url) as registry:
+        registry.add("ivy", models=["digits"])
+        registry.suspend("ivy")
+    r = modelshield_cli("clients", "resume", "ivy", "--config", str(path), cwd=tmp_path)
+    assert r.returncode == 1
+    assert "resumed key" in r.stdout
+    assert "state store unavailable (Redis at 127.0.0.1:6399/0)" in " ".join(r.stderr.split())
+    with access.open_registry(config.registry.url) as registry:
+        assert [c.status.value for c in registry.list()] == ["active"]
