@@ -33,7 +33,9 @@ _log = logging.getLogger(__name__)
 
 SEALED_MAGIC = b"\x89MSEAL\r\n"  # the first bytes of every sealed artifact (docs/formats)
 _CHUNK = 1 << 20
-_SQLITE_SIDE = ("", "-wal", "-shm", "-journal")
+# the database itself (copied through SQLite's backup API), its journals, and the audit store's
+# writers' lock file (empty; made again by the first writer)
+_SQLITE_SIDE = ("", "-wal", "-shm", "-journal", ".lock")
 _TEMP_PATTERNS = (".*.part", ".*.partial", "*.tmp", ".*.tmp")
 
 Progress = Callable[[str], None]
