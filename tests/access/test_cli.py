@@ -164,6 +164,18 @@ def test_admin_enroll(deployment: Path) -> None:
     assert "ops" in listed.stdout
     assert record["totp_secret"] not in listed.stdout
     assert "msa_" not in listed.stdout
+    assert "locked out" not in listed.stdout
+    # five wrong codes lock "ops" out: the list says so (it once still said "active")
+    now = time.time()
+    wrong = "000000" if pyotp.TOTP(record["totp_secret"]).at(now) != "000000" else "111111"
+    with open_admin_registry(registry_url(deployment)) as admins:
+        for _ in range(5):
+            with pytest.raises(CredentialsRejected):
+                admins.verify(record["admin_key"], wrong, now)
+    listed = run("admin", "list", cwd=deployment)
+    rows = {line.split()[1]: line for line in listed.stdout.splitlines() if len(line.split()) > 2}
+    assert "locked out until" in rows["ops"]
+    assert "locked out" not in rows["root"]
 
 
 def test_revocation_by_another_process_is_honoured_within_one_second(deployment: Path) -> None:

@@ -178,6 +178,15 @@ class AdminRegistry:
         """Every admin (no secrets)."""
         return self._store.list_admins()
 
+    def locked_until(self, key_id: str, now: float | None = None) -> float | None:
+        """When the lockout of the admin with this key id ends, if it is locked out ``now``
+        (after ``max_failures`` wrong TOTP codes in a row); ``None`` otherwise."""
+        stored = self._store.get_admin(key_id)
+        at = time.time() if now is None else now
+        if stored is None or stored.locked_until <= at:
+            return None
+        return stored.locked_until
+
     def revoke(self, name_or_key_id: str) -> Admin:
         """Revoke an admin for good."""
         stored = self._store.find_admin(name_or_key_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -112,10 +113,15 @@ def _show_enrollment(enrollment: Any, as_json: bool) -> None:
 def list_admins(config: ConfigOption = _DEFAULT_CONFIG) -> None:
     """List administrators (never a secret)."""
     with _open(_settings(config)) as admins:
-        rows = admins.list()
+        rows = [(admin, admins.locked_until(admin.key_id)) for admin in admins.list()]
     table = Table("name", "key id", "status")
-    for admin in rows:
-        table.add_row(admin.name, admin.key_id, admin.status.value)
+    for admin, until in rows:
+        status = admin.status.value
+        if until is not None and status == "active":  # wrong TOTP codes: refused until then
+            status = "locked out until " + datetime.fromtimestamp(until).astimezone().strftime(
+                "%Y-%m-%d %H:%M:%S %Z"
+            )
+        table.add_row(admin.name, admin.key_id, status)
     console.print(table)
 
 
